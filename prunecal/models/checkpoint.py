@@ -1,0 +1,148 @@
+"""Reading and writing model checkpoints with clear errors.
+
+Accepted layouts: a raw state dict, ``{'state_dict': sd, ...}`` (e.g. the pretrained
+CIFAR ResNets, with ``best_prec1``), ``{'model': sd, ...}``; keys may carry
+``module.`` (DataParallel) or ``_orig_mod.`` (``torch.compile``) prefixes. Files are
+read with ``torch.load(weights_only=True)``: no arbitrary code runs on load.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["load_checkpoint", "save_checkpoint", "read_state_dict", "file_sha256"]
+
+_PREFIXES = ("module.", "_orig_mod.")
+# Buffers older checkpoints lack; their defaults are harmless in eval mode.
+_OPTIONAL_SUFFIXES = (".num_batches_tracked",)
+
+
+def _list(keys: list[str], limit: int = 10) -> str:
+    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def _check_path(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"checkpoint not found: {p} (expected a torch file holding a state dict, "
+            "{'state_dict': ...} or {'model': ...})"
+        )
+    return p
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict stored in ``path``, unwrapped and with prefixes stripped.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: "could not read checkpoint <path>: ..." for a corrupt, truncated or
+            non-tensor file, or one holding no state dict.
+    """
+    p = _check_path(path)
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling / zip failure means unreadable
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"could not read checkpoint {p}: {type(e).__name__}: {msg}") from None
+    sd: Any = obj
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if key in obj and isinstance(obj[key], Mapping):
+                sd = obj[key]
+                break
+    if not isinstance(sd, Mapping) or not sd:
+        raise ValueError(f"could not read checkpoint {p}: it holds no state dict "
+                         f"(found {type(obj).__name__})")
+    out: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise ValueError(f"could not read checkpoint {p}: entry {k!r} is not a tensor "
+                             f"({type(v).__name__}); expected a state dict")
+        for pre in _PREFIXES:
+            while k.startswith(pre):
+                k = k[len(pre):]
+        out[k] = v
+    return out
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load the checkpoint at ``path`` into ``model`` (in place) and return ``model``.
+
+    Every parameter and buffer of ``model`` must be present with the same shape
+    (``num_batches_tracked`` may be missing) and every stored tensor must belong to
+    ``model``; floating tensors must be finite.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: unreadable file, or a checkpoint that does not fit; the message
+            names the missing and unexpected keys and the shape mismatches.
+    """
+    sd = read_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd and not k.endswith(_OPTIONAL_SUFFIXES)]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {_list(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {_list(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatches ({len(shapes)}): {_list(shapes, 5)}")
+        raise ValueError(f"checkpoint {path} does not fit {type(model).__name__}: " + "; ".join(parts))
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"checkpoint {path} has non-finite (NaN/inf) values in: {_list(bad)}")
+    model.load_state_dict(sd, strict=False)
+    return model
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, **meta: Any) -> Path:
+    """Write ``{'state_dict': model.state_dict(), **meta}`` to ``path`` atomically.
+
+    The file is written beside ``path`` and renamed into place, so a reader never sees a
+    partial file. ``meta`` values should be plain types (numbers, strings, lists,
+    dicts, tensors) so that ``weights_only`` loading accepts them. Returns the path.
+    """
+    if "state_dict" in meta:
+        raise ValueError("meta may not contain the key 'state_dict'")
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **meta}
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return p
+
+
+def file_sha256(path: str | os.PathLike, *, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of the file at ``path`` (read in ``chunk_size``-byte chunks)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"file not found: {p}")
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        while block := f.read(chunk_size):
+            h.update(block)
+    return h.hexdigest()
