@@ -1,0 +1,101 @@
+"""Post-hoc pruning methods.
+
+``prune(model, method, sparsity, *, seed=0, **options)`` returns a pruned deep copy
+(the input is untouched) with ``model.prune_info`` (a dict: method, kind, sparsity,
+seed, scope, pruned layers or channel groups, achieved sparsity, and ``previous``: the
+input's own ``prune_info`` when pruning an already pruned model, e.g. structured then
+unstructured).
+
+- Unstructured (``global_magnitude``, ``layer_magnitude``, ``random``): plain weights
+  with exact zeros; ``sparsity`` = fraction of prunable weights zeroed. Options:
+  ``layers``, ``keep_first_conv``, ``keep_classifier`` (and ``scope`` for ``random``).
+- Structured (``l1_filter``, ``bn_channel``): a physically smaller dense network;
+  ``sparsity`` = fraction of prunable channels removed. Options: ``scope``,
+  ``layers`` (producer convs), ``min_channels``.
+
+A model carrying ``torch.nn.utils.prune`` reparametrisations is accepted: its
+effective weights (``orig * mask``) are used, so masked weights count as pruned.
+
+Add a method in one place::
+
+    from prunecal.prune import METHODS
+    @METHODS.register("my_method")
+    def my_method(model, sparsity, *, seed=0, **options):  # prune in place, return model
+        ...
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Callable
+
+from torch import nn
+
+from ..registry import Registry
+from .finetune import finetune
+from .masks import (apply_masks, apply_masks_torch, bake_torch_pruning, deepcopy_model,
+                    get_masks, masks_from_torch, prunable_layers)
+from .report import LayerStats, SparsityReport, sparsity_report
+from .structured import ChannelGroup, bn_channel, find_channel_groups, l1_filter
+from .unstructured import global_magnitude, layer_magnitude, random_unstructured
+
+__all__ = [
+    "METHODS", "available", "prune", "get_masks", "apply_masks", "apply_masks_torch",
+    "masks_from_torch", "bake_torch_pruning", "deepcopy_model", "prunable_layers", "sparsity_report",
+    "SparsityReport", "LayerStats", "finetune", "find_channel_groups", "ChannelGroup",
+]
+
+PruneFn = Callable[..., nn.Module]
+
+METHODS: Registry[PruneFn] = Registry("pruning method")
+"""``name -> fn(model, sparsity, *, seed=0, **options)`` pruning ``model`` in place."""
+
+METHODS.register("global_magnitude", global_magnitude)
+METHODS.register("layer_magnitude", layer_magnitude)
+METHODS.register("random", random_unstructured)
+METHODS.register("l1_filter", l1_filter)
+METHODS.register("bn_channel", bn_channel)
+
+
+def available() -> list[str]:
+    """Names of the registered pruning methods."""
+    return METHODS.names()
+
+
+def _check_sparsity(sparsity: Any) -> float:
+    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
+        raise TypeError(f"sparsity must be a real number in [0, 1), got {type(sparsity).__name__}")
+    s = float(sparsity)
+    if math.isnan(s) or not 0.0 <= s < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+    return s
+
+
+def prune(model: nn.Module, method: str, sparsity: float, *, seed: int = 0,
+          **options: Any) -> nn.Module:
+    """Return a pruned deep copy of ``model`` (``model`` itself is untouched).
+
+    Args:
+        model: the network (any ``nn.Module``; eval/train mode is preserved).
+        method: one of :func:`available`.
+        sparsity: in ``[0, 1)``: fraction of prunable weights (unstructured) or of
+            prunable channels (structured) to remove.
+        seed: for randomised methods; recorded in ``prune_info`` for all.
+        **options: method options (see the module docstring).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    fn = METHODS.get(method)
+    s = _check_sparsity(sparsity)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    out = bake_torch_pruning(deepcopy_model(model))
+    out = fn(out, s, seed=int(seed), **options)
+    if not isinstance(out, nn.Module):
+        raise TypeError(f"pruning method {method!r} returned {type(out).__name__}, not a module")
+    info = getattr(out, "prune_info", None)
+    before = getattr(model, "prune_info", None)
+    out.prune_info = {**(info if isinstance(info, dict) else {}), "method": method,
+                      "sparsity": s, "seed": int(seed),
+                      "previous": before if isinstance(before, dict) else None}
+    return out

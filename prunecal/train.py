@@ -1,0 +1,187 @@
+"""A plain CIFAR training loop (SGD + momentum, cosine LR, random crop + flip).
+
+Good enough to train the CIFAR VGG / MobileNetV2 / ResNet nets from scratch on CPU,
+and reused by :func:`prunecal.prune.finetune` with fixed pruning masks.
+Images are uint8 ``(N, H, W, 3)``; labels int ``(N,)``.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import iterate_batches, random_crop_flip
+
+__all__ = ["train", "evaluate"]
+
+
+def _check_xy(images, labels, name: str = "images"):
+    from .data import check_images
+
+    images = check_images(images, name)
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise ValueError(f"labels for {name} must have shape ({images.shape[0]},), got {labels.shape}")
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"labels must be integers, got {labels.dtype}")
+    if images.shape[0] == 0:
+        raise ValueError(f"{name} is empty")
+    return images, labels
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, mean: Sequence[float],
+             std: Sequence[float], *, batch_size: int = 256) -> float:
+    """Top-1 accuracy in ``[0, 1]`` of ``model`` (run in eval mode, mode restored)."""
+    images, labels = _check_xy(images, labels)
+    dev = _device(model)
+    was = model.training
+    model.eval()
+    correct = 0
+    try:
+        for x, y in iterate_batches(images, labels, batch_size, mean, std):
+            correct += int((model(x.to(dev)).argmax(1).cpu() == y).sum())
+    finally:
+        model.train(was)
+    return correct / len(labels)
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext(None)
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                    transient=False)
+
+
+def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: int, lr: float,
+          batch_size: int = 128, mean: Sequence[float], std: Sequence[float],
+          val: tuple[np.ndarray, np.ndarray] | None = None, seed: int = 0,
+          progress: bool = True, momentum: float = 0.9, weight_decay: float = 5e-4,
+          nesterov: bool = False, warmup_epochs: float = 0.0, label_smoothing: float = 0.0,
+          augment: bool = True, masks: dict[str, torch.Tensor] | None = None) -> dict[str, list]:
+    """Train ``model`` in place with SGD and a per-step cosine LR schedule.
+
+    Args:
+        model: the network (left in eval mode at the end).
+        images, labels: training set, uint8 ``(N, H, W, 3)`` and ints ``(N,)``.
+        epochs: passes over the data (>= 1); lr: peak learning rate (> 0).
+        batch_size: images per step (default 128; the last partial batch is dropped
+            when at least one full batch exists).
+        mean, std: input normalisation (the model's ``ModelSpec``).
+        val: optional ``(images, labels)`` evaluated after every epoch.
+        seed: seeds shuffling, augmentation and torch's RNG (dropout).
+        progress: show a rich progress bar.
+        momentum, weight_decay, nesterov: SGD settings (defaults 0.9, 5e-4, False).
+        warmup_epochs: linear LR warm-up before the cosine decay (default 0).
+        label_smoothing: cross-entropy label smoothing (default 0).
+        augment: random crop (pad 4) + horizontal flip (default True).
+        masks: ``{module name: bool tensor}``; those weights are held at zero (their
+            gradients are zeroed before, and the weights re-masked after, every step).
+
+    Returns ``{'epoch', 'loss', 'train_acc', 'lr', 'val_acc'}`` lists, one entry per
+    epoch (``val_acc`` only with ``val``), plus ``'step_loss'`` per step.
+    """
+    images, labels = _check_xy(images, labels)
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
+        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if val is not None:
+        if not (isinstance(val, (tuple, list)) and len(val) == 2):
+            raise TypeError("val must be a tuple (images, labels)")
+        val = _check_xy(val[0], val[1], "val images")
+    dev = _device(model)
+    mods = dict(model.named_modules())
+    mask_list = []
+    for name, m in (masks or {}).items():
+        if name not in mods or not isinstance(getattr(mods[name], "weight", None), torch.Tensor):
+            raise ValueError(f"masks: no module with a weight named {name!r}")
+        w = mods[name].weight
+        if tuple(m.shape) != tuple(w.shape):
+            raise ValueError(f"masks[{name!r}] has shape {tuple(m.shape)}, weight {tuple(w.shape)}")
+        mask_list.append((w, m.to(device=dev, dtype=w.dtype)))
+
+    n = len(labels)
+    drop_last = n >= batch_size
+    steps_per_epoch = n // batch_size if drop_last else 1
+    total = epochs * steps_per_epoch
+    warm = int(round(warmup_epochs * steps_per_epoch))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                          nesterov=nesterov)
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return lr * (step + 1) / warm
+        t = (step - warm) / max(1, total - warm)
+        return 0.5 * lr * (1 + math.cos(math.pi * t))
+
+    rng = np.random.default_rng(seed)
+    hist: dict[str, list] = {"epoch": [], "loss": [], "train_acc": [], "lr": [], "step_loss": []}
+    if val is not None:
+        hist["val_acc"] = []
+    step = 0
+    devices = [dev] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), _progress(progress) as bar:
+        torch.manual_seed(seed)  # dropout etc.; the caller's RNG state is restored after
+        task = bar.add_task("train", total=total, info="") if bar is not None else None
+        for epoch in range(epochs):
+            model.train()
+            loss_sum, correct, seen = 0.0, 0, 0
+            aug = random_crop_flip if augment else None
+            for x, y in iterate_batches(images, labels, batch_size, mean, std, shuffle=True,
+                                        rng=rng, drop_last=drop_last, augment=aug):
+                x, y = x.to(dev), y.to(dev)
+                cur_lr = lr_at(step)
+                for g in opt.param_groups:
+                    g["lr"] = cur_lr
+                out = model(x)
+                loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training diverged: loss {loss.item()} at step {step} "
+                                             f"(lr {cur_lr:.4g}); lower lr")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                with torch.no_grad():
+                    for w, m in mask_list:
+                        if w.grad is not None:
+                            w.grad.mul_(m)
+                opt.step()
+                with torch.no_grad():
+                    for w, m in mask_list:
+                        w.mul_(m)
+                b = len(y)
+                loss_sum += loss.item() * b
+                correct += int((out.argmax(1) == y).sum())
+                seen += b
+                hist["step_loss"].append(loss.item())
+                step += 1
+                if bar is not None:
+                    bar.update(task, advance=1, description=f"epoch {epoch + 1}/{epochs}",
+                               info=f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f}")
+            hist["epoch"].append(epoch + 1)
+            hist["loss"].append(loss_sum / seen)
+            hist["train_acc"].append(correct / seen)
+            hist["lr"].append(cur_lr)
+            if val is not None:
+                hist["val_acc"].append(evaluate(model, val[0], val[1], mean, std))
+                if bar is not None:
+                    bar.update(task, info=f"loss {loss_sum / seen:.3f} val {hist['val_acc'][-1]:.3f}")
+    model.eval()
+    return hist
