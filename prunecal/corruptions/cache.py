@@ -1,0 +1,125 @@
+"""On-disk cache of corrupted image sets, safe against killed runs and concurrent writers.
+
+Layout: ``root/<corruption>/s<severity>/<key>.npy`` where ``key`` hashes the data
+fingerprint (sha256 of the array bytes and shape), corruption, severity, seed and
+:data:`CODE_VERSION`. A sidecar ``<key>.sha256`` holds the sha256 of the array bytes; a
+file that fails to load, has the wrong shape/dtype or a wrong checksum is regenerated.
+Writes go to a temporary file in the same folder, are fsynced, then ``os.replace``-d into
+place (atomic on POSIX and Windows), so readers never see a half-written file and two
+processes filling the same entry both end with a valid one.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import CORRUPTIONS, corrupt
+from ._common import check_images, check_int
+
+CODE_VERSION = "1"
+"""Bump whenever any corruption's output changes: it is part of every cache key."""
+
+
+def fingerprint(images: np.ndarray) -> str:
+    """sha256 hex of ``images``' shape, dtype and bytes."""
+    h = hashlib.sha256()
+    h.update(f"{images.dtype.str}{images.shape}".encode())
+    h.update(np.ascontiguousarray(images).data)
+    return h.hexdigest()
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _atomic_write(path: Path, write: Callable[[object], None]) -> None:
+    """Write ``path`` via a temp file in the same folder, fsync, then ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+class CorruptionCache:
+    """Cache of :func:`~prunecal.corruptions.corrupt` outputs under ``root``.
+
+    Args:
+        root: folder (created on first write).
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.hits = 0
+        self.misses = 0
+
+    def path(self, images: np.ndarray, name: str, severity: int, seed: int = 0) -> Path:
+        """Where the entry for these arguments lives (it may not exist)."""
+        x, _ = check_images(images)
+        return self._path(fingerprint(x), name, severity, seed)
+
+    def _path(self, fp: str, name: str, severity: int, seed: int) -> Path:
+        key = hashlib.sha256(f"{fp}|{name}|{severity}|{seed}|v{CODE_VERSION}".encode()).hexdigest()[:32]
+        return self.root / name / f"s{severity}" / f"{key}.npy"
+
+    def _load(self, path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+        sum_path = path.with_suffix(".sha256")
+        try:
+            arr = np.load(path, allow_pickle=False)
+            expected = sum_path.read_text().strip()
+        except Exception:  # missing, truncated or garbled file: regenerate
+            return None
+        if arr.dtype != np.uint8 or arr.shape != shape:
+            return None
+        if hashlib.sha256(np.ascontiguousarray(arr).data).hexdigest() != expected:
+            return None
+        return arr
+
+    def get(self, images: np.ndarray, name: str, severity: int, seed: int = 0) -> np.ndarray:
+        """``corrupt(images, name, severity, seed)``, from disk when a valid entry exists.
+
+        Returns:
+            uint8 array of ``images``' shape (a fresh array, safe to modify).
+        """
+        CORRUPTIONS.get(name)
+        check_int(severity, "severity", 1, 5)
+        check_int(seed, "seed", 0)
+        x, _ = check_images(images)
+        images = np.asarray(images)
+        path = self._path(fingerprint(x), name, int(severity), int(seed))
+        got = self._load(path, images.shape)
+        if got is not None:
+            self.hits += 1
+            return got
+        self.misses += 1
+        out = corrupt(images, name, severity, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(np.ascontiguousarray(out).data).hexdigest()
+        # Checksum first: a reader that sees the new .npy with the old sidecar just regenerates.
+        _atomic_write(path.with_suffix(".sha256"), lambda f: f.write(digest.encode()))
+        _atomic_write(path, lambda f: np.save(f, out, allow_pickle=False))
+        return out
+
+    def clear(self) -> int:
+        """Delete every cache entry under ``root``; returns how many arrays were removed."""
+        n = 0
+        if self.root.is_dir():
+            for p in self.root.rglob("*.npy"):
+                p.unlink(missing_ok=True)
+                p.with_suffix(".sha256").unlink(missing_ok=True)
+                n += 1
+        return n

@@ -1,0 +1,542 @@
+"""Tests of prunecal.corruptions: shapes, determinism, severity ordering, agreement with
+independent implementations of the published definitions (make_cifar_c.py), bad input."""
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import skimage.data
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from skimage.color import hsv2rgb, rgb2hsv
+from skimage.filters import gaussian
+
+import prunecal.corruptions as pc
+from prunecal.corruptions import BENCHMARK, EXTRA, available, corrupt
+from prunecal.corruptions._common import clipped_zoom
+from prunecal.corruptions.blur import motion_kernel
+from prunecal.corruptions.params import PARAMS
+from prunecal.corruptions.weather import plasma_draws, plasma_fractal
+from prunecal.registry import UnknownNameError
+
+ALL = list(BENCHMARK) + list(EXTRA)
+DETERMINISTIC = ["brightness", "contrast", "pixelate", "jpeg_compression", "defocus_blur",
+                 "saturate", "gaussian_blur", "zoom_blur"]
+STOCHASTIC = [n for n in ALL if n not in DETERMINISTIC]
+
+# Mean absolute pixel change vs severity is non-monotone for these, by the published
+# parameters themselves: glass_blur (stronger pre/post blur smooths the swap noise at
+# severity 2-3 and 5), frost (image weight falls while frost weight rises), elastic_transform
+# (affine jitter shrinks from 2.6 px to 1 px as the elastic part grows), spatter (water
+# drops at 1-3, sparser mud at 4-5), saturate (1-2 desaturate, 3-5 oversaturate).
+NON_MONOTONE = {"glass_blur", "frost", "elastic_transform", "spatter", "saturate"}
+
+
+def _square32(img: np.ndarray) -> np.ndarray:
+    s = min(img.shape[:2])
+    return np.asarray(Image.fromarray(img[:s, :s]).resize((32, 32), Image.Resampling.BOX))
+
+
+@pytest.fixture(scope="module")
+def photos() -> np.ndarray:
+    """8 real photographs from scikit-image, 32x32 uint8 RGB."""
+    names = ["astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field"]
+    imgs = [_square32(getattr(skimage.data, n)()) for n in names]
+    a = skimage.data.astronaut()
+    imgs += [_square32(a[300:, 300:]), _square32(a[:200, 250:450])]
+    return np.stack(imgs)
+
+
+# ---------------------------------------------------------------- registry / API
+
+def test_names_and_ids():
+    assert len(BENCHMARK) == 15 and len(EXTRA) == 4
+    assert available() == ALL
+    assert set(PARAMS) == set(ALL) == set(pc.CORRUPTION_IDS)
+    assert sorted(pc.CORRUPTION_IDS.values()) == list(range(19))
+    assert all(len(v) == 5 for v in PARAMS.values())
+    assert pc.CORRUPTIONS.get("fog").family == "weather"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_shape_dtype_and_single_image(photos, name):
+    for sev in (1, 5):
+        out = corrupt(photos, name, sev)
+        assert out.dtype == np.uint8 and out.shape == photos.shape
+        one = corrupt(photos[3], name, sev, start_index=3)
+        assert one.shape == (32, 32, 3) and one.dtype == np.uint8
+        np.testing.assert_array_equal(one, out[3])
+    # non-square, non-CIFAR size and an empty batch
+    rect = np.ascontiguousarray(photos[:2, :24, :].repeat(2, axis=2)[:, :, :40])
+    assert corrupt(rect, name, 3).shape == (2, 24, 40, 3)
+    assert corrupt(photos[:0], name, 2).shape == (0, 32, 32, 3)
+    assert (corrupt(photos, name, 5) != photos).any()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_severity_ordering(photos, name):
+    change = [np.abs(corrupt(photos, name, s).astype(float) - photos).mean() for s in range(1, 6)]
+    assert min(change) > 0.3, change
+    if name in NON_MONOTONE:
+        assert len(set(np.round(change, 6))) == 5, change  # severities really differ
+    elif name == "motion_blur":
+        # (6, 2) -> (8, 2): the extra taps weigh < 0.2 %, so 3 and 4 differ only by the angle
+        assert change[0] < change[1] < change[2] and change[3] < change[4] and change[1] < change[4], change
+    else:
+        assert all(b > a for a, b in zip(change, change[1:])), change
+
+
+# ---------------------------------------------------------------- determinism
+
+@pytest.mark.parametrize("name", STOCHASTIC)
+def test_seeds_and_slicing(photos, name, monkeypatch):
+    a = corrupt(photos, name, 3, seed=7)
+    np.testing.assert_array_equal(a, corrupt(photos, name, 3, seed=7))
+    assert (a != corrupt(photos, name, 3, seed=8)).any()
+    # a slice of the sweep regenerates identically
+    np.testing.assert_array_equal(a[2:6], corrupt(photos[2:6], name, 3, seed=7, start_index=2))
+    # chunking does not matter
+    monkeypatch.setattr(pc, "CHUNK", 3)
+    np.testing.assert_array_equal(a, corrupt(photos, name, 3, seed=7))
+
+
+@pytest.mark.parametrize("name", DETERMINISTIC)
+def test_deterministic_ignore_seed(photos, name):
+    np.testing.assert_array_equal(corrupt(photos, name, 4, seed=0), corrupt(photos, name, 4, seed=99, start_index=5))
+
+
+def test_same_image_different_index_differs(photos):
+    x = np.repeat(photos[:1], 2, axis=0)
+    out = corrupt(x, "gaussian_noise", 2)
+    assert (out[0] != out[1]).any()
+
+
+# ---------------------------------------------------------------- published definitions
+# Independent per-image implementations of the reference functions (float64, the
+# libraries the authors used), then np.uint8(...) truncation as their script does.
+
+def _u8(x):
+    return np.uint8(np.clip(x, 0, 1) * 255)
+
+
+def _ref_hsv(img, sev, name):
+    x = rgb2hsv(img / 255.0)
+    if name == "brightness":
+        x[:, :, 2] = np.clip(x[:, :, 2] + PARAMS["brightness"][sev - 1], 0, 1)
+    else:
+        a, b = PARAMS["saturate"][sev - 1]
+        x[:, :, 1] = np.clip(x[:, :, 1] * a + b, 0, 1)
+    return _u8(hsv2rgb(x))
+
+
+def _ref_contrast(img, sev):
+    x = img / 255.0
+    m = np.mean(x, axis=(0, 1), keepdims=True)
+    return _u8((x - m) * PARAMS["contrast"][sev - 1] + m)
+
+
+def _ref_gaussian_blur(img, sev):
+    return _u8(gaussian(img / 255.0, sigma=PARAMS["gaussian_blur"][sev - 1], channel_axis=-1))
+
+
+def _ref_defocus(img, sev):
+    r, a = PARAMS["defocus_blur"][sev - 1]
+    g = np.arange(-8, 9)
+    xx, yy = np.meshgrid(g, g)
+    d = ((xx ** 2 + yy ** 2) <= r ** 2).astype(np.float32)
+    k = cv2.GaussianBlur(d / d.sum(), (3, 3), a)
+    x = img / 255.0
+    return _u8(np.stack([cv2.filter2D(x[:, :, c], -1, k) for c in range(3)], axis=2))
+
+
+def _ref_zoom(img, sev):
+    start, stop, step = PARAMS["zoom_blur"][sev - 1]
+    x = (img / 255.0).astype(np.float32)
+    out = np.zeros_like(x)
+    for f in np.arange(start, stop, step):
+        ch = int(np.ceil(32 / f))
+        top = (32 - ch) // 2
+        z = ndi.zoom(x[top:top + ch, top:top + ch], (f, f, 1), order=1)
+        t = (z.shape[0] - 32) // 2
+        out += z[t:t + 32, t:t + 32]
+    return _u8((x + out) / (len(np.arange(start, stop, step)) + 1))
+
+
+def _ref_pixelate(img, sev):
+    c = PARAMS["pixelate"][sev - 1]
+    p = Image.fromarray(img).resize((int(32 * c), int(32 * c)), Image.Resampling.BOX)
+    return np.asarray(p.resize((32, 32), Image.Resampling.BOX))
+
+
+def _ref_jpeg(img, sev):
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=PARAMS["jpeg_compression"][sev - 1])
+    return np.asarray(Image.open(buf))
+
+
+REFS = {
+    "brightness": lambda i, s: _ref_hsv(i, s, "brightness"),
+    "saturate": lambda i, s: _ref_hsv(i, s, "saturate"),
+    "contrast": _ref_contrast,
+    "gaussian_blur": _ref_gaussian_blur,
+    "defocus_blur": _ref_defocus,
+    "zoom_blur": _ref_zoom,
+    "pixelate": _ref_pixelate,
+    "jpeg_compression": _ref_jpeg,
+}
+
+# Pinned once from the reference functions above on the astronaut photo (32x32 BOX),
+# severity 3: (mean of all values, pixel [16, 16], pixel [5, 27]).
+PINNED = {
+    "brightness": (144.417, [127, 117, 117], [233, 226, 224]),
+    "contrast": (114.107, [120, 96, 90], [162, 139, 133]),
+    "pixelate": (114.804, [77, 74, 76], [195, 189, 188]),
+    "jpeg_compression": (115.257, [122, 77, 56], [212, 204, 193]),
+    "defocus_blur": (114.129, [82, 72, 73], [171, 162, 152]),
+    "saturate": (103.413, [89, 78, 78], [195, 186, 184]),
+    "gaussian_blur": (114.169, [80, 68, 69], [164, 154, 143]),
+    "zoom_blur": (116.804, [68, 64, 64], [105, 88, 63]),
+}
+
+
+@pytest.mark.parametrize("name", DETERMINISTIC)
+def test_matches_published_definition(photos, name):
+    ref = REFS[name]
+    for sev in range(1, 6):
+        ours = corrupt(photos, name, sev)
+        theirs = np.stack([ref(img, sev) for img in photos])
+        if name == "zoom_blur":  # batched matrix zoom vs scipy.ndimage.zoom: rounding only
+            diff = np.abs(ours.astype(int) - theirs)
+            assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (sev, diff.max())
+        else:
+            np.testing.assert_array_equal(ours, theirs, err_msg=f"{name} severity {sev}")
+    mean, p1, p2 = PINNED[name]
+    out = corrupt(photos[0], name, 3)
+    assert abs(out.mean() - mean) < 0.5
+    assert np.abs(out[16, 16].astype(int) - p1).max() <= 1
+    assert np.abs(out[5, 27].astype(int) - p2).max() <= 1
+
+
+def test_glass_blur_equals_sequential_loop(photos):
+    """The batched gather reproduces the reference's sequential per-pixel loop, literally
+    (its tuple "swap" on NumPy views, which copies rather than swaps)."""
+    from prunecal.corruptions._rng import image_rng
+
+    for sev in (2, 5):
+        sigma, delta, iters = PARAMS["glass_blur"][sev - 1]
+        ours = corrupt(photos[:3], "glass_blur", sev, seed=3, start_index=10)
+        for i, img in enumerate(photos[:3]):
+            g = image_rng(3, "glass_blur", sev, 10 + i)
+            positions = [(h, w) for h in range(32 - delta, delta, -1) for w in range(32 - delta, delta, -1)]
+            draws = g.integers(-delta, delta, size=(iters, len(positions), 2))
+            x = np.uint8(gaussian(img / 255.0, sigma=sigma, channel_axis=-1) * 255)
+            for it in range(iters):
+                for p, (h, w) in enumerate(positions):
+                    dx, dy = draws[it, p]
+                    hp, wp = h + dy, w + dx
+                    x[h, w], x[hp, wp] = x[hp, wp], x[h, w]
+            ref = _u8(gaussian(x / 255.0, sigma=sigma, channel_axis=-1))
+            np.testing.assert_array_equal(ours[i], ref)
+
+
+def _plasma_reference(u: np.ndarray, mapsize: int, decay: float) -> np.ndarray:
+    """The reference's diamond-square, one map, consuming ``u`` in order."""
+    m = np.empty((mapsize, mapsize))
+    m[0, 0] = 0
+    step, wibble, used = mapsize, 100.0, 0
+
+    def wibbled(a):
+        nonlocal used
+        r = u[used:used + a.size].reshape(a.shape)
+        used += a.size
+        return a / 4 + wibble * (wibble * r)
+
+    while step >= 2:
+        corner = m[0:mapsize:step, 0:mapsize:step]
+        sq = corner + np.roll(corner, -1, axis=0)
+        sq += np.roll(sq, -1, axis=1)
+        m[step // 2:mapsize:step, step // 2:mapsize:step] = wibbled(sq)
+        dr = m[step // 2:mapsize:step, step // 2:mapsize:step]
+        ul = m[0:mapsize:step, 0:mapsize:step]
+        m[0:mapsize:step, step // 2:mapsize:step] = wibbled(dr + np.roll(dr, 1, axis=0) + ul + np.roll(ul, -1, axis=1))
+        m[step // 2:mapsize:step, 0:mapsize:step] = wibbled(dr + np.roll(dr, 1, axis=1) + ul + np.roll(ul, -1, axis=0))
+        step //= 2
+        wibble /= decay
+    m -= m.min()
+    return m / m.max()
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.sampled_from([4, 8, 16, 32, 64]), st.floats(1.5, 3.0), st.integers(0, 2**31))
+def test_plasma_matches_reference(mapsize, decay, seed):
+    rng = np.random.default_rng(seed)
+    u = rng.uniform(-1, 1, size=(3, plasma_draws(mapsize)))
+    got = plasma_fractal(u, mapsize, decay)
+    assert got.shape == (3, mapsize, mapsize)
+    for i in range(3):
+        np.testing.assert_allclose(got[i], _plasma_reference(u[i], mapsize, decay), atol=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(8, 40), st.integers(8, 40), st.floats(1.0, 2.5), st.booleans())
+def test_clipped_zoom_matches_scipy(h, w, f, channels):
+    x = np.random.default_rng(h * 100 + w).random((2, h, w, 3) if channels else (2, h, w))
+    ch, cw = int(np.ceil(h / f)), int(np.ceil(w / f))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    # mode="nearest": scipy's default "constant" blends in 0 where k * (n-1)/(m-1) rounds to
+    # just above n-1 (never for CIFAR's sizes and factors, see test_matches_published_definition)
+    z = ndi.zoom(x[:, top:top + ch, left:left + cw], (1, f, f) + (1,) * (x.ndim - 3), order=1, mode="nearest")
+    th, tw = (z.shape[1] - h) // 2, (z.shape[2] - w) // 2
+    np.testing.assert_allclose(clipped_zoom(x, f), z[:, th:th + h, tw:tw + w], atol=1e-9)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.floats(1, 14), st.floats(0.5, 12), st.floats(-180, 180))
+def test_motion_kernel(radius, sigma, angle):
+    k = motion_kernel(radius, sigma, angle)
+    assert k.dtype == np.float32 and k.shape[0] == k.shape[1] and k.shape[0] % 2 == 1
+    assert abs(float(k.sum()) - 1) < 1e-5 and (k >= 0).all()
+    c = k.shape[0] // 2
+    width = int(2 * np.ceil(radius) + 1)
+    w = np.exp(-np.arange(width) ** 2 / (2 * sigma ** 2))
+    assert k[c, c] >= w[0] / w.sum() - 1e-6  # tap 0: the largest Gaussian weight (plus coinciding taps)
+    ys, xs = np.nonzero(k)
+    t = np.deg2rad(angle)
+    # taps lie on the ray from the centre in direction (cos, sin): "behind" the pixel only
+    proj = (xs - c) * np.cos(t) + (ys - c) * np.sin(t)
+    perp = -(xs - c) * np.sin(t) + (ys - c) * np.cos(t)
+    assert (proj >= -0.75).all() and (np.abs(perp) <= 0.75).all()
+
+
+def test_motion_blur_of_edge_moves_along_angle():
+    from prunecal.corruptions.blur import apply_motion
+
+    img = np.zeros((32, 32), np.float32)
+    img[:, 16:] = 1.0  # vertical edge
+    out = apply_motion(img, 6, 2.0, 0.0)  # taps at +x: pixels left of the edge pick up light
+    assert out[10, 14] > 0 and out[10, 20] == pytest.approx(1.0)
+    np.testing.assert_allclose(apply_motion(np.full((16, 16), 0.3, np.float32), 9, 2.5, 33.0), 0.3, atol=1e-6)
+
+
+# ---------------------------------------------------------------- statistics of the noise
+
+def test_noise_statistics():
+    grey = np.full((16, 32, 32, 3), 128, np.uint8)
+    for sev, c in enumerate(PARAMS["gaussian_noise"], 1):
+        d = (corrupt(grey, "gaussian_noise", sev).astype(float) - 127.5) / 255  # truncation: -0.5 on average
+        assert abs(d.std() - c) < 0.1 * c and abs(d.mean()) < 0.01
+    for sev, amount in enumerate(PARAMS["impulse_noise"], 1):
+        out = corrupt(grey, "impulse_noise", sev)
+        frac_salt, frac_pepper = (out == 255).mean(), (out == 0).mean()
+        assert abs(frac_salt + frac_pepper - amount) < 0.25 * amount
+        assert abs(frac_salt - frac_pepper) < 0.3 * amount
+    for sev, c in enumerate(PARAMS["shot_noise"], 1):
+        d = corrupt(grey, "shot_noise", sev).astype(float) / 255
+        lam = 128 / 255 * c
+        assert abs(d.std() - np.sqrt(lam) / c) < 0.1 * np.sqrt(lam) / c
+    for sev, c in enumerate(PARAMS["speckle_noise"], 1):
+        d = corrupt(grey, "speckle_noise", sev).astype(float) / 255 - 128 / 255
+        assert abs(d.std() - c * 128 / 255) < 0.1 * c * 128 / 255
+
+
+def test_frost_and_fog_ranges(photos):
+    for sev in range(1, 6):
+        a, b = PARAMS["frost"][sev - 1]
+        out = corrupt(photos, "frost", sev).astype(float)
+        lo = np.floor(a * photos)  # frost only adds light to the weighted image
+        assert (out >= lo - 1).all() and (out <= np.minimum(255, a * photos + b * 255) + 1).all()
+    # fog rescales by max / (max + c): never brighter than the image's max
+    fogged = corrupt(photos, "fog", 5)
+    assert (fogged.reshape(8, -1).max(1) <= photos.reshape(8, -1).max(1)).all()
+
+
+def test_frost_textures_deterministic():
+    from prunecal.corruptions.textures import N_TEXTURES, _texture, frost_textures
+
+    tex = frost_textures()
+    assert len(tex) == N_TEXTURES and all(t.shape == (160, 160, 3) for t in tex)
+    np.testing.assert_array_equal(tex[2], _texture(2, 160))
+    means = [t.mean() / 255 for t in tex]
+    assert all(0.35 < m < 0.65 for m in means)
+    assert all((t[..., 2] >= t[..., 0]).all() for t in tex)  # icy blue tint
+    assert not tex[0].flags.writeable
+
+
+def test_spatter_modes(photos):
+    water = corrupt(photos, "spatter", 3).astype(int)
+    assert (water >= photos.astype(int) - 1).all()  # water only adds pale turquoise
+    mud = corrupt(photos, "spatter", 5)
+    mud_px = np.all(np.abs(mud.astype(int) - [63, 42, 20]) <= 1, axis=-1)
+    assert mud_px.any()
+
+
+def test_snow_brightens(photos):
+    for sev in range(1, 6):
+        assert corrupt(photos, "snow", sev).mean() > photos.mean()
+
+
+# ---------------------------------------------------------------- real CIFAR-10 pixels
+
+def test_cifar_images(shared_data):
+    x = np.load(shared_data / "cifar10" / "exact_subset.npz")["x_test"][:12]
+    for name in ALL:
+        change = [np.abs(corrupt(x, name, s).astype(float) - x).mean() for s in (1, 3, 5)]
+        assert change[2] > 0.3
+        if name not in NON_MONOTONE:
+            assert change[0] < change[1] < change[2], (name, change)
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_bad_input(photos):
+    with pytest.raises(TypeError, match="uint8"):
+        corrupt(photos.astype(np.float32) / 255, "fog", 1)
+    with pytest.raises(TypeError, match=r"astype\(np.uint8\)"):
+        corrupt(photos.astype(np.float64), "fog", 1)
+    with pytest.raises(TypeError, match="uint8"):
+        corrupt(photos.astype(np.int64), "fog", 1)
+    with pytest.raises(ValueError, match="3 \\(RGB\\) channels"):
+        corrupt(photos[..., :1], "fog", 1)
+    with pytest.raises(ValueError, match="channels-first"):
+        corrupt(np.ascontiguousarray(photos.transpose(0, 3, 1, 2)), "fog", 1)
+    with pytest.raises(ValueError, match="shape"):
+        corrupt(photos[0, :, :, 0], "fog", 1)
+    with pytest.raises(ValueError, match="shape"):
+        corrupt(photos[None], "fog", 1)
+    with pytest.raises(ValueError, match="at least"):
+        corrupt(photos[:, :4, :4], "fog", 1)
+    for sev in (0, 6, -1):
+        with pytest.raises(ValueError, match="severity"):
+            corrupt(photos, "fog", sev)
+    for sev in (2.0, True, "3"):
+        with pytest.raises(TypeError, match="severity"):
+            corrupt(photos, "fog", sev)
+    with pytest.raises(ValueError, match="seed"):
+        corrupt(photos, "fog", 1, seed=-1)
+    with pytest.raises(ValueError, match="start_index"):
+        corrupt(photos, "fog", 1, start_index=-3)
+    with pytest.raises(UnknownNameError, match="gaussian_noise"):
+        corrupt(photos, "gaussian_noize", 1)
+    with pytest.raises(UnknownNameError):
+        corrupt(photos, None, 1)
+
+
+def test_does_not_modify_input_and_accepts_views(photos):
+    x = photos.copy()
+    view = x[:, ::-1]  # negative-stride view
+    for name in ALL:
+        out = corrupt(view, name, 3)
+        assert out.shape == view.shape
+    np.testing.assert_array_equal(x, photos)
+    np.testing.assert_array_equal(corrupt(view, "glass_blur", 2), corrupt(np.ascontiguousarray(view), "glass_blur", 2))
+
+
+def test_stable_ids_and_stream():
+    """Ids and the per-image stream are part of the output's identity: pinned."""
+    assert pc.CORRUPTION_IDS["gaussian_noise"] == 0 and pc.CORRUPTION_IDS["jpeg_compression"] == 14
+    assert pc.CORRUPTION_IDS["saturate"] == 18
+    grey = np.full((2, 32, 32, 3), 128, np.uint8)
+    out = corrupt(grey, "gaussian_noise", 3, seed=0, start_index=5)
+    assert out[0, 0, :2].tolist() == [[120, 147, 144], [156, 104, 92]]
+    assert out[1, 31, 31].tolist() == [125, 138, 123]
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 2**31))
+def test_hsv_bit_identical_to_skimage(seed):
+    from skimage.color import hsv2rgb as ref_hsv2rgb
+    from skimage.color import rgb2hsv as ref_rgb2hsv
+
+    from prunecal.corruptions.digital import hsv2rgb, rgb2hsv
+
+    rng = np.random.default_rng(seed)
+    hsv = rng.random((3, 9, 7, 3))
+    hsv[0, 0, :, 0] = [0.0, 1.0, 1 / 6, 2 / 6, 0.5, 4 / 6, 5 / 6]  # sector edges
+    hsv[1, 0, :, 1] = 0.0
+    np.testing.assert_array_equal(hsv2rgb(hsv), ref_hsv2rgb(hsv))
+    rgb = rng.integers(0, 4, size=(4, 16, 16, 3)) / 3.0  # many ties between channels, greys, black
+    rgb[0, 0, 0] = 0.0
+    np.testing.assert_array_equal(rgb2hsv(rgb), ref_rgb2hsv(rgb))
+    rgb = rng.random((2, 8, 8, 3))
+    np.testing.assert_array_equal(rgb2hsv(rgb), ref_rgb2hsv(rgb))
+
+
+def test_iter_suite_serial_and_parallel(photos):
+    from prunecal.corruptions import iter_suite
+
+    names = ["fog", "contrast", "glass_blur"]
+    serial = list(iter_suite(photos[:4], names, severities=(1, 5), seed=3))
+    assert [(n, s) for n, s, _ in serial] == [(n, s) for n in names for s in (1, 5)]
+    for n, s, out in serial:
+        np.testing.assert_array_equal(out, corrupt(photos[:4], n, s, seed=3))
+    parallel = list(iter_suite(photos[:4], names, severities=(1, 5), seed=3, workers=2))
+    assert [(n, s) for n, s, _ in parallel] == [(n, s) for n, s, _ in serial]
+    for (_, _, a), (_, _, b) in zip(serial, parallel):
+        np.testing.assert_array_equal(a, b)
+    assert len(list(iter_suite(photos[:2], None, severities=(2,)))) == 19
+    gen_sevs = list(iter_suite(photos[0], ["fog", "snow"], severities=(s for s in (1, 2))))
+    assert [(n, s) for n, s, _ in gen_sevs] == [("fog", 1), ("fog", 2), ("snow", 1), ("snow", 2)]
+    assert gen_sevs[0][2].shape == (32, 32, 3)
+    first = next(iter_suite(photos[:2], names, workers=2))  # abandoned early: pool shuts down
+    assert first[0] == "fog" and first[1] == 1
+    with pytest.raises(UnknownNameError):
+        list(iter_suite(photos, ["fog", "smog"]))
+    with pytest.raises(ValueError, match="workers"):
+        list(iter_suite(photos, ["fog"], workers=0))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_flat_images_no_warnings(name):
+    import warnings
+
+    flat = np.stack([np.zeros((32, 32, 3), np.uint8), np.full((32, 32, 3), 255, np.uint8),
+                     np.full((32, 32, 3), 77, np.uint8)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(all="raise"):
+            for sev in (1, 5):
+                out = corrupt(flat, name, sev)
+                assert out.shape == flat.shape and out.dtype == np.uint8
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.sampled_from(ALL), st.integers(1, 5), st.integers(8, 48), st.integers(8, 48),
+       st.integers(0, 3), st.integers(0, 2**32 - 1), st.integers(0, 10**9))
+def test_any_size_any_seed(name, sev, h, w, n, seed, start):
+    x = np.random.default_rng(h * w).integers(0, 256, size=(n, h, w, 3), dtype=np.uint8)
+    out = corrupt(x, name, sev, seed, start_index=start)
+    assert out.shape == x.shape and out.dtype == np.uint8
+    if n:
+        np.testing.assert_array_equal(out[-1], corrupt(x[-1], name, sev, seed, start_index=start + n - 1))
+
+
+def test_elastic_equals_reference_steps(photos):
+    """Per-image reference steps (cv2.warpAffine, skimage gaussian, 3-D map_coordinates)
+    with the same draws give the same pixels."""
+    from prunecal.corruptions._rng import image_rng
+
+    for sev in (1, 3, 5):
+        alpha, sigma, jitter = PARAMS["elastic_transform"][sev - 1]
+        ours = corrupt(photos[:3], "elastic_transform", sev, seed=1)
+        for i, img in enumerate(photos[:3]):
+            g = image_rng(1, "elastic_transform", sev, i)
+            image = np.array(img, dtype=np.float32) / 255.0
+            centre = np.float32((32, 32)) // 2
+            s = 32 // 3
+            pts1 = np.float32([centre + s, [centre[0] + s, centre[1] - s], centre - s])
+            pts2 = pts1 + g.uniform(-jitter, jitter, size=(3, 2)).astype(np.float32)
+            image = cv2.warpAffine(image, cv2.getAffineTransform(pts1, pts2), (32, 32),
+                                   borderMode=cv2.BORDER_REFLECT_101)
+            fields = g.uniform(-1, 1, size=(2, 32, 32))
+            dx = (gaussian(fields[0], sigma, mode="reflect", truncate=3) * alpha).astype(np.float32)
+            dy = (gaussian(fields[1], sigma, mode="reflect", truncate=3) * alpha).astype(np.float32)
+            xx, yy, zz = np.meshgrid(np.arange(32), np.arange(32), np.arange(3))
+            idx = (np.reshape(yy + dy[..., None], (-1, 1)), np.reshape(xx + dx[..., None], (-1, 1)),
+                   np.reshape(zz, (-1, 1)))
+            ref = ndi.map_coordinates(image, idx, order=1, mode="reflect").reshape(32, 32, 3)
+            diff = np.abs(ours[i].astype(int) - _u8(ref).astype(int))
+            assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (sev, diff.max())
