@@ -1,9 +1,180 @@
-// Thin pybind11 door to the native kernels: argument checks live in the kernel families' entry points.
+// Thin pybind11 door to the native kernels. Binds numpy arrays / buffers only (no torch in
+// the build). Every argument is checked here: bad dtype -> TypeError, bad shape / value ->
+// ValueError; nothing reaches a kernel unchecked. Compute runs with the GIL released.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "common.h"
+#include "packed_weight.h"
 
 namespace py = pybind11;
+using prunecal::PackedWeight;
+void bind_plan(py::module_& m);  // csrc/plan_bindings.cpp
+
+namespace {
+
+[[noreturn]] void value_error(const std::string& m) { throw py::value_error(m); }
+
+template <typename T>
+const char* dtype_name();
+template <>
+const char* dtype_name<float>() { return "float32"; }
+template <>
+const char* dtype_name<int32_t>() { return "int32"; }
+
+template <typename T>
+void check_array(const py::array& a, const char* name, int ndim) {
+  if (!py::isinstance<py::array_t<T>>(a) || !a.dtype().is(py::dtype::of<T>()))
+    throw py::type_error(std::string(name) + ": expected dtype " + dtype_name<T>() + ", got " +
+                         std::string(py::str(a.dtype())));
+  if (ndim >= 0 && a.ndim() != ndim)
+    value_error(std::string(name) + ": expected a " + std::to_string(ndim) + "-D array, got " +
+                std::to_string(a.ndim()) + "-D");
+  if (!(a.flags() & py::array::c_style))
+    value_error(std::string(name) + ": expected a C-contiguous array");
+}
+
+template <typename T>
+std::vector<T> to_vector(const py::array& a, const char* name, int ndim) {
+  check_array<T>(a, name, ndim);
+  std::vector<T> v(size_t(a.size()));
+  if (a.size()) std::memcpy(v.data(), a.data(), sizeof(T) * size_t(a.size()));
+  return v;
+}
+
+const float* optional_bias(const py::object& bias, int rows) {
+  if (bias.is_none()) return nullptr;
+  if (!py::isinstance<py::array>(bias)) throw py::type_error("bias: expected a numpy array or None");
+  py::array b = bias.cast<py::array>();
+  check_array<float>(b, "bias", 1);
+  if (b.shape(0) != rows)
+    value_error("bias: expected " + std::to_string(rows) + " values, got " + std::to_string(b.shape(0)));
+  return static_cast<const float*>(b.data());
+}
+
+void check_out(const py::array& out, const py::array& x, const std::vector<py::ssize_t>& shape) {
+  check_array<float>(out, "out", int(shape.size()));
+  if (!out.writeable()) value_error("out: array is read-only");
+  for (size_t i = 0; i < shape.size(); ++i)
+    if (out.shape(i) != shape[i]) value_error("out: wrong shape for this convolution / layer");
+  const char *o0 = static_cast<const char*>(out.data()), *x0 = static_cast<const char*>(x.data());
+  if (out.nbytes() && x.nbytes() && o0 < x0 + x.nbytes() && x0 < o0 + out.nbytes())
+    value_error("out: must not overlap x");
+}
+
+int check_threads(int threads) {
+  if (threads < 1 || threads > 1024) value_error("threads: expected 1..1024, got " + std::to_string(threads));
+  return threads;
+}
+
+}  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "prunecal native sparse inference core";
+  m.doc() = "prunecal native sparse inference core (CSR/BSR direct sparse convolution, sparse linear)";
   m.attr("__version__") = "0.1.0";
+
+  m.def("cpu_features", [] {
+    py::dict d;
+    d["avx2_fma"] = prunecal::cpu_has_avx2_fma();
+#if defined(PRUNECAL_HAVE_AVX2_TU)
+    d["avx2_compiled"] = true;
+#else
+    d["avx2_compiled"] = false;
+#endif
+    d["isa"] = prunecal::select_kernels("auto").name;
+    return d;
+  }, "CPU features seen at run time and the kernel set 'auto' picks ('avx2' or 'generic').");
+  m.def("isa", [] { return std::string(prunecal::select_kernels("auto").name); },
+        "Name of the kernel set used by default ('avx2' or 'generic').");
+
+  py::class_<PackedWeight>(m, "PackedWeight",
+      "Validated, kernel-ready copy of a CSR / BSR weight (C_out, C_in/groups, kh, kw); "
+      "caches per-input-geometry offsets.")
+      .def(py::init([](const std::string& kind, const py::array& values, const py::array& indptr,
+                       const py::array& indices, const std::vector<int>& shape, int block_rows) {
+             if (shape.size() != 4) value_error("shape: expected (C_out, C_in/groups, kh, kw)");
+             if (kind == "bsr") check_array<float>(values, "values", 2);
+             auto v = to_vector<float>(values, "values", kind == "bsr" ? 2 : 1);
+             auto p = to_vector<int32_t>(indptr, "indptr", 1);
+             auto i = to_vector<int32_t>(indices, "indices", 1);
+             if (kind == "bsr" && values.shape(1) != block_rows)
+               value_error("values: expected shape (n_blocks, block_rows)");
+             std::array<int, 4> s{shape[0], shape[1], shape[2], shape[3]};
+             return new PackedWeight(kind, std::move(v), std::move(p), std::move(i), s, block_rows);
+           }),
+           py::arg("kind"), py::arg("values"), py::arg("indptr"), py::arg("indices"), py::arg("shape"),
+           py::arg("block_rows") = 1)
+      .def_property_readonly("kind", &PackedWeight::kind)
+      .def_property_readonly("shape", [](const PackedWeight& w) {
+        return py::make_tuple(w.rows(), w.cin_per_group(), w.kh(), w.kw());
+      })
+      .def_property_readonly("nnz", &PackedWeight::nnz)
+      .def_property_readonly("block_rows", &PackedWeight::block_rows)
+      .def("conv2d",
+           [](PackedWeight& w, const py::array& x, py::array out, const py::object& bias, int stride,
+              int padding, int dilation, int groups, bool relu, int threads, const std::string& isa) {
+             check_array<float>(x, "x", 4);
+             if (stride < 1) value_error("stride: must be >= 1, got " + std::to_string(stride));
+             if (padding < 0) value_error("padding: must be >= 0, got " + std::to_string(padding));
+             if (dilation < 1) value_error("dilation: must be >= 1, got " + std::to_string(dilation));
+             if (groups < 1 || w.rows() % groups)
+               value_error("groups: " + std::to_string(groups) + " must be >= 1 and divide C_out=" +
+                           std::to_string(w.rows()));
+             const py::ssize_t N = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3);
+             if (C != py::ssize_t(w.cin_per_group()) * groups)
+               value_error("x: expected " + std::to_string(int64_t(w.cin_per_group()) * groups) +
+                           " input channels (C_in/groups=" + std::to_string(w.cin_per_group()) +
+                           " x groups=" + std::to_string(groups) + "), got " + std::to_string(C));
+             if (H <= 0 || W <= 0 || H >= (1 << 20) || W >= (1 << 20) || N >= (int64_t(1) << 31))
+               value_error("x: bad spatial size or batch");
+             const prunecal::KernelSet& k = prunecal::select_kernels(isa.c_str());
+             const float* b = optional_bias(bias, w.rows());
+             threads = check_threads(threads);
+             auto g = w.geometry(int(H), int(W), stride, padding, dilation);  // validates geometry
+             check_out(out, x, {N, w.rows(), g->Ho, g->Wo});
+             const float* xp = static_cast<const float*>(x.data());
+             float* yp = static_cast<float*>(out.mutable_data());
+             py::gil_scoped_release nogil;
+             w.conv2d(xp, int(N), int(C), int(H), int(W), yp, b, stride, padding, dilation, groups, relu, threads, k);
+           },
+           py::arg("x"), py::arg("out"), py::arg("bias") = py::none(), py::arg("stride") = 1,
+           py::arg("padding") = 0, py::arg("dilation") = 1, py::arg("groups") = 1, py::arg("relu") = false,
+           py::arg("threads") = 1, py::arg("isa") = "auto",
+           "out[:] = conv2d(x) with x (N, C_in, H, W) and out (N, C_out, Ho, Wo) float32 C-contiguous.")
+      .def("output_hw",
+           [](PackedWeight& w, int H, int W, int stride, int padding, int dilation) {
+             if (stride < 1 || padding < 0 || dilation < 1) value_error("bad stride/padding/dilation");
+             if (H <= 0 || W <= 0) value_error("input: H and W must be positive");
+             auto g = w.geometry(H, W, stride, padding, dilation);
+             return py::make_tuple(g->Ho, g->Wo);
+           },
+           py::arg("H"), py::arg("W"), py::arg("stride") = 1, py::arg("padding") = 0, py::arg("dilation") = 1)
+      .def("linear",
+           [](PackedWeight& w, const py::array& x, py::array out, const py::object& bias, bool relu,
+              int threads, const std::string& isa) {
+             if (w.kh() != 1 || w.kw() != 1) value_error("weight: not a linear (out, in) weight");
+             check_array<float>(x, "x", 2);
+             if (x.shape(1) != w.cols())
+               value_error("x: expected " + std::to_string(w.cols()) + " input features, got " +
+                           std::to_string(x.shape(1)));
+             const prunecal::KernelSet& k = prunecal::select_kernels(isa.c_str());
+             const float* b = optional_bias(bias, w.rows());
+             threads = check_threads(threads);
+             check_out(out, x, {x.shape(0), w.rows()});
+             const float* xp = static_cast<const float*>(x.data());
+             float* yp = static_cast<float*>(out.mutable_data());
+             const int64_t N = x.shape(0);
+             py::gil_scoped_release nogil;
+             w.linear(xp, N, yp, b, relu, threads, k);
+           },
+           py::arg("x"), py::arg("out"), py::arg("bias") = py::none(), py::arg("relu") = false,
+           py::arg("threads") = 1, py::arg("isa") = "auto",
+           "out[:] = x @ W.T (+ bias) with x (N, in) and out (N, out) float32 C-contiguous.");
+  bind_plan(m);
 }

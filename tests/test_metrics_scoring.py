@@ -114,7 +114,10 @@ def test_summary_keys_and_consistency():
     sl = M.summary_from_logits(z, y)
     assert sl["temperature"] == 1.0
     for k in M.SUMMARY_KEYS:
-        assert sl[k] == pytest.approx(s[k], rel=1e-9, abs=1e-12)
+        if isinstance(s[k], str):
+            assert sl[k] == s[k]
+        else:
+            assert sl[k] == pytest.approx(s[k], rel=1e-9, abs=1e-12)
     s2 = M.summary_from_logits(z, y, temperature=2.0)
     assert s2["ece"] == pytest.approx(M.ece(M.softmax(z / 2), y))
     assert s2["accuracy"] == s["accuracy"]
@@ -138,3 +141,8 @@ def test_logits_bad_input():
         M.nll(np.array([[2.0, 3.0]]) / 10, [0])
     with pytest.raises(ValueError, match="out of range"):
         M.summary_from_logits(np.zeros((2, 3)), [0, 3])
+    with pytest.raises(TypeError, match="temperature must be a number"):
+        M.summary_from_logits(np.zeros((2, 3)), [0, 1], temperature="warm")
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="temperature"):
+            M.summary_from_logits(np.zeros((2, 3)), [0, 1], temperature=bad)

@@ -1,0 +1,63 @@
+// Shared types of the native sparse core: the output "slot" geometry and the kernel table.
+//
+// Convolution scheme (direct sparse convolution): each image is copied into zero-padded
+// planes; for stride s > 1 the padded plane is split into s*s phase planes, so that for every
+// stored weight (ci, ky, kx) the input of output pixel (oy, ox) sits at the constant offset
+// off(ci, ky, kx) from the "wide" position q = oy * Wq + ox (Wq = phase-plane width).
+// Output pixels are grouped in slots of up to 8 consecutive columns of one output row
+// (or 8 consecutive pixels when the planes have no padding columns); a kernel keeps a tile
+// of slots in SIMD registers and loops over the row's nonzeros: broadcast the weight, load
+// the 8 inputs at q + off, fused multiply-add.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace prunecal {
+
+// Floats of zeroed slack after each packed image, so that vector loads of the last
+// (partially valid) slot never leave the buffer.
+constexpr int64_t kSlack = 64;
+constexpr int kLanes = 8;
+// Nonzeros per row block processed against all slot tiles (8 bytes each: ~8 KiB of L1).
+constexpr int kBlockNnz = 1024;
+
+struct Slot {
+  int32_t in_q;   // wide input position of lane 0
+  int32_t out_q;  // output position (oy * Wo + ox) of lane 0
+  int32_t n;      // valid lanes, 1..8
+};
+
+// One kernel call: rows [row0, row1) (CSR) or block rows (BSR) of one group, slots [s0, s1).
+struct ConvTask {
+  const float* in;        // packed planes of this group
+  const int32_t* indptr;  // row (CSR) or block-row (BSR) pointers
+  const int32_t* off;     // input offset of each nonzero (CSR) or block (BSR)
+  const float* val;       // CSR: per nonzero; BSR: block_rows per block
+  const Slot* slots;
+  float* out;             // output of this image; row i starts at out + i * out_stride
+  int64_t out_stride;     // floats between output channels (Ho * Wo)
+  const float* bias;      // per output channel, or nullptr
+  bool relu;
+  int valid_rows;         // rows >= valid_rows are padding (BSR) and never written
+};
+
+using CsrFn = void (*)(const ConvTask&, int row0, int row1, int s0, int s1);
+using BsrFn = void (*)(const ConvTask&, int block_rows, int brow0, int brow1, int s0, int s1);
+using NonfiniteFn = bool (*)(const float* x, int64_t n);
+
+struct KernelSet {
+  const char* name;
+  CsrFn csr;
+  BsrFn bsr;
+  NonfiniteFn nonfinite;
+};
+
+const KernelSet& generic_kernels();
+#if defined(PRUNECAL_HAVE_AVX2_TU)
+const KernelSet& avx2_kernels();
+#endif
+bool cpu_has_avx2_fma();
+// "auto" (best the CPU supports), "avx2" or "generic"; throws std::invalid_argument otherwise.
+const KernelSet& select_kernels(const char* isa);
+
+}  // namespace prunecal

@@ -1,0 +1,175 @@
+// Sparse conv2d driver: per-image zero-padded (phase-split for stride > 1) planes, work split
+// over images (large batch) or over output-channel blocks x slot ranges (batch < 4 * threads).
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+
+#if defined(__SSE2__) || defined(_M_X64)
+#include <emmintrin.h>
+#endif
+
+#include "packed_weight.h"
+#include "thread_pool.h"
+
+namespace prunecal {
+namespace {
+
+inline void copy_row(float* d, const float* s, int n) {
+  int i = 0;
+  for (; i + 8 <= n; i += 8) std::memcpy(d + i, s + i, 32);  // fixed size: inlined vector moves
+  for (; i < n; ++i) d[i] = s[i];
+}
+
+// dst[j] = src[s * j] for j < n (the phase-split copy of one row).
+inline void gather_row(float* dst, const float* src, int n, int s) {
+  int j = 0;
+#if defined(__SSE2__) || defined(_M_X64)
+  if (s == 2)  // loads src[2j .. 2j+3] and src[2j+3 .. 2j+6]: never reads past src[2 * (n - 1)]
+    for (; j + 4 <= n; j += 4)
+      _mm_storeu_ps(dst + j, _mm_shuffle_ps(_mm_loadu_ps(src + 2 * j), _mm_loadu_ps(src + 2 * j + 3),
+                                            _MM_SHUFFLE(3, 1, 2, 0)));
+#endif
+  for (; j < n; ++j) dst[j] = src[int64_t(j) * s];
+}
+
+// Copy one image (C, H, W) into C x stride^2 phase planes of Hq x Wq with zero padding,
+// followed by kSlack zeros. With zero_borders == false the padding positions of `buf` are
+// known to be zero already (same layout as the previous image packed into it) and only the
+// image itself is copied.
+void pack_planes(const float* x, int C, int H, int W, const Geometry& g, float* buf, bool zero_borders) {
+  const int s = g.stride, p = g.pad, Hq = g.Hq, Wq = g.Wq;
+  if (zero_borders) std::memset(buf, 0, sizeof(float) * size_t(C * g.chan_floats + kSlack));
+  for (int c = 0; c < C; ++c) {
+    const float* X = x + int64_t(c) * H * W;
+    float* P0 = buf + c * g.chan_floats;
+    if (s == 1) {
+      for (int y = 0; y < H; ++y) copy_row(P0 + int64_t(y + p) * Wq + p, X + int64_t(y) * W, W);
+      continue;
+    }
+    for (int py = 0; py < s; ++py)
+      for (int px = 0; px < s; ++px) {
+        float* P = P0 + int64_t(py * s + px) * Hq * Wq;
+        // columns j with 0 <= j*s + px - p < W
+        const int j_lo = std::min(Wq, (std::max(0, p - px) + s - 1) / s);
+        const int last = W - 1 + p - px;  // j*s <= last
+        const int j_hi = last < 0 ? j_lo : std::max(j_lo, std::min(Wq, last / s + 1));
+        for (int i = 0; i < Hq; ++i) {
+          const int yy = i * s + py - p;
+          if (yy < 0 || yy >= H) continue;
+          float* row = P + int64_t(i) * Wq;
+          const float* xr = X + int64_t(yy) * W + (px - p);
+          gather_row(row + j_lo, xr + int64_t(j_lo) * s, j_hi - j_lo, s);
+        }
+      }
+  }
+}
+
+// Per-thread plane buffer, reused across calls; remembers the layout whose zero borders it holds.
+struct PlaneBuffer {
+  std::vector<float> data;
+  const Geometry* layout = nullptr;
+  std::shared_ptr<Geometry> keep;  // keeps `layout` alive so the pointer cannot be reused
+  int C = 0;
+};
+thread_local PlaneBuffer t_planes;
+
+// The calling thread's buffer for `n` floats; *zero_borders tells whether pack_planes must
+// clear it first.
+float* planes(int64_t n, const std::shared_ptr<Geometry>& g, int C, bool* zero_borders) {
+  PlaneBuffer& b = t_planes;
+  if (int64_t(b.data.size()) < n) {
+    b.data.assign(size_t(n), 0.f);
+    b.layout = nullptr;
+  }
+  *zero_borders = !(b.layout == g.get() && b.C == C);
+  b.layout = g.get();
+  b.keep = g;
+  b.C = C;
+  return b.data.data();
+}
+
+}  // namespace
+
+void PackedWeight::conv2d(const float* x, int N, int C, int H, int W, float* y, const float* bias,
+                          int stride, int pad, int dil, int groups, bool relu, int threads,
+                          const KernelSet& k) {
+  if (N <= 0) return;
+  auto gp = geometry(H, W, stride, pad, dil);
+  Geometry& g = *gp;
+  const int Cg = cin_per_group(), Co = rows(), Cog = Co / groups, r = block_rows_;
+  const bool use_bsr = kind_ == "bsr" && (groups == 1 || Cog % r == 0);
+  const int64_t img_in = int64_t(C) * H * W, out_plane = int64_t(g.Ho) * g.Wo;
+  const int64_t img_out = int64_t(Co) * out_plane, buf_floats = C * g.chan_floats + kSlack;
+  const int S = int(g.slots.size());
+
+  // rows of work per group: output channels, or block rows for BSR
+  auto units = [&](bool bad) {
+    if (use_bsr && !bad) return groups == 1 ? (Co + r - 1) / r : Cog / r;
+    return Cog;
+  };
+  auto compute = [&](const float* buf, float* yi, bool bad, int grp, int u0, int u1, int s0, int s1) {
+    ConvTask t;
+    t.in = buf + int64_t(grp) * Cg * g.chan_floats;
+    t.slots = g.slots.data();
+    t.out = yi;
+    t.out_stride = out_plane;
+    t.bias = bias;
+    t.relu = relu;
+    t.valid_rows = Co;
+    if (bad) {
+      t.indptr = g.dense_indptr.data(), t.off = g.dense_off.data(), t.val = g.dense_val.data();
+      k.csr(t, grp * Cog + u0, grp * Cog + u1, s0, s1);
+    } else if (use_bsr) {
+      t.indptr = b_indptr_.data(), t.off = g.bsr_off.data(), t.val = b_val_.data();
+      const int base = groups == 1 ? 0 : grp * (Cog / r);
+      k.bsr(t, r, base + u0, base + u1, s0, s1);
+    } else {
+      t.indptr = c_indptr_.data(), t.off = g.csr_off.data(), t.val = c_val_.data();
+      k.csr(t, grp * Cog + u0, grp * Cog + u1, s0, s1);
+    }
+  };
+  auto pack = [&](int64_t n, float* buf, bool zero_borders) {
+    const float* xi = x + n * img_in;
+    const bool bad = k.nonfinite(xi, img_in);
+    if (bad) ensure_dense(g);
+    pack_planes(xi, C, H, W, g, buf, zero_borders);
+    return bad;
+  };
+
+  if (threads <= 1 || N >= 4 * threads) {
+    // whole images per worker, each in its own plane buffer
+    parallel_for(threads, N, [&](int64_t n, int) {
+      bool zero;
+      float* buf = planes(buf_floats, gp, C, &zero);
+      const bool bad = pack(n, buf, zero);
+      for (int grp = 0; grp < groups; ++grp) compute(buf, y + n * img_out, bad, grp, 0, units(bad), 0, S);
+    });
+    return;
+  }
+  // few images: split each over (group, unit block, slot range)
+  bool zero;
+  float* buf = planes(buf_floats, gp, C, &zero);
+  for (int64_t n = 0; n < N; ++n) {
+    const bool bad = pack(n, buf, zero);
+    zero = false;
+    const int U = units(bad);
+    const int ub = (use_bsr && !bad) ? 1 : std::max(1, std::min(8, U / (2 * threads)));
+    const int nub = (U + ub - 1) / ub;
+    const int64_t row_tasks = int64_t(groups) * nub;
+    int sc = S;
+    if (row_tasks < 4 * threads) {
+      const int64_t want = (4 * threads + row_tasks - 1) / row_tasks;
+      sc = int(std::max<int64_t>(8, ((S + want - 1) / want + 7) / 8 * 8));
+    }
+    const int nsc = (S + sc - 1) / sc;
+    float* yi = y + n * img_out;
+    parallel_for(threads, row_tasks * nsc, [&](int64_t task, int) {
+      const int si = int(task % nsc);
+      const int64_t rt = task / nsc;
+      const int grp = int(rt / nub), u0 = int(rt % nub) * ub;
+      compute(buf, yi, bad, grp, u0, std::min(U, u0 + ub), si * sc, std::min(S, si * sc + sc));
+    });
+  }
+}
+
+}  // namespace prunecal

@@ -1,0 +1,72 @@
+// PackedWeight: a validated, immutable copy of a CSR or BSR weight plus per-input-geometry
+// caches (nonzero -> input offsets, output slots), built once per geometry and shared by calls.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "common.h"
+
+namespace prunecal {
+
+struct Geometry {
+  int H = 0, W = 0, stride = 1, pad = 0, dil = 1;
+  int Hq = 0, Wq = 0, Ho = 0, Wo = 0;
+  int64_t chan_floats = 0;  // stride*stride*Hq*Wq: one input channel's phase planes
+  std::vector<Slot> slots;
+  std::vector<int32_t> csr_off;  // per CSR nonzero
+  std::vector<int32_t> bsr_off;  // per BSR block (BSR weights only)
+  // Dense form (zeros included), built on first use: images holding NaN/Inf must see
+  // NaN*0 = NaN exactly as torch's dense convolution does.
+  std::once_flag dense_once;
+  std::vector<int32_t> dense_indptr, dense_off;
+  std::vector<float> dense_val;
+};
+
+class PackedWeight {
+ public:
+  // kind "csr": values (nnz,), indptr (rows+1,), indices (nnz,); "bsr": values (nblocks, r),
+  // indptr (ceil(rows/r)+1,), indices (nblocks,). shape = (C_out, C_in/groups, kh, kw).
+  PackedWeight(const std::string& kind, std::vector<float> values, std::vector<int32_t> indptr,
+               std::vector<int32_t> indices, std::array<int, 4> shape, int block_rows);
+
+  const std::string& kind() const { return kind_; }
+  int rows() const { return shape_[0]; }
+  int cin_per_group() const { return shape_[1]; }
+  int kh() const { return shape_[2]; }
+  int kw() const { return shape_[3]; }
+  int64_t cols() const { return int64_t(shape_[1]) * shape_[2] * shape_[3]; }
+  int block_rows() const { return block_rows_; }
+  int64_t nnz() const { return int64_t(c_val_.size()); }
+
+  // Geometry for an input of H x W with the given conv parameters (cached).
+  std::shared_ptr<Geometry> geometry(int H, int W, int stride, int pad, int dil);
+  void ensure_dense(Geometry& g) const;
+
+  // y = conv2d(x); x (N, C, H, W), y (N, C_out, Ho, Wo), both C-contiguous float32.
+  void conv2d(const float* x, int N, int C, int H, int W, float* y, const float* bias, int stride,
+              int pad, int dil, int groups, bool relu, int threads, const KernelSet& k);
+  // y = x W^T (+ bias); x (N, in), y (N, out).
+  void linear(const float* x, int64_t N, float* y, const float* bias, bool relu, int threads,
+              const KernelSet& k);
+
+ private:
+  std::string kind_;
+  std::array<int, 4> shape_;
+  int block_rows_ = 1;
+  // CSR view (for a BSR weight: its blocks without the zeros), always present
+  std::vector<float> c_val_;
+  std::vector<int32_t> c_indptr_, c_cols_;
+  // BSR blocks (BSR only)
+  std::vector<float> b_val_;
+  std::vector<int32_t> b_indptr_, b_cols_;
+  std::mutex mutex_;
+  std::map<std::tuple<int, int, int, int, int>, std::shared_ptr<Geometry>> geoms_;
+};
+
+}  // namespace prunecal

@@ -1,0 +1,501 @@
+// Plan executor: see plan.h for the layout, threading and non-finite rules.
+#include "plan.h"
+
+#include <algorithm>
+#include <chrono>
+#include <ctime>
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+#include <stdexcept>
+
+#include "thread_pool.h"
+
+namespace prunecal {
+namespace {
+
+std::string spec_str(int id, const BufSpec& s) {
+  std::ostringstream o;
+  o << "b" << id << "(" << s.C << "x" << s.H << "x" << s.W << (s.P ? ",P" + std::to_string(s.P) : "") << ")";
+  return o.str();
+}
+
+// CPU time of the calling thread (robust on a shared machine); wall time where unavailable.
+double thread_seconds() {
+#if defined(__linux__)
+  timespec ts;
+  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0) return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+#endif
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+constexpr int64_t kAlignFloats = 16;  // 64 bytes
+int64_t round_up(int64_t n) { return (n + kAlignFloats - 1) / kAlignFloats * kAlignFloats; }
+
+}  // namespace
+
+void Plan::check_buf(int i, const char* what) const {
+  if (i < 0 || size_t(i) >= bufs_.size())
+    throw std::invalid_argument(std::string(what) + ": no buffer " + std::to_string(i));
+}
+
+int Plan::add_buffer(int C, int H, int W, int P) {
+  if (C <= 0 || H <= 0 || W <= 0 || P < 0 || P > 16)
+    throw std::invalid_argument("buffer: need C, H, W > 0 and 0 <= P <= 16");
+  BufSpec s{C, H, W, P};
+  if (s.floats() + kSlack >= (int64_t(1) << 31)) throw std::invalid_argument("buffer: too large");
+  bufs_.push_back(s);
+  arenas_.clear();
+  return int(bufs_.size()) - 1;
+}
+
+void Plan::set_io(int input, int output) {
+  check_buf(input, "input");
+  check_buf(output, "output");
+  input_ = input;
+  output_ = output;
+}
+
+void Plan::add_conv(const std::string& name, const std::string& kind, std::vector<float> values,
+                    std::vector<int32_t> indptr, std::vector<int32_t> indices, std::array<int, 4> shape,
+                    int block_rows, std::vector<float> bias, int stride, int pad, int dil, int groups,
+                    bool relu, int in, int out, int residual) {
+  check_buf(in, "conv input");
+  check_buf(out, "conv output");
+  if (in == out) throw std::invalid_argument("conv: input and output buffers must differ");
+  if (stride < 1 || pad < 0 || dil < 1 || groups < 1) throw std::invalid_argument("conv: bad stride/pad/dil/groups");
+  PlanOp op;
+  op.kind = OpKind::Conv;
+  op.name = name;
+  op.in0 = in, op.out = out, op.relu = relu;
+  op.wkind = kind;
+  op.val = values;
+  op.indptr = indptr;
+  op.pw = std::make_shared<PackedWeight>(kind, std::move(values), std::move(indptr), std::move(indices), shape,
+                                         block_rows);
+  op.block_rows = op.pw->block_rows();
+  const BufSpec &si = bufs_[size_t(in)], &so = bufs_[size_t(out)];
+  const int Co = op.pw->rows();
+  if (Co % groups) throw std::invalid_argument("conv " + name + ": groups must divide C_out");
+  if (si.C != op.pw->cin_per_group() * groups)
+    throw std::invalid_argument("conv " + name + ": input buffer has " + std::to_string(si.C) + " channels, weight needs " +
+                                std::to_string(op.pw->cin_per_group() * groups));
+  if (!bias.empty() && int(bias.size()) != Co) throw std::invalid_argument("conv " + name + ": bias length != C_out");
+  op.bias = std::move(bias);
+  op.stride = stride, op.pad = pad, op.dil = dil, op.groups = groups;
+  op.geom = op.pw->geometry(si.H, si.W, stride, pad, dil);
+  const Geometry& g = *op.geom;
+  if (so.C != Co || so.H != g.Ho || so.W != g.Wo)
+    throw std::invalid_argument("conv " + name + ": output buffer " + spec_str(out, so) + " does not match (" +
+                                std::to_string(Co) + "x" + std::to_string(g.Ho) + "x" + std::to_string(g.Wo) + ")");
+  op.use_bsr = kind == "bsr";
+  if (op.use_bsr && groups > 1 && (Co / groups) % op.block_rows)
+    throw std::invalid_argument("conv " + name + ": BSR blocks must not straddle groups; use CSR");
+  op.direct = stride == 1 && pad == si.P;
+  if (!op.direct) scratch_floats_ = std::max(scratch_floats_, si.C * g.chan_floats + kSlack);
+  const int Wpo = so.W + 2 * so.P;
+  for (int oy = 0; oy < g.Ho; ++oy)
+    for (int ox = 0; ox < g.Wo; ox += kLanes)
+      op.slots.push_back({int32_t(oy * g.Wq + ox), int32_t((oy + so.P) * Wpo + ox + so.P),
+                          int32_t(std::min(kLanes, g.Wo - ox))});
+  if (residual >= 0) {
+    check_buf(residual, "conv residual");
+    const BufSpec& sr = bufs_[size_t(residual)];
+    if (residual == out || residual == in) throw std::invalid_argument("conv " + name + ": residual must be another buffer");
+    if (sr.C != so.C || sr.H != so.H || sr.W != so.W)
+      throw std::invalid_argument("conv " + name + ": residual buffer shape differs from the output");
+    op.res = residual;
+    const int Wpr = sr.W + 2 * sr.P;
+    for (int oy = 0; oy < g.Ho; ++oy)
+      for (int ox = 0; ox < g.Wo; ox += kLanes) op.res_q.push_back(int32_t((oy + sr.P) * Wpr + ox + sr.P));
+  }
+  ops_.push_back(std::move(op));
+}
+
+void Plan::add_linear(const std::string& name, const std::string& kind, std::vector<float> values,
+                      std::vector<int32_t> indptr, std::vector<int32_t> indices, int out_features,
+                      int in_features, int block_rows, std::vector<float> bias, bool relu, int in, int out) {
+  check_buf(in, "linear input");
+  check_buf(out, "linear output");
+  if (kind != "csr") throw std::invalid_argument("linear " + name + ": only CSR weights are supported");
+  const BufSpec &si = bufs_[size_t(in)], &so = bufs_[size_t(out)];
+  if (si.P != 0 || so.P != 0) throw std::invalid_argument("linear " + name + ": buffers must have P = 0");
+  if (si.features() != in_features || so.features() != out_features)
+    throw std::invalid_argument("linear " + name + ": buffer sizes do not match the weight");
+  if (!bias.empty() && int(bias.size()) != out_features)
+    throw std::invalid_argument("linear " + name + ": bias length != out_features");
+  PlanOp op;
+  op.kind = OpKind::Linear;
+  op.name = name;
+  op.in0 = in, op.out = out, op.relu = relu;
+  op.wkind = kind;
+  op.val = values;
+  op.indptr = indptr;
+  std::vector<int32_t> cols = indices;
+  op.pw = std::make_shared<PackedWeight>(kind, std::move(values), std::move(indptr), std::move(indices),
+                                         std::array<int, 4>{out_features, in_features, 1, 1}, 1);  // validates
+  op.lin_in = in_features, op.lin_out = out_features;
+  op.dense.assign(size_t(out_features) * in_features, 0.f);
+  for (int r = 0; r < out_features; ++r)
+    for (int32_t j = op.indptr[r]; j < op.indptr[r + 1]; ++j) op.dense[size_t(r) * in_features + cols[j]] = op.val[j];
+  op.cols = std::move(cols);
+  op.bias = std::move(bias);
+  ops_.push_back(std::move(op));
+}
+
+void Plan::add_add(const std::string& name, int a, int b, int out, bool relu) {
+  check_buf(a, "add input");
+  check_buf(b, "add input");
+  check_buf(out, "add output");
+  const BufSpec &sa = bufs_[size_t(a)], &sb = bufs_[size_t(b)], &so = bufs_[size_t(out)];
+  for (const BufSpec* s : {&sa, &sb})
+    if (s->C != so.C || s->H != so.H || s->W != so.W)
+      throw std::invalid_argument("add " + name + ": operand shapes differ");
+  PlanOp op;
+  op.kind = OpKind::Add;
+  op.name = name;
+  op.in0 = a, op.in1 = b, op.out = out, op.relu = relu;
+  ops_.push_back(std::move(op));
+}
+
+void Plan::add_relu(const std::string& name, int in, int out) {
+  check_buf(in, "relu input");
+  check_buf(out, "relu output");
+  const BufSpec &si = bufs_[size_t(in)], &so = bufs_[size_t(out)];
+  if (si.C != so.C || si.H != so.H || si.W != so.W) throw std::invalid_argument("relu " + name + ": shapes differ");
+  PlanOp op;
+  op.kind = OpKind::Relu;
+  op.name = name;
+  op.in0 = in, op.out = out, op.relu = true;
+  ops_.push_back(std::move(op));
+}
+
+void Plan::add_shortcut(const std::string& name, int in, int out, int stride, int left) {
+  check_buf(in, "shortcut input");
+  check_buf(out, "shortcut output");
+  if (in == out) throw std::invalid_argument("shortcut: input and output buffers must differ");
+  const BufSpec &si = bufs_[size_t(in)], &so = bufs_[size_t(out)];
+  if (stride < 1 || left < 0) throw std::invalid_argument("shortcut " + name + ": bad stride / left pad");
+  if (so.H != (si.H + stride - 1) / stride || so.W != (si.W + stride - 1) / stride || so.C < si.C + left)
+    throw std::invalid_argument("shortcut " + name + ": output buffer does not match");
+  PlanOp op;
+  op.kind = OpKind::Shortcut;
+  op.name = name;
+  op.in0 = in, op.out = out;
+  op.sc_stride = stride, op.sc_left = left;
+  ops_.push_back(std::move(op));
+}
+
+void Plan::add_avgpool(const std::string& name, int in, int out) {
+  check_buf(in, "avgpool input");
+  check_buf(out, "avgpool output");
+  const BufSpec &si = bufs_[size_t(in)], &so = bufs_[size_t(out)];
+  if (so.C != si.C || so.H != 1 || so.W != 1) throw std::invalid_argument("avgpool " + name + ": output must be (C, 1, 1)");
+  PlanOp op;
+  op.kind = OpKind::AvgPool;
+  op.name = name;
+  op.in0 = in, op.out = out;
+  ops_.push_back(std::move(op));
+}
+
+void Plan::add_maxpool(const std::string& name, int in, int out, int k, int stride, int pad) {
+  check_buf(in, "maxpool input");
+  check_buf(out, "maxpool output");
+  if (in == out) throw std::invalid_argument("maxpool: input and output buffers must differ");
+  const BufSpec &si = bufs_[size_t(in)], &so = bufs_[size_t(out)];
+  if (k < 1 || stride < 1 || pad < 0 || 2 * pad > k)
+    throw std::invalid_argument("maxpool " + name + ": need k >= 1, stride >= 1, 0 <= pad <= k / 2");
+  const int Ho = (si.H + 2 * pad - k) / stride + 1, Wo = (si.W + 2 * pad - k) / stride + 1;
+  if (si.H + 2 * pad < k || si.W + 2 * pad < k || so.C != si.C || so.H != Ho || so.W != Wo)
+    throw std::invalid_argument("maxpool " + name + ": output buffer does not match");
+  PlanOp op;
+  op.kind = OpKind::MaxPool;
+  op.name = name;
+  op.in0 = in, op.out = out;
+  op.pool_k = k, op.stride = stride, op.pad = pad;
+  ops_.push_back(std::move(op));
+}
+
+void Plan::add_clamp(const std::string& name, int in, int out, float lo, float hi) {
+  check_buf(in, "clamp input");
+  check_buf(out, "clamp output");
+  const BufSpec &si = bufs_[size_t(in)], &so = bufs_[size_t(out)];
+  if (si.C != so.C || si.H != so.H || si.W != so.W) throw std::invalid_argument("clamp " + name + ": shapes differ");
+  if (!(lo <= hi)) throw std::invalid_argument("clamp " + name + ": need lo <= hi");
+  PlanOp op;
+  op.kind = OpKind::Clamp;
+  op.name = name;
+  op.in0 = in, op.out = out;
+  op.lo = lo, op.hi = hi;
+  ops_.push_back(std::move(op));
+}
+
+std::vector<std::string> Plan::describe() const {
+  std::vector<std::string> out;
+  for (const auto& op : ops_) {
+    std::ostringstream o;
+    switch (op.kind) {
+      case OpKind::Conv: {
+        const int64_t numel = int64_t(op.pw->rows()) * op.pw->cols();
+        o << "conv     " << op.name << ": " << spec_str(op.in0, bufs_[op.in0]) << " -> " << spec_str(op.out, bufs_[op.out])
+          << " " << op.wkind << (op.use_bsr ? std::to_string(op.block_rows) : "") << " " << op.pw->kh() << "x"
+          << op.pw->kw() << " s" << op.stride << " p" << op.pad << (op.dil != 1 ? " d" + std::to_string(op.dil) : "")
+          << (op.groups != 1 ? " g" + std::to_string(op.groups) : "") << " density "
+          << (double(op.pw->nnz()) / double(numel)) << (op.bias.empty() ? "" : " +bias") << (op.relu ? " +relu" : "")
+          << (op.res >= 0 ? " +residual " + spec_str(op.res, bufs_[op.res]) : "") << (op.direct ? " (direct)" : " (gather)");
+        break;
+      }
+      case OpKind::Linear:
+        o << "linear   " << op.name << ": " << spec_str(op.in0, bufs_[op.in0]) << " -> " << spec_str(op.out, bufs_[op.out])
+          << " csr " << op.lin_out << "x" << op.lin_in << " density "
+          << (double(op.val.size()) / double(op.lin_out * op.lin_in)) << (op.bias.empty() ? "" : " +bias")
+          << (op.relu ? " +relu" : "");
+        break;
+      case OpKind::Add:
+        o << "add      " << op.name << ": " << spec_str(op.in0, bufs_[op.in0]) << " + " << spec_str(op.in1, bufs_[op.in1])
+          << " -> " << spec_str(op.out, bufs_[op.out]) << (op.relu ? " +relu" : "");
+        break;
+      case OpKind::Relu:
+        o << "relu     " << op.name << ": " << spec_str(op.in0, bufs_[op.in0]) << " -> " << spec_str(op.out, bufs_[op.out]);
+        break;
+      case OpKind::Shortcut:
+        o << "shortcut " << op.name << ": " << spec_str(op.in0, bufs_[op.in0]) << " -> " << spec_str(op.out, bufs_[op.out])
+          << " stride " << op.sc_stride << " pad channels " << op.sc_left << "+"
+          << (bufs_[op.out].C - bufs_[op.in0].C - op.sc_left);
+        break;
+      case OpKind::MaxPool:
+        o << "maxpool  " << op.name << ": " << spec_str(op.in0, bufs_[op.in0]) << " -> " << spec_str(op.out, bufs_[op.out])
+          << " k" << op.pool_k << " s" << op.stride << " p" << op.pad;
+        break;
+      case OpKind::Clamp:
+        o << "clamp    " << op.name << ": " << spec_str(op.in0, bufs_[op.in0]) << " -> " << spec_str(op.out, bufs_[op.out])
+          << " [" << op.lo << ", " << op.hi << "]";
+        break;
+      case OpKind::AvgPool:
+        o << "avgpool  " << op.name << ": " << spec_str(op.in0, bufs_[op.in0]) << " -> " << spec_str(op.out, bufs_[op.out]);
+        break;
+    }
+    out.push_back(o.str());
+  }
+  return out;
+}
+
+int64_t Plan::arena_bytes() const {
+  int64_t total = round_up(scratch_floats_);
+  for (const auto& s : bufs_) total += round_up(s.floats() + kSlack);
+  return total * int64_t(sizeof(float));
+}
+
+Plan::Arena& Plan::arena(int worker) {
+  while (int(arenas_.size()) <= worker) {
+    auto a = std::make_unique<Arena>();
+    a->mem.assign(size_t(arena_bytes() / sizeof(float) + kAlignFloats), 0.f);
+    float* p = a->mem.data();
+    p += (kAlignFloats - (reinterpret_cast<uintptr_t>(p) / sizeof(float)) % kAlignFloats) % kAlignFloats;
+    for (const auto& s : bufs_) {
+      a->buf.push_back(p);
+      p += round_up(s.floats() + kSlack);
+    }
+    a->scratch = p;
+    arenas_.push_back(std::move(a));
+  }
+  return *arenas_[size_t(worker)];
+}
+
+void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const KernelSet& k) {
+  Geometry& g = *op.geom;
+  const BufSpec& so = bufs_[size_t(op.out)];
+  const float* src = a.buf[size_t(op.in0)];
+  if (!op.direct) {
+    op_gather_planes(src, bufs_[size_t(op.in0)], g, a.scratch);
+    src = a.scratch;
+  }
+  if (dense) op.pw->ensure_dense(g);
+  const PackedWeight& w = *op.pw;
+  const int Cg = w.cin_per_group(), Co = w.rows(), Cog = Co / op.groups, r = op.block_rows;
+  const bool bsr = op.use_bsr && !dense;
+  const int S = int(op.slots.size());
+  float* out = a.buf[size_t(op.out)];
+  const float* bias = op.bias.empty() ? nullptr : op.bias.data();
+  const float* res = op.res >= 0 ? a.buf[size_t(op.res)] : nullptr;
+  const int64_t res_plane = op.res >= 0 ? bufs_[size_t(op.res)].plane() : 0;
+  auto compute = [&](int grp, int u0, int u1, int s0, int s1) {
+    ConvTask t;
+    t.in = src + int64_t(grp) * Cg * g.chan_floats;
+    t.slots = op.slots.data();
+    t.out = out;
+    t.out_stride = so.plane();
+    t.bias = bias;
+    t.relu = op.relu && !res;
+    t.valid_rows = Co;
+    int r0, r1;
+    if (dense) {
+      t.indptr = g.dense_indptr.data(), t.off = g.dense_off.data(), t.val = g.dense_val.data();
+      r0 = grp * Cog + u0, r1 = grp * Cog + u1;
+      k.csr(t, r0, r1, s0, s1);
+    } else if (bsr) {
+      t.indptr = op.indptr.data(), t.off = g.bsr_off.data(), t.val = op.val.data();
+      const int base = op.groups == 1 ? 0 : grp * (Cog / r);
+      r0 = (base + u0) * r, r1 = std::min(Co, (base + u1) * r);
+      k.bsr(t, r, base + u0, base + u1, s0, s1);
+    } else {
+      t.indptr = op.indptr.data(), t.off = g.csr_off.data(), t.val = op.val.data();
+      r0 = grp * Cog + u0, r1 = grp * Cog + u1;
+      k.csr(t, r0, r1, s0, s1);
+    }
+    if (res)  // fused residual, while the rows just written are in cache
+      op_residual(out, so.plane(), res, res_plane, op.slots.data(), op.res_q.data(), r0, r1, s0, s1, op.relu);
+  };
+  const int U = bsr ? (op.groups == 1 ? (Co + r - 1) / r : Cog / r) : Cog;
+  if (threads <= 1) {
+    for (int grp = 0; grp < op.groups; ++grp) compute(grp, 0, U, 0, S);
+    return;
+  }
+  static const int strat = getenv("PSTRAT") ? atoi(getenv("PSTRAT")) : 0;
+  static const int mult = getenv("PMULT") ? atoi(getenv("PMULT")) : 1;
+  int ub, sc;
+  if (strat == 1) {  // spatial only
+    ub = U;
+    sc = std::max(1, (S + threads * mult - 1) / (threads * mult));
+  } else if (strat == 2) {  // rows only
+    ub = std::max(1, (U + threads * mult - 1) / (threads * mult));
+    sc = S;
+  } else {
+  ub = bsr ? 1 : std::max(1, std::min(8, U / (2 * threads)));
+  const int nub0 = (U + ub - 1) / ub;
+  const int64_t row_tasks0 = int64_t(op.groups) * nub0;
+  sc = S;
+  if (row_tasks0 < 4 * threads) {
+    const int64_t want = (4 * threads + row_tasks0 - 1) / row_tasks0;
+    sc = int(std::max<int64_t>(8, ((S + want - 1) / want + 7) / 8 * 8));
+  }
+  }
+  const int nub = (U + ub - 1) / ub;
+  const int64_t row_tasks = int64_t(op.groups) * nub;
+  const int nsc = (S + sc - 1) / sc;
+  parallel_for(threads, row_tasks * nsc, [&](int64_t task, int) {
+    const int si = int(task % nsc);
+    const int64_t rt = task / nsc;
+    const int grp = int(rt / nub), u0 = int(rt % nub) * ub;
+    compute(grp, u0, std::min(U, u0 + ub), si * sc, std::min(S, si * sc + sc));
+  });
+}
+
+void Plan::run_linear(const PlanOp& op, Arena& a, bool dense) {
+  const float* x = a.buf[size_t(op.in0)];
+  float* y = a.buf[size_t(op.out)];
+  const std::vector<int32_t>& cols = op.cols;
+  const int64_t K = op.lin_in;
+  for (int64_t r = 0; r < op.lin_out; ++r) {
+    float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+    if (dense) {
+      const float* w = op.dense.data() + r * K;
+      int64_t i = 0;
+      for (; i + 4 <= K; i += 4) {
+        s0 += w[i] * x[i];
+        s1 += w[i + 1] * x[i + 1];
+        s2 += w[i + 2] * x[i + 2];
+        s3 += w[i + 3] * x[i + 3];
+      }
+      for (; i < K; ++i) s0 += w[i] * x[i];
+    } else {
+      int32_t j = op.indptr[size_t(r)];
+      const int32_t j1 = op.indptr[size_t(r) + 1];
+      for (; j + 4 <= j1; j += 4) {
+        s0 += op.val[j] * x[cols[j]];
+        s1 += op.val[j + 1] * x[cols[j + 1]];
+        s2 += op.val[j + 2] * x[cols[j + 2]];
+        s3 += op.val[j + 3] * x[cols[j + 3]];
+      }
+      for (; j < j1; ++j) s0 += op.val[j] * x[cols[j]];
+    }
+    float v = (s0 + s1) + (s2 + s3) + (op.bias.empty() ? 0.f : op.bias[size_t(r)]);
+    y[r] = (op.relu && v < 0.f) ? 0.f : v;
+  }
+}
+
+void Plan::run_image(const float* x, float* y, Arena& a, int threads, bool dense, const KernelSet& k,
+                     double* times) {
+  double t0 = times ? thread_seconds() : 0.0;
+  auto tick = [&](size_t i) {
+    if (!times) return;
+    const double t1 = thread_seconds();
+    times[i] += t1 - t0;
+    t0 = t1;
+  };
+  op_load(x, a.buf[size_t(input_)], bufs_[size_t(input_)]);
+  tick(ops_.size());
+  for (size_t i = 0; i < ops_.size(); ++i) {
+    const PlanOp& op = ops_[i];
+    const BufSpec& so = bufs_[size_t(op.out)];
+    float* out = a.buf[size_t(op.out)];
+    switch (op.kind) {
+      case OpKind::Conv:
+        run_conv(op, a, threads, dense, k);
+        break;
+      case OpKind::Linear:
+        run_linear(op, a, dense);
+        break;
+      case OpKind::Add:
+        op_add(a.buf[size_t(op.in0)], bufs_[size_t(op.in0)], a.buf[size_t(op.in1)], bufs_[size_t(op.in1)], out, so,
+               op.relu);
+        break;
+      case OpKind::Relu:
+        op_relu(a.buf[size_t(op.in0)], bufs_[size_t(op.in0)], out, so);
+        break;
+      case OpKind::Shortcut:
+        op_shortcut(a.buf[size_t(op.in0)], bufs_[size_t(op.in0)], out, so, op.sc_stride, op.sc_left);
+        break;
+      case OpKind::AvgPool:
+        op_avgpool(a.buf[size_t(op.in0)], bufs_[size_t(op.in0)], out, so);
+        break;
+      case OpKind::MaxPool:
+        op_maxpool(a.buf[size_t(op.in0)], bufs_[size_t(op.in0)], out, so, op.pool_k, op.stride, op.pad);
+        break;
+      case OpKind::Clamp:
+        op_clamp(a.buf[size_t(op.in0)], bufs_[size_t(op.in0)], out, so, op.lo, op.hi);
+        break;
+    }
+    tick(i);
+  }
+  op_store(a.buf[size_t(output_)], bufs_[size_t(output_)], y);
+  tick(ops_.size() + 1);
+}
+
+std::vector<double> Plan::profile(const float* x, int64_t N, int reps, const KernelSet& k) {
+  if (input_ < 0 || output_ < 0) throw std::invalid_argument("plan: input/output buffers not set");
+  std::lock_guard<std::mutex> lk(run_mutex_);
+  std::vector<double> times(ops_.size() + 2, 0.0);
+  std::vector<float> y(size_t(bufs_[size_t(output_)].features()));
+  Arena& a = arena(0);
+  const int64_t fin = bufs_[size_t(input_)].features();
+  for (int r = 0; r < reps; ++r)
+    for (int64_t n = 0; n < N; ++n) run_image(x + n * fin, y.data(), a, 1, false, k, times.data());
+  return times;
+}
+
+void Plan::run(const float* x, int64_t N, float* y, int threads, int mode, const KernelSet& k) {
+  if (input_ < 0 || output_ < 0) throw std::invalid_argument("plan: input/output buffers not set");
+  if (N <= 0) return;
+  std::lock_guard<std::mutex> lk(run_mutex_);
+  const int64_t fin = bufs_[size_t(input_)].features(), fout = bufs_[size_t(output_)].features();
+  auto one = [&](int64_t n, Arena& a, int th) {
+    const float* xi = x + n * fin;
+    float* yi = y + n * fout;
+    const bool bad = k.nonfinite(xi, fin);
+    run_image(xi, yi, a, th, bad, k);
+    if (!bad && k.nonfinite(yi, fout)) run_image(xi, yi, a, th, true, k);  // overflow inside
+  };
+  // auto: whole images per worker when they share out evenly (or there are many), else split ops
+  if (mode == 0) mode = (threads > 1 && N >= threads && (N % threads == 0 || N >= 4 * int64_t(threads))) ? 1 : 2;
+  if (mode == 1 && threads > 1 && N > 1) {
+    const int workers = int(std::min<int64_t>(threads, N));
+    for (int w = 0; w < workers; ++w) arena(w);
+    parallel_for(workers, N, [&](int64_t n, int w) { one(n, *arenas_[size_t(w)], 1); });
+    return;
+  }
+  Arena& a = arena(0);
+  for (int64_t n = 0; n < N; ++n) one(n, a, threads);
+}
+
+}  // namespace prunecal

@@ -1,0 +1,147 @@
+// Plan: a whole network (conv + folded BN + ReLU, residual add, option-A shortcut, global
+// average pool, linear) executed as ONE native call per batch.
+//
+// Activations live in numbered buffers, one image each, in "padded plane" layout: C planes of
+// (H + 2P) x (W + 2P) floats whose P-wide border is always zero, followed by kSlack zeros.
+// A stride-1 conv whose padding equals its input buffer's P reads the buffer directly (no
+// copy); other convs (stride 2, other padding) first gather their phase planes into a
+// scratch buffer. Every op writes only the interior of its output (an add over buffers of the
+// same geometry may write the border too: 0 + 0 stays 0), so the border stays zero forever.
+//
+// Each worker thread owns an arena (all buffers for one image, plus scratch), allocated and
+// zeroed on first use and reused by every later call. Two ways to use T threads:
+//   - per image: each worker runs the whole plan on its own images (no barrier per layer);
+//   - per op: images one at a time, each conv split over (output-channel block, pixel range).
+//
+// Non-finite values: an image whose input holds NaN/Inf runs with the dense form of every
+// weight (zeros included), so NaN * 0 = NaN exactly as in torch's dense conv; an image whose
+// output comes out non-finite (overflow inside the network) is re-run the same way.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "common.h"
+#include "packed_weight.h"
+
+namespace prunecal {
+
+struct BufSpec {
+  int C = 0, H = 0, W = 0, P = 0;
+  int64_t plane() const { return int64_t(H + 2 * P) * (W + 2 * P); }
+  int64_t floats() const { return int64_t(C) * plane(); }  // without the slack
+  int64_t features() const { return int64_t(C) * H * W; }
+};
+
+enum class OpKind { Conv, Add, Shortcut, AvgPool, Linear, Relu, MaxPool, Clamp };
+
+struct PlanOp {
+  OpKind kind;
+  int in0 = -1, in1 = -1, out = -1;
+  bool relu = false;
+  std::string name;
+  // conv / linear
+  std::shared_ptr<PackedWeight> pw;
+  std::string wkind;  // "csr" / "bsr"
+  int block_rows = 1;
+  std::vector<float> val;
+  std::vector<int32_t> indptr;
+  std::vector<float> bias;  // empty: no bias
+  int stride = 1, pad = 0, dil = 1, groups = 1;
+  std::shared_ptr<Geometry> geom;
+  std::vector<Slot> slots;  // in_q from geom, out_q in the output buffer's padded plane
+  bool direct = false;      // reads the input buffer as it is (stride 1, pad == P)
+  int res = -1;             // fused residual: out = relu?(conv + bias + buffer res)
+  std::vector<int32_t> res_q;  // per slot: position of lane 0 in the residual buffer's plane
+  bool use_bsr = false;
+  // linear: dense weight (out, in) for the non-finite path
+  std::vector<float> dense;
+  std::vector<int32_t> cols;  // linear: CSR column indices
+  int64_t lin_in = 0, lin_out = 0;
+  // shortcut
+  int sc_stride = 1, sc_left = 0;
+  // maxpool (kernel k, stride, pad in stride/pad) and clamp bounds
+  int pool_k = 1;
+  float lo = 0.f, hi = 0.f;
+};
+
+// Element-wise and data-movement ops (csrc/plan_ops.cpp); one image each.
+void op_add(const float* a, const BufSpec& sa, const float* b, const BufSpec& sb, float* y,
+            const BufSpec& sy, bool relu);
+void op_relu(const float* a, const BufSpec& sa, float* y, const BufSpec& sy);
+void op_shortcut(const float* x, const BufSpec& sx, float* y, const BufSpec& sy, int stride, int left);
+void op_avgpool(const float* x, const BufSpec& sx, float* y, const BufSpec& sy);
+// Max over k x k windows (stride, implicit -inf padding pad); NaN in a window gives NaN.
+void op_maxpool(const float* x, const BufSpec& sx, float* y, const BufSpec& sy, int k, int stride, int pad);
+// y = min(max(x, lo), hi) on the interior; NaN stays NaN.
+void op_clamp(const float* x, const BufSpec& sx, float* y, const BufSpec& sy, float lo, float hi);
+// out[r, slot] = relu?(out[r, slot] + res[r, res_q[slot]]) for rows [r0, r1), slots [s0, s1)
+// (planes of out_plane / res_plane floats).
+void op_residual(float* out, int64_t out_plane, const float* res, int64_t res_plane, const Slot* slots,
+                 const int32_t* res_q, int r0, int r1, int s0, int s1, bool relu);
+// Gather the interior of x into the phase planes of geometry g (C planes), plus kSlack zeros.
+void op_gather_planes(const float* x, const BufSpec& sx, const Geometry& g, float* planes);
+// Copy a dense (C, H, W) image into the interior of y / the interior of x into (C, H, W).
+void op_load(const float* img, float* y, const BufSpec& sy);
+void op_store(const float* x, const BufSpec& sx, float* img);
+
+class Plan {
+ public:
+  Plan() = default;
+
+  int add_buffer(int C, int H, int W, int P);
+  void set_io(int input, int output);
+  void add_conv(const std::string& name, const std::string& kind, std::vector<float> values,
+                std::vector<int32_t> indptr, std::vector<int32_t> indices, std::array<int, 4> shape,
+                int block_rows, std::vector<float> bias, int stride, int pad, int dil, int groups,
+                bool relu, int in, int out, int residual = -1);
+  void add_linear(const std::string& name, const std::string& kind, std::vector<float> values,
+                  std::vector<int32_t> indptr, std::vector<int32_t> indices, int out_features,
+                  int in_features, int block_rows, std::vector<float> bias, bool relu, int in, int out);
+  void add_add(const std::string& name, int a, int b, int out, bool relu);
+  void add_relu(const std::string& name, int in, int out);
+  void add_shortcut(const std::string& name, int in, int out, int stride, int left);
+  void add_avgpool(const std::string& name, int in, int out);
+  void add_maxpool(const std::string& name, int in, int out, int k, int stride, int pad);
+  void add_clamp(const std::string& name, int in, int out, float lo, float hi);
+
+  const BufSpec& buffer(int i) const { return bufs_.at(size_t(i)); }
+  int input() const { return input_; }
+  int output() const { return output_; }
+  size_t n_buffers() const { return bufs_.size(); }
+  const std::vector<PlanOp>& ops() const { return ops_; }
+  std::vector<std::string> describe() const;
+  // Bytes of one worker's arena (activation buffers + scratch).
+  int64_t arena_bytes() const;
+
+  // y (N, output features) = network(x (N, C, H, W)). mode: 0 auto, 1 per image, 2 per op.
+  void run(const float* x, int64_t N, float* y, int threads, int mode, const KernelSet& k);
+  // CPU seconds (of the running thread) spent in each op (index = op; the last two entries: input load, output store),
+  // summed over `reps` runs of every image of x, one thread, finite path.
+  std::vector<double> profile(const float* x, int64_t N, int reps, const KernelSet& k);
+
+ private:
+  struct Arena {
+    std::vector<float> mem;
+    std::vector<float*> buf;
+    float* scratch = nullptr;
+  };
+  void check_buf(int i, const char* what) const;
+  Arena& arena(int worker);
+  void run_image(const float* x, float* y, Arena& a, int threads, bool dense, const KernelSet& k,
+                 double* times = nullptr);
+  void run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const KernelSet& k);
+  void run_linear(const PlanOp& op, Arena& a, bool dense);
+
+  std::vector<BufSpec> bufs_;
+  std::vector<PlanOp> ops_;
+  int input_ = -1, output_ = -1;
+  int64_t scratch_floats_ = 0;
+  std::mutex run_mutex_;
+  std::vector<std::unique_ptr<Arena>> arenas_;
+};
+
+}  // namespace prunecal

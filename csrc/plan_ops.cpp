@@ -1,0 +1,192 @@
+// Element-wise and data-movement ops of a Plan, on one image in padded-plane layout
+// (see plan.h). ReLU keeps NaN (v < 0 ? 0 : v), like torch.relu.
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+#include "plan.h"
+
+namespace prunecal {
+namespace {
+
+inline float relu_f(float v) { return v < 0.f ? 0.f : v; }
+
+inline const float* interior(const float* p, const BufSpec& s, int c, int y) {
+  return p + c * s.plane() + int64_t(y + s.P) * (s.W + 2 * s.P) + s.P;
+}
+inline float* interior(float* p, const BufSpec& s, int c, int y) {
+  return p + c * s.plane() + int64_t(y + s.P) * (s.W + 2 * s.P) + s.P;
+}
+
+}  // namespace
+
+void op_add(const float* a, const BufSpec& sa, const float* b, const BufSpec& sb, float* y,
+            const BufSpec& sy, bool relu) {
+  if (sa.P == sy.P && sb.P == sy.P) {  // same layout: one flat pass (borders: 0 + 0 = 0)
+    const int64_t n = sy.floats();
+    if (relu)
+      for (int64_t i = 0; i < n; ++i) y[i] = relu_f(a[i] + b[i]);
+    else
+      for (int64_t i = 0; i < n; ++i) y[i] = a[i] + b[i];
+    return;
+  }
+  for (int c = 0; c < sy.C; ++c)
+    for (int r = 0; r < sy.H; ++r) {
+      const float *pa = interior(a, sa, c, r), *pb = interior(b, sb, c, r);
+      float* py = interior(y, sy, c, r);
+      for (int x = 0; x < sy.W; ++x) py[x] = relu ? relu_f(pa[x] + pb[x]) : pa[x] + pb[x];
+    }
+}
+
+void op_relu(const float* a, const BufSpec& sa, float* y, const BufSpec& sy) {
+  if (sa.P == sy.P) {
+    const int64_t n = sy.floats();
+    for (int64_t i = 0; i < n; ++i) y[i] = relu_f(a[i]);
+    return;
+  }
+  for (int c = 0; c < sy.C; ++c)
+    for (int r = 0; r < sy.H; ++r) {
+      const float* pa = interior(a, sa, c, r);
+      float* py = interior(y, sy, c, r);
+      for (int x = 0; x < sy.W; ++x) py[x] = relu_f(pa[x]);
+    }
+}
+
+void op_shortcut(const float* x, const BufSpec& sx, float* y, const BufSpec& sy, int stride, int left) {
+  for (int c = 0; c < sy.C; ++c) {
+    const int ci = c - left;
+    for (int r = 0; r < sy.H; ++r) {
+      float* py = interior(y, sy, c, r);
+      if (ci < 0 || ci >= sx.C) {
+        std::memset(py, 0, sizeof(float) * size_t(sy.W));
+        continue;
+      }
+      const float* px = interior(x, sx, ci, r * stride);
+      if (stride == 1) std::memcpy(py, px, sizeof(float) * size_t(sy.W));
+      else
+        for (int q = 0; q < sy.W; ++q) py[q] = px[int64_t(q) * stride];
+    }
+  }
+}
+
+void op_avgpool(const float* x, const BufSpec& sx, float* y, const BufSpec& sy) {
+  const float inv = 1.f / float(int64_t(sx.H) * sx.W);
+  for (int c = 0; c < sx.C; ++c) {
+    float s = 0.f;
+    for (int r = 0; r < sx.H; ++r) {
+      const float* p = interior(x, sx, c, r);
+      for (int q = 0; q < sx.W; ++q) s += p[q];
+    }
+    *interior(y, sy, c, 0) = s * inv;
+  }
+}
+
+void op_maxpool(const float* x, const BufSpec& sx, float* y, const BufSpec& sy, int k, int stride, int pad) {
+  for (int c = 0; c < sy.C; ++c)
+    for (int oy = 0; oy < sy.H; ++oy) {
+      float* py = interior(y, sy, c, oy);
+      const int y0 = std::max(0, oy * stride - pad), y1 = std::min(sx.H, oy * stride - pad + k);
+      for (int ox = 0; ox < sy.W; ++ox) {
+        const int x0 = std::max(0, ox * stride - pad), x1 = std::min(sx.W, ox * stride - pad + k);
+        float m = -std::numeric_limits<float>::infinity();
+        for (int r = y0; r < y1; ++r) {
+          const float* px = interior(x, sx, c, r);
+          for (int q = x0; q < x1; ++q) {
+            const float v = px[q];
+            if (v > m || v != v) m = v;
+            if (m != m) break;
+          }
+        }
+        py[ox] = m;
+      }
+    }
+}
+
+void op_clamp(const float* x, const BufSpec& sx, float* y, const BufSpec& sy, float lo, float hi) {
+  for (int c = 0; c < sy.C; ++c)
+    for (int r = 0; r < sy.H; ++r) {
+      const float* px = interior(x, sx, c, r);
+      float* py = interior(y, sy, c, r);
+      for (int q = 0; q < sy.W; ++q) {
+        const float v = px[q];
+        py[q] = v < lo ? lo : (v > hi ? hi : v);
+      }
+    }
+}
+
+void op_residual(float* out, int64_t out_plane, const float* res, int64_t res_plane, const Slot* slots,
+                 const int32_t* res_q, int r0, int r1, int s0, int s1, bool relu) {
+  for (int r = r0; r < r1; ++r) {
+    float* o = out + r * out_plane;
+    const float* q = res + r * res_plane;
+    for (int s = s0; s < s1; ++s) {
+      float* __restrict oo = o + slots[s].out_q;
+      const float* __restrict qq = q + res_q[s];
+      const int n = slots[s].n;
+      if (n == kLanes) {
+#if defined(__SSE2__)
+        // explicit SSE (baseline x86-64): GCC leaves this 8-lane loop scalar
+        __m128 a = _mm_add_ps(_mm_loadu_ps(oo), _mm_loadu_ps(qq));
+        __m128 b = _mm_add_ps(_mm_loadu_ps(oo + 4), _mm_loadu_ps(qq + 4));
+        if (relu) {  // max(0, v) returns v when v is NaN
+          a = _mm_max_ps(_mm_setzero_ps(), a);
+          b = _mm_max_ps(_mm_setzero_ps(), b);
+        }
+        _mm_storeu_ps(oo, a);
+        _mm_storeu_ps(oo + 4, b);
+#else
+        for (int l = 0; l < kLanes; ++l) oo[l] = relu ? relu_f(oo[l] + qq[l]) : oo[l] + qq[l];
+#endif
+      } else {
+        for (int l = 0; l < n; ++l) oo[l] = relu ? relu_f(oo[l] + qq[l]) : oo[l] + qq[l];
+      }
+    }
+  }
+}
+
+void op_gather_planes(const float* x, const BufSpec& sx, const Geometry& g, float* planes) {
+  const int s = g.stride, p = g.pad, Hq = g.Hq, Wq = g.Wq;
+  for (int c = 0; c < sx.C; ++c) {
+    float* P0 = planes + c * g.chan_floats;
+    for (int py = 0; py < s; ++py)
+      for (int px = 0; px < s; ++px) {
+        float* P = P0 + int64_t(py * s + px) * Hq * Wq;
+        // columns j with 0 <= j*s + px - p < W
+        const int j_lo = std::min(Wq, (std::max(0, p - px) + s - 1) / s);
+        const int last = sx.W - 1 + p - px;
+        const int j_hi = last < 0 ? j_lo : std::max(j_lo, std::min(Wq, last / s + 1));
+        for (int i = 0; i < Hq; ++i) {
+          float* row = P + int64_t(i) * Wq;
+          const int yy = i * s + py - p;
+          if (yy < 0 || yy >= sx.H) {
+            std::memset(row, 0, sizeof(float) * size_t(Wq));
+            continue;
+          }
+          const float* xr = interior(x, sx, c, yy) + (px - p);
+          for (int j = 0; j < j_lo; ++j) row[j] = 0.f;
+          if (s == 1) std::memcpy(row + j_lo, xr + j_lo, sizeof(float) * size_t(j_hi - j_lo));
+          else
+            for (int j = j_lo; j < j_hi; ++j) row[j] = xr[int64_t(j) * s];
+          for (int j = j_hi; j < Wq; ++j) row[j] = 0.f;
+        }
+      }
+  }
+  std::memset(planes + sx.C * g.chan_floats, 0, sizeof(float) * kSlack);
+}
+
+void op_load(const float* img, float* y, const BufSpec& sy) {
+  for (int c = 0; c < sy.C; ++c)
+    for (int r = 0; r < sy.H; ++r)
+      std::memcpy(interior(y, sy, c, r), img + (int64_t(c) * sy.H + r) * sy.W, sizeof(float) * size_t(sy.W));
+}
+
+void op_store(const float* x, const BufSpec& sx, float* img) {
+  for (int c = 0; c < sx.C; ++c)
+    for (int r = 0; r < sx.H; ++r)
+      std::memcpy(img + (int64_t(c) * sx.H + r) * sx.W, interior(x, sx, c, r), sizeof(float) * size_t(sx.W));
+}
+
+}  // namespace prunecal

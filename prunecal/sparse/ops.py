@@ -1,0 +1,147 @@
+"""Sparse conv2d / linear on the native core (``prunecal._C``).
+
+Tensors go to the kernels zero-copy: a contiguous float32 CPU tensor is viewed as a numpy
+array (``tensor.numpy()``); the output is a numpy-allocated buffer written in place by the
+kernel and returned as a tensor sharing it (``torch.from_numpy``).
+A non-contiguous input is first made contiguous (one copy). Results match
+``torch.nn.functional.conv2d`` / ``linear`` up to float32 summation order, including NaN/Inf:
+an image (conv) or sample (linear, batch < 8; the whole batch for larger batches) holding NaN
+or Inf is computed with every weight, zeros included, so ``NaN * 0 = NaN`` exactly as in
+torch's dense kernels; finite inputs skip the zeros.
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from prunecal._native import default_threads
+from prunecal.sparse.formats import BSRWeight, CSRWeight
+
+Weight = Union[CSRWeight, BSRWeight]
+IntPair = Union[int, tuple[int, int]]
+
+
+def _pair(v: IntPair, name: str) -> int:
+    """The single int a (square) conv parameter may hold; a non-square pair -> ValueError."""
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2 or v[0] != v[1]:
+            raise ValueError(f"{name}: only square values are supported, got {v!r}")
+        v = v[0]
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
+    return v
+
+
+def _check_weight(weight: object) -> Weight:
+    if not isinstance(weight, (CSRWeight, BSRWeight)):
+        raise TypeError(f"weight: expected CSRWeight or BSRWeight, got {type(weight).__name__}")
+    return weight
+
+
+def _check_tensor(x: object, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dtype != torch.float32:
+        raise TypeError(f"{name}: expected dtype torch.float32, got {x.dtype}")
+    if x.device.type != "cpu":
+        raise ValueError(f"{name}: expected a CPU tensor, got device {x.device}")
+    if x.layout != torch.strided:
+        raise ValueError(f"{name}: expected a dense (strided) tensor, got {x.layout}")
+    return x.detach().contiguous()
+
+
+def _bias(bias: Optional[torch.Tensor], rows: int):
+    if bias is None:
+        return None
+    b = _check_tensor(bias, "bias")
+    if b.shape != (rows,):
+        raise ValueError(f"bias: expected shape ({rows},), got {tuple(b.shape)}")
+    return b.numpy()
+
+
+def sparse_conv2d(x: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor] = None,
+                  stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1,
+                  groups: int = 1, relu: bool = False, threads: Optional[int] = None,
+                  *, isa: str = "auto") -> torch.Tensor:
+    """``relu?(conv2d(x, weight) + bias)`` with a sparse weight.
+
+    Args:
+        x: float32 ``(N, C_in, H, W)`` (or unbatched ``(C_in, H, W)``), CPU.
+        weight: :class:`CSRWeight` / :class:`BSRWeight` of a conv weight
+            ``(C_out, C_in/groups, kh, kw)``.
+        bias: float32 ``(C_out,)`` or ``None``.
+        stride, padding, dilation: ints (or square pairs); padding is zeros.
+        groups: ``C_in`` and ``C_out`` must be divisible by it (depthwise: ``groups = C_in``).
+        relu: fuse a ReLU after the bias.
+        threads: worker threads; ``None`` -> ``torch.get_num_threads()``.
+        isa: ``'auto'`` (default), ``'avx2'`` or ``'generic'`` kernels (for tests/benchmarks).
+
+    Returns a new float32 ``(N, C_out, Ho, Wo)`` tensor. ``N = 0`` gives an empty output.
+    """
+    weight = _check_weight(weight)
+    if len(weight.shape) != 4:
+        raise ValueError(f"weight: expected a conv weight (4-D shape), got shape {weight.shape}")
+    x = _check_tensor(x, "x")
+    unbatched = x.dim() == 3
+    if unbatched:
+        x = x.unsqueeze(0)
+    if x.dim() != 4:
+        raise ValueError(f"x: expected a 4-D (N, C, H, W) or 3-D (C, H, W) tensor, got shape {tuple(x.shape)}")
+    s, p, d = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    if isinstance(groups, bool) or not isinstance(groups, int):
+        raise TypeError(f"groups: expected an int, got {type(groups).__name__}")
+    packed = weight.packed()
+    c_out = weight.shape[0]
+    if groups < 1 or c_out % groups:
+        raise ValueError(f"groups: {groups} must be >= 1 and divide C_out={c_out}")
+    if x.shape[1] != weight.shape[1] * groups:
+        raise ValueError(
+            f"x: expected {weight.shape[1] * groups} input channels (C_in/groups={weight.shape[1]}"
+            f" x groups={groups}), got {x.shape[1]}")
+    if s < 1 or p < 0 or d < 1:
+        raise ValueError(f"stride/padding/dilation: need stride >= 1, padding >= 0, dilation >= 1; "
+                         f"got {s}, {p}, {d}")
+    ho, wo = packed.output_hw(x.shape[2], x.shape[3], s, p, d)
+    # numpy-allocated output (cheaper than torch.empty), handed to torch without a copy
+    out = np.empty((x.shape[0], c_out, ho, wo), dtype=np.float32)
+    b = _bias(bias, c_out)
+    if x.shape[0]:
+        packed.conv2d(x.numpy(), out, b, s, p, d, groups, bool(relu), default_threads(threads), isa)
+    y = torch.from_numpy(out)
+    return y[0] if unbatched else y
+
+
+def sparse_linear(x: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor] = None,
+                  relu: bool = False, threads: Optional[int] = None, *,
+                  isa: str = "auto") -> torch.Tensor:
+    """``relu?(x @ W.T + bias)`` with a sparse linear weight ``(out, in)``.
+
+    Args:
+        x: float32 ``(..., in)``, CPU (leading dims are flattened and restored).
+        weight: :class:`CSRWeight` / :class:`BSRWeight` of shape ``(out, in)``.
+        bias: float32 ``(out,)`` or ``None``.
+        relu, threads, isa: as in :func:`sparse_conv2d`.
+
+    Returns a new float32 ``(..., out)`` tensor.
+    """
+    weight = _check_weight(weight)
+    if len(weight.shape) != 2:
+        raise ValueError(f"weight: expected a linear weight (out, in), got shape {weight.shape}")
+    x = _check_tensor(x, "x")
+    if x.dim() < 1:
+        raise ValueError("x: expected at least 1 dim (..., in), got a scalar")
+    n_out, n_in = weight.shape
+    if x.shape[-1] != n_in:
+        raise ValueError(f"x: expected {n_in} input features in the last dim, got shape {tuple(x.shape)}")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, n_in)
+    out = np.empty((x2.shape[0], n_out), dtype=np.float32)
+    b = _bias(bias, n_out)
+    if x2.shape[0]:
+        weight.packed().linear(x2.numpy(), out, b, bool(relu), default_threads(threads), isa)
+    return torch.from_numpy(out).reshape(*lead, n_out)
+
+
+__all__ = ["sparse_conv2d", "sparse_linear"]

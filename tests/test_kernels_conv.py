@@ -1,0 +1,205 @@
+"""Native sparse conv2d vs torch.nn.functional.conv2d on random shapes, sparsities and settings."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from prunecal._native import cpu_features
+from prunecal.sparse.formats import BSRWeight, CSRWeight
+from prunecal.sparse.ops import sparse_conv2d
+
+KINDS = ["csr", "bsr4", "bsr8"]
+
+
+def sparse_weight(shape, sparsity: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    w = torch.randn(*shape, generator=generator)
+    w[torch.rand(*shape, generator=generator) < sparsity] = 0.0
+    return w
+
+
+def make(w: torch.Tensor, kind: str):
+    return CSRWeight.from_dense(w) if kind == "csr" else BSRWeight.from_dense(w, int(kind[3:]))
+
+
+def assert_close_scaled(y: torch.Tensor, ref: torch.Tensor, scale: torch.Tensor) -> None:
+    """|y - ref| <= 1e-4 * |ref| + 2e-5 * scale + 1e-6, scale = the same op on |x|, |w|
+    (float32 summation-order error grows with it); NaN must match NaN."""
+    assert y.shape == ref.shape and y.dtype == torch.float32
+    torch.testing.assert_close(torch.isnan(y), torch.isnan(ref))
+    ok = ~torch.isnan(ref)
+    err = (y[ok] - ref[ok]).abs()
+    tol = 1e-4 * ref[ok].abs() + 2e-5 * scale[ok] + 1e-6
+    bad = err > tol
+    assert not bad.any(), f"max err {err.max().item():.3g}, {int(bad.sum())} elements out of tolerance"
+
+
+ISAS = ["auto", "generic"]
+
+
+def _reference(x, w, b, s, p, d, g, relu):
+    ref = F.conv2d(x, w, b, s, p, d, g)
+    scale = F.conv2d(x.abs(), w.abs(), None if b is None else b.abs(), s, p, d, g)
+    return (F.relu(ref) if relu else ref), scale
+
+
+@st.composite
+def conv_cases(draw):
+    groups_kind = draw(st.sampled_from(["1", "depthwise", "general"]))
+    if groups_kind == "1":
+        g = 1
+        cin, cout = draw(st.integers(1, 12)), draw(st.integers(1, 19))
+    elif groups_kind == "depthwise":
+        cin = cout = g = draw(st.integers(1, 12))
+    else:
+        g = draw(st.integers(2, 4))
+        cin, cout = g * draw(st.integers(1, 4)), g * draw(st.integers(1, 5))
+    k = draw(st.sampled_from([(1, 1), (3, 3), (5, 5), (1, 3), (3, 2)]))
+    s, p, d = draw(st.integers(1, 3)), draw(st.integers(0, 2)), draw(st.integers(1, 2))
+    h, w = draw(st.integers(1, 19)), draw(st.integers(1, 19))
+    assume(h + 2 * p - d * (k[0] - 1) - 1 >= 0 and w + 2 * p - d * (k[1] - 1) - 1 >= 0)
+    return dict(
+        n=draw(st.sampled_from([1, 1, 2, 3, 9])), cin=cin, cout=cout, g=g, k=k, s=s, p=p, d=d, h=h, w=w,
+        sparsity=draw(st.sampled_from([0.0, 0.5, 0.8, 0.95, 1.0])), bias=draw(st.booleans()),
+        relu=draw(st.booleans()), threads=draw(st.sampled_from([1, 2])), kind=draw(st.sampled_from(KINDS)),
+        isa=draw(st.sampled_from(ISAS)), seed=draw(st.integers(0, 2**20)),
+    )
+
+
+@settings(max_examples=120, deadline=None)
+@given(c=conv_cases())
+def test_conv_matches_torch(c):
+    gen = torch.Generator().manual_seed(c["seed"])
+    x = torch.randn(c["n"], c["cin"], c["h"], c["w"], generator=gen)
+    w = sparse_weight((c["cout"], c["cin"] // c["g"], *c["k"]), c["sparsity"], gen)
+    b = torch.randn(c["cout"], generator=gen) if c["bias"] else None
+    y = sparse_conv2d(x, make(w, c["kind"]), b, c["s"], c["p"], c["d"], c["g"], relu=c["relu"],
+                      threads=c["threads"], isa=c["isa"])
+    ref, scale = _reference(x, w, b, c["s"], c["p"], c["d"], c["g"], c["relu"])
+    assert_close_scaled(y, ref, scale)
+
+
+RESNET_SHAPES = [  # (C_in, C_out, H, stride) of CIFAR ResNet-56 3x3 convs
+    (16, 16, 32, 1), (32, 32, 16, 1), (64, 64, 8, 1), (16, 32, 32, 2), (32, 64, 16, 2), (3, 16, 32, 1),
+]
+
+
+@pytest.mark.parametrize("cin,cout,h,s", RESNET_SHAPES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_resnet_shapes(cin, cout, h, s, kind):
+    x = torch.randn(2, cin, h, h)
+    w = sparse_weight((cout, cin, 3, 3), 0.7)
+    b = torch.randn(cout)
+    y = sparse_conv2d(x, make(w, kind), b, s, 1, relu=True, threads=2)
+    ref, scale = _reference(x, w, b, s, 1, 1, 1, True)
+    assert_close_scaled(y, ref, scale)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("n", [1, 3, 9])
+def test_threads_bitwise_identical(kind, n):
+    x = torch.randn(n, 16, 12, 12)
+    W = make(sparse_weight((20, 16, 3, 3), 0.6), kind)
+    ys = [sparse_conv2d(x, W, None, 1, 1, threads=t) for t in (1, 2, 3)]
+    assert torch.equal(ys[0], ys[1]) and torch.equal(ys[0], ys[2])
+
+
+def test_default_threads_from_torch():
+    x = torch.randn(2, 4, 6, 6)
+    W = make(sparse_weight((4, 4, 3, 3), 0.5), "csr")
+    assert torch.equal(sparse_conv2d(x, W, threads=None), sparse_conv2d(x, W, threads=1))
+
+
+def test_isa_paths_agree():
+    x = torch.randn(3, 8, 11, 13)
+    w = sparse_weight((10, 8, 3, 3), 0.5)
+    for kind in KINDS:
+        a = sparse_conv2d(x, make(w, kind), None, 2, 1, isa="auto")
+        g = sparse_conv2d(x, make(w, kind), None, 2, 1, isa="generic")
+        torch.testing.assert_close(a, g, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_features_reported():
+    f = cpu_features()
+    assert f["isa"] in ("avx2", "generic")
+    assert f["isa"] == ("avx2" if f["avx2_fma"] else "generic")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_empty_batch(kind):
+    W = make(sparse_weight((6, 3, 3, 3), 0.5), kind)
+    y = sparse_conv2d(torch.randn(0, 3, 10, 10), W, torch.randn(6), 2, 1)
+    ref = F.conv2d(torch.randn(0, 3, 10, 10), torch.from_numpy(W.to_dense()), torch.randn(6), 2, 1)
+    assert y.shape == ref.shape == (0, 6, 5, 5) and y.dtype == torch.float32
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("relu", [False, True])
+def test_all_zero_weight_gives_bias(kind, relu):
+    W = make(torch.zeros(5, 3, 3, 3), kind)
+    assert W.nnz == 0
+    b = torch.randn(5)
+    y = sparse_conv2d(torch.randn(2, 3, 7, 7), W, b, 1, 1, relu=relu)
+    expect = b.view(1, 5, 1, 1).expand(2, 5, 7, 7)
+    torch.testing.assert_close(y, F.relu(expect) if relu else expect, rtol=0, atol=0)
+    assert torch.equal(sparse_conv2d(torch.randn(2, 3, 7, 7), W, None, 1, 1), torch.zeros(2, 5, 7, 7))
+
+
+def test_unbatched_input():
+    x = torch.randn(4, 9, 9)
+    w = sparse_weight((6, 4, 3, 3), 0.5)
+    y = sparse_conv2d(x, make(w, "csr"), None, 1, 1)
+    torch.testing.assert_close(y, F.conv2d(x, w, None, 1, 1), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "transposed", "sliced"])
+def test_non_contiguous_input(layout):
+    base = torch.randn(2, 6, 10, 10)
+    x = {"channels_last": base.contiguous(memory_format=torch.channels_last),
+         "transposed": base.transpose(2, 3),
+         "sliced": torch.randn(2, 12, 10, 10)[:, ::2]}[layout]
+    assert not x.is_contiguous()
+    w = sparse_weight((7, 6, 3, 3), 0.5)
+    y = sparse_conv2d(x, make(w, "csr"), None, 1, 1)
+    assert y.is_contiguous()
+    torch.testing.assert_close(y, F.conv2d(x, w, None, 1, 1), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("n", [1, 9])
+def test_nonfinite_input_propagates_like_torch(kind, bad, n):
+    """Torch's dense conv gives NaN wherever a NaN/Inf meets a zero weight (NaN*0, Inf*0);
+    the sparse kernels must not silently skip those products."""
+    x = torch.randn(n, 8, 10, 10)
+    x[0, 3, 4, 5] = bad
+    x[n - 1, 0, 0, 0] = bad
+    w = sparse_weight((12, 8, 3, 3), 0.7)
+    b = torch.randn(12)
+    for relu in (False, True):
+        y = sparse_conv2d(x, make(w, kind), b, 1, 1, relu=relu, threads=2)
+        ref = F.conv2d(x, w, b, 1, 1)
+        ref = F.relu(ref) if relu else ref
+        torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4, equal_nan=True)
+    # images without NaN/Inf are unaffected in a mixed batch
+    if n > 2:
+        assert torch.isfinite(y[1:n - 1]).all()
+
+
+def test_nan_weight_propagates():
+    w = sparse_weight((4, 3, 3, 3), 0.5)
+    w[1, 0, 1, 1] = float("nan")
+    x = torch.randn(1, 3, 6, 6)
+    torch.testing.assert_close(sparse_conv2d(x, make(w, "csr"), None, 1, 1), F.conv2d(x, w, None, 1, 1),
+                               equal_nan=True, rtol=1e-4, atol=1e-5)
+
+
+def test_weight_object_reused_across_geometries():
+    W = make(sparse_weight((8, 4, 3, 3), 0.5), "bsr4")
+    w = torch.from_numpy(W.to_dense())
+    for h, s, p, d in [(9, 1, 1, 1), (12, 2, 0, 1), (9, 1, 2, 2), (9, 1, 1, 1), (30, 3, 1, 1)]:
+        x = torch.randn(2, 4, h, h + 1)
+        torch.testing.assert_close(sparse_conv2d(x, W, None, s, p, d), F.conv2d(x, w, None, s, p, d),
+                                   rtol=1e-4, atol=1e-5)
