@@ -49,8 +49,8 @@ def _check_t(t: Any) -> float:
 def fit_temperature(logits: Any, labels: Any, *, max_iter: int = 100, tol: float = 1e-10) -> float:
     """Temperature ``T > 0`` minimising the NLL of ``softmax(logits (N, C) / T)`` vs ``labels (N,)``."""
     z, y = check_logits_labels(logits, labels)
-    if max_iter < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
     res = minimize(_nll_and_grad, x0=np.zeros(1), args=(z, y), jac=True, method="L-BFGS-B",
                    bounds=[(np.log(T_BOUNDS[0]), np.log(T_BOUNDS[1]))],
                    options={"maxiter": int(max_iter), "ftol": tol, "gtol": 1e-10})
@@ -61,11 +61,17 @@ def fit_temperature(logits: Any, labels: Any, *, max_iter: int = 100, tol: float
 
 
 def apply_temperature(logits: Any, t: float) -> Any:
-    """``logits / t``, keeping the input type (torch tensor in, torch tensor out; else numpy)."""
+    """``logits (N, C) / t``, keeping the input type (torch tensor in, torch tensor out, same
+    dtype and device, autograd kept; else float64 numpy). NaN/Inf logits raise ``ValueError``."""
     t = _check_t(t)
     if hasattr(logits, "detach") and hasattr(logits, "cpu"):
         if logits.ndim != 2:
             raise ValueError(f"logits must have shape (N, C), got shape {tuple(logits.shape)}")
+        if not logits.is_floating_point():
+            raise TypeError(f"logits must be a floating-point tensor, got {logits.dtype}")
+        if not bool(logits.isfinite().all()):
+            n_bad = int((~logits.isfinite()).any(dim=1).sum()) if logits.shape[1] else 0
+            raise ValueError(f"logits contains NaN or Inf ({n_bad} rows)")
         return logits / t
     return check_logits(logits) / t
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from typing import Sequence
 
 import numpy as np
@@ -72,7 +73,8 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: i
           val: tuple[np.ndarray, np.ndarray] | None = None, seed: int = 0,
           progress: bool = True, momentum: float = 0.9, weight_decay: float = 5e-4,
           nesterov: bool = False, warmup_epochs: float = 0.0, label_smoothing: float = 0.0,
-          augment: bool = True, masks: dict[str, torch.Tensor] | None = None) -> dict[str, list]:
+          augment: bool = True, masks: dict[str, torch.Tensor] | None = None,
+          channels_last: bool = True) -> dict[str, list]:
     """Train ``model`` in place with SGD and a per-step cosine LR schedule.
 
     Args:
@@ -91,6 +93,9 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: i
         augment: random crop (pad 4) + horizontal flip (default True).
         masks: ``{module name: bool tensor}``; those weights are held at zero (their
             gradients are zeroed before, and the weights re-masked after, every step).
+        channels_last: train in the NHWC memory format (default True: oneDNN's CPU kernels
+            are faster there, notably depthwise convs); the weights are converted back to
+            the ordinary contiguous format at the end, also when training fails.
 
     Returns ``{'epoch', 'loss', 'train_acc', 'lr', 'val_acc'}`` lists, one entry per
     epoch (``val_acc`` only with ``val``), plus ``'step_loss'`` per step.
@@ -98,8 +103,9 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: i
     images, labels = _check_xy(images, labels)
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
         raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+    if isinstance(lr, bool) or not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    lr = float(lr)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if val is not None:
@@ -107,81 +113,89 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: i
             raise TypeError("val must be a tuple (images, labels)")
         val = _check_xy(val[0], val[1], "val images")
     dev = _device(model)
-    mods = dict(model.named_modules())
-    mask_list = []
-    for name, m in (masks or {}).items():
-        if name not in mods or not isinstance(getattr(mods[name], "weight", None), torch.Tensor):
-            raise ValueError(f"masks: no module with a weight named {name!r}")
-        w = mods[name].weight
-        if tuple(m.shape) != tuple(w.shape):
-            raise ValueError(f"masks[{name!r}] has shape {tuple(m.shape)}, weight {tuple(w.shape)}")
-        mask_list.append((w, m.to(device=dev, dtype=w.dtype)))
+    fmt = bool(channels_last) and any(p.dim() == 4 for p in model.parameters())
+    if fmt:  # oneDNN's NHWC kernels: faster on CPU, notably for depthwise convs
+        model.to(memory_format=torch.channels_last)
+    try:
+        mods = dict(model.named_modules())
+        mask_list = []
+        for name, m in (masks or {}).items():
+            if name not in mods or not isinstance(getattr(mods[name], "weight", None), torch.Tensor):
+                raise ValueError(f"masks: no module with a weight named {name!r}")
+            w = mods[name].weight
+            if tuple(m.shape) != tuple(w.shape):
+                raise ValueError(f"masks[{name!r}] has shape {tuple(m.shape)}, weight {tuple(w.shape)}")
+            mask_list.append((w, m.to(device=dev, dtype=w.dtype)))
 
-    n = len(labels)
-    drop_last = n >= batch_size
-    steps_per_epoch = n // batch_size if drop_last else 1
-    total = epochs * steps_per_epoch
-    warm = int(round(warmup_epochs * steps_per_epoch))
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                          nesterov=nesterov)
+        n = len(labels)
+        drop_last = n >= batch_size
+        steps_per_epoch = n // batch_size if drop_last else 1
+        total = epochs * steps_per_epoch
+        warm = int(round(warmup_epochs * steps_per_epoch))
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                              nesterov=nesterov)
 
-    def lr_at(step: int) -> float:
-        if step < warm:
-            return lr * (step + 1) / warm
-        t = (step - warm) / max(1, total - warm)
-        return 0.5 * lr * (1 + math.cos(math.pi * t))
+        def lr_at(step: int) -> float:
+            if step < warm:
+                return lr * (step + 1) / warm
+            t = (step - warm) / max(1, total - warm)
+            return 0.5 * lr * (1 + math.cos(math.pi * t))
 
-    rng = np.random.default_rng(seed)
-    hist: dict[str, list] = {"epoch": [], "loss": [], "train_acc": [], "lr": [], "step_loss": []}
-    if val is not None:
-        hist["val_acc"] = []
-    step = 0
-    devices = [dev] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), _progress(progress) as bar:
-        torch.manual_seed(seed)  # dropout etc.; the caller's RNG state is restored after
-        task = bar.add_task("train", total=total, info="") if bar is not None else None
-        for epoch in range(epochs):
-            model.train()
-            loss_sum, correct, seen = 0.0, 0, 0
-            aug = random_crop_flip if augment else None
-            for x, y in iterate_batches(images, labels, batch_size, mean, std, shuffle=True,
-                                        rng=rng, drop_last=drop_last, augment=aug):
-                x, y = x.to(dev), y.to(dev)
-                cur_lr = lr_at(step)
-                for g in opt.param_groups:
-                    g["lr"] = cur_lr
-                out = model(x)
-                loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"training diverged: loss {loss.item()} at step {step} "
-                                             f"(lr {cur_lr:.4g}); lower lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                with torch.no_grad():
-                    for w, m in mask_list:
-                        if w.grad is not None:
-                            w.grad.mul_(m)
-                opt.step()
-                with torch.no_grad():
-                    for w, m in mask_list:
-                        w.mul_(m)
-                b = len(y)
-                loss_sum += loss.item() * b
-                correct += int((out.argmax(1) == y).sum())
-                seen += b
-                hist["step_loss"].append(loss.item())
-                step += 1
-                if bar is not None:
-                    bar.update(task, advance=1, description=f"epoch {epoch + 1}/{epochs}",
-                               info=f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f}")
-            hist["epoch"].append(epoch + 1)
-            hist["loss"].append(loss_sum / seen)
-            hist["train_acc"].append(correct / seen)
-            hist["lr"].append(cur_lr)
-            if val is not None:
-                hist["val_acc"].append(evaluate(model, val[0], val[1], mean, std))
-                if bar is not None:
-                    bar.update(task, info=f"loss {loss_sum / seen:.3f} val {hist['val_acc'][-1]:.3f}")
+        rng = np.random.default_rng(seed)
+        hist: dict[str, list] = {"epoch": [], "loss": [], "train_acc": [], "lr": [], "step_loss": []}
+        if val is not None:
+            hist["val_acc"] = []
+        step = 0
+        devices = [dev] if dev.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), _progress(progress) as bar:
+            torch.manual_seed(seed)  # dropout etc.; the caller's RNG state is restored after
+            task = bar.add_task("train", total=total, info="") if bar is not None else None
+            for epoch in range(epochs):
+                model.train()
+                loss_sum, correct, seen = 0.0, 0, 0
+                aug = random_crop_flip if augment else None
+                for x, y in iterate_batches(images, labels, batch_size, mean, std, shuffle=True,
+                                            rng=rng, drop_last=drop_last, augment=aug):
+                    x = x.to(dev, memory_format=torch.channels_last) if fmt else x.to(dev)
+                    y = y.to(dev)
+                    cur_lr = lr_at(step)
+                    for g in opt.param_groups:
+                        g["lr"] = cur_lr
+                    out = model(x)
+                    loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"training diverged: loss {loss.item()} at step {step} "
+                                                 f"(lr {cur_lr:.4g}); lower lr")
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    with torch.no_grad():
+                        for w, m in mask_list:
+                            if w.grad is not None:
+                                w.grad.mul_(m)
+                    opt.step()
+                    with torch.no_grad():
+                        for w, m in mask_list:
+                            w.mul_(m)
+                    b = len(y)
+                    loss_sum += loss.item() * b
+                    correct += int((out.argmax(1) == y).sum())
+                    seen += b
+                    hist["step_loss"].append(loss.item())
+                    step += 1
+                    if bar is not None:
+                        bar.update(task, advance=1, description=f"epoch {epoch + 1}/{epochs}",
+                                   info=f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f}")
+                hist["epoch"].append(epoch + 1)
+                hist["loss"].append(loss_sum / seen)
+                hist["train_acc"].append(correct / seen)
+                hist["lr"].append(cur_lr)
+                if val is not None:
+                    hist["val_acc"].append(evaluate(model, val[0], val[1], mean, std))
+                    if bar is not None:
+                        bar.update(task, info=f"loss {loss_sum / seen:.3f} val {hist['val_acc'][-1]:.3f}")
+    finally:
+        if fmt:  # hand back ordinary contiguous weights (other modules read their memory)
+            model.to(memory_format=torch.contiguous_format)
     model.eval()
     return hist

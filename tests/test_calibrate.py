@@ -96,6 +96,25 @@ def test_bad_input():
         C.apply_temperature(torch.zeros(3), 1.0)
     with pytest.raises(ValueError, match="max_iter"):
         C.fit_temperature(z, y, max_iter=0)
+    with pytest.raises(ValueError, match="max_iter"):
+        C.fit_temperature(z, y, max_iter="10")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_apply_temperature_torch_rejects_non_finite(bad):
+    """torch tensors are not converted to numpy, so they get their own finiteness check."""
+    zt = torch.zeros(4, 3)
+    zt[2, 1] = bad
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        C.apply_temperature(zt, 2.0)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        C.apply_temperature(zt.numpy(), 2.0)
+    with pytest.raises(TypeError, match="floating"):
+        C.apply_temperature(torch.zeros(4, 3, dtype=torch.int64), 2.0)
+    # autograd and dtype survive for good input
+    ok = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    out = C.apply_temperature(ok, 2.0)
+    assert out.dtype == torch.float64 and out.requires_grad
 
 
 @pytest.fixture(scope="module")

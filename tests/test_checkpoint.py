@@ -168,3 +168,58 @@ def test_not_a_state_dict(tmp_path, obj):
     torch.save(obj, p)
     with pytest.raises(ValueError, match="could not read checkpoint"):
         load_checkpoint(models.create("resnet20"), p)
+
+
+# ---------------------------------------------------------------- pruned networks
+
+@pytest.mark.parametrize("name,kw,steps", [
+    ("resnet20", {}, [("l1_filter", 0.5)]),
+    ("vgg11_bn", {"width_mult": 0.25}, [("bn_channel", 0.4), ("global_magnitude", 0.5)]),
+    ("mobilenetv2", {"width_mult": 0.25}, [("l1_filter", 0.3), ("bn_channel", 0.3)]),
+])
+def test_pruned_round_trip(name, kw, steps, tmp_path):
+    """A structurally pruned (smaller) net saved with save_checkpoint loads again through
+    create(name, weights=...): the dense architecture is rebuilt to the recorded structure."""
+    from prunecal.prune import get_masks, prune, sparsity_report
+
+    m = models.create(name, **kw)
+    for method, s in steps:
+        m = prune(m, method, s)
+    p = save_checkpoint(m, tmp_path / "pruned.pt")
+    raw = torch.load(p, map_location="cpu", weights_only=True)  # plain types only
+    assert raw["prune_info"]["method"] == steps[-1][0]
+    back = models.create(name, weights=p, **kw)
+    assert_same_state(m, back)
+    assert back.prune_info == raw["prune_info"]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(back(x), m.eval()(x))
+    assert sparsity_report(back).dense_macs == sparsity_report(m).dense_macs
+    for n, mask in get_masks(m).items():
+        assert torch.equal(get_masks(back)[n], mask), n
+    # loading into a net that already has the structure works too (no second surgery)
+    assert_same_state(m, load_checkpoint(back, p))
+
+
+def test_pruned_checkpoint_for_other_architecture_is_a_clear_error(tmp_path):
+    from prunecal.prune import prune, restore_structure
+
+    p = save_checkpoint(prune(models.create("resnet20"), "l1_filter", 0.5), tmp_path / "r20.pt")
+    with pytest.raises(ValueError, match="missing keys.*unexpected keys"):  # other keys
+        models.create("vgg11_bn", weights=p)
+    r32 = models.create("resnet32")
+    before = {k: v.clone() for k, v in r32.state_dict().items()}
+    with pytest.raises(ValueError, match="does not fit"):  # same group names, other depth
+        load_checkpoint(r32, p)
+    # the failed load left it untouched (not half restructured)
+    assert all(torch.equal(v, before[k]) for k, v in r32.state_dict().items())
+    with pytest.raises(ValueError, match="structurally pruned.*'layer1.0.conv1' had 16 channels, "
+                                         "model has 8"):
+        models.create("resnet20", weights=p, widths=(8, 16, 32))
+    with pytest.raises(TypeError, match="prune_info"):
+        restore_structure(models.create("resnet20"), "l1_filter")
+    # a dense checkpoint with the same keys still names the shape mismatch
+    with pytest.raises(ValueError, match="shape mismatches"):
+        load_checkpoint(models.create("resnet20"), save_checkpoint(
+            prune(models.create("resnet20"), "l1_filter", 0.5), tmp_path / "bare.pt",
+            prune_info={"kind": "unstructured"}))

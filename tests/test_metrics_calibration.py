@@ -63,6 +63,7 @@ def test_bin_edges_half_open_and_one_in_last_bin():
     assert M.ece(p, y, n_bins=4) == pytest.approx(0.25)
     assert rb.weight.sum() == pytest.approx(1.0)
     assert set(rb.to_dict()) >= {"lower", "upper", "count", "confidence", "accuracy"}
+    assert rb.to_dict()["n_bins"] == 4 and rb.to_dict()["binning"] == "width"  # stored results say how
 
 
 def test_equal_mass_hand_worked():
@@ -117,6 +118,27 @@ def test_matches_torchmetrics(norm, n_bins):
     ref = multiclass_calibration_error(torch.tensor(p, dtype=torch.float32), torch.tensor(y), num_classes=10,
                                        n_bins=n_bins, norm=norm)
     assert M.ece(p, y, n_bins=n_bins, norm=norm) == pytest.approx(float(ref), rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("n_bins", [4, 8])
+def test_edges_match_numpy_histogram_rule(n_bins):
+    """The documented rule is numpy.histogram's / netcal's (``[lo, hi)``, last bin closed):
+    an independent ECE built on ``np.histogram`` agrees exactly, with many confidences
+    sitting on bin edges (dyadic values, exact in float64) and some equal to 1."""
+    rng = np.random.default_rng(n_bins)
+    conf = rng.choice(np.arange(n_bins // 2, n_bins + 1) / n_bins, 400)  # top-1 >= 1/2 with C=2
+    pred = rng.integers(0, 2, 400)
+    p = _probs(list(conf), list(pred), c=2)
+    y = rng.integers(0, 2, 400)
+    correct = (p.argmax(1) == y).astype(float)  # a 0.5/0.5 row predicts class 0
+    edges = np.linspace(0, 1, n_bins + 1)
+    cnt, _ = np.histogram(conf, edges)
+    s_c, _ = np.histogram(conf, edges, weights=conf)
+    s_a, _ = np.histogram(conf, edges, weights=correct)
+    nz = cnt > 0
+    ref = np.sum(np.abs(s_a[nz] - s_c[nz])) / conf.size
+    assert M.ece(p, y, n_bins=n_bins) == pytest.approx(ref, rel=1e-12, abs=1e-15)
+    np.testing.assert_array_equal(M.reliability_bins(p, y, n_bins=n_bins).count, cnt)
 
 
 def test_torch_input_and_float32():

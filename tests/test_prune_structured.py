@@ -394,6 +394,11 @@ def test_options_and_errors():
         prune(model, "l1_filter", 0.5, scope="everywhere")
     with pytest.raises(ValueError, match="min_channels"):
         prune(model, "l1_filter", 0.5, min_channels=0)
+    with pytest.raises(ValueError, match="min_channels"):
+        prune(model, "bn_channel", 0.5, min_channels=2.5)
+    for method in STRUCTURED:  # was a ZeroDivisionError / torch.cat error
+        with pytest.raises(ValueError, match="empty list.*prunable: \\['conv1'"):
+            prune(model, method, 0.5, layers=[])
     for bad in (1.0, -0.5, float("nan")):
         with pytest.raises(ValueError, match="sparsity"):
             prune(model, "bn_channel", bad)
@@ -442,3 +447,27 @@ def test_pretrained_resnet20_structured(shared_data):
     out = prune(dense, "bn_channel", 0.1)
     assert out.prune_info["param_fraction"] < 0.95
     assert evaluate(out, x, y, sp.mean, sp.std) > 0.7
+
+
+@pytest.mark.parametrize("method", STRUCTURED)
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_deterministic_and_repruning_semantics(method, scope):
+    """Same input -> bit-identical result (state and prune_info); pruning a pruned net at
+    sparsity 0 changes nothing (idempotent), at s > 0 removes s of the *remaining*
+    channels and records the first pruning under ``previous``."""
+    model = _net("mobilenetv2")
+    a = prune(model, method, 0.3, scope=scope, seed=1)
+    b = prune(model, method, 0.3, scope=scope, seed=1)
+    assert a.prune_info == b.prune_info
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+    x = _x("mobilenetv2", 2)
+    same = prune(a, method, 0.0, scope=scope)
+    assert torch.equal(same(x), a(x))
+    assert [g["kept"] for g in same.prune_info["groups"].values()] == \
+        [g["channels"] for g in same.prune_info["groups"].values()]
+    twice = prune(a, method, 0.3, scope=scope)
+    assert twice.prune_info["previous"]["achieved_sparsity"] == a.prune_info["achieved_sparsity"]
+    ch_a = sum(g["kept"] for g in a.prune_info["groups"].values())
+    ch_2 = sum(g["kept"] for g in twice.prune_info["groups"].values())
+    assert ch_2 < ch_a and sum(g["channels"] for g in twice.prune_info["groups"].values()) == ch_a

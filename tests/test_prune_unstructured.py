@@ -128,6 +128,27 @@ def test_bad_sparsity_value(bad):
         prune(TinyNet(), "global_magnitude", bad)
 
 
+@pytest.mark.parametrize("method", UNSTRUCTURED + ["l1_filter", "bn_channel"])
+@pytest.mark.parametrize("where,bad", [("conv2.weight", float("nan")), ("fc.weight", float("inf")),
+                                       ("bn1.weight", float("nan"))])
+def test_non_finite_weights_are_refused(method, where, bad):
+    """NaN sorts last, so a magnitude ranking would silently keep it: a clear error instead."""
+    model = TinyNet()
+    with torch.no_grad():
+        model.get_parameter(where).view(-1)[0] = bad
+    with pytest.raises(ValueError, match=where.replace(".", r"\.")):
+        prune(model, method, 0.5)
+    # a NaN behind a torch.nn.utils.prune mask is not hidden: torch computes with
+    # orig * mask = NaN * 0 = NaN as well, so it is refused too
+    clean = TinyNet()
+    torch_prune.custom_from_mask(clean.conv2, "weight", torch.ones_like(clean.conv2.weight))
+    with torch.no_grad():
+        clean.conv2.weight_orig.view(-1)[0] = float("nan")
+        clean.conv2.weight_mask.view(-1)[0] = 0
+    with pytest.raises(ValueError, match="conv2"):
+        prune(clean, method, 0.5)
+
+
 @pytest.mark.parametrize("bad", ["0.5", None, True])
 def test_bad_sparsity_type(bad):
     with pytest.raises(TypeError, match="sparsity"):

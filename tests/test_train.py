@@ -70,6 +70,24 @@ def test_deterministic_per_seed():
         assert torch.equal(va, vb)
 
 
+def test_channels_last_same_training_and_contiguous_weights_after():
+    """NHWC training (default, for CPU speed) computes the same steps as NCHW up to float
+    rounding, and hands back ordinary contiguous weights, also when training fails."""
+    x, y = _data(96)
+    a, b = Small(), Small()
+    b.load_state_dict(a.state_dict())
+    kw = dict(epochs=1, lr=0.05, batch_size=32, mean=MEAN, std=STD, seed=1, progress=False)
+    ha = train(a, x, y, channels_last=True, **kw)
+    hb = train(b, x, y, channels_last=False, **kw)
+    np.testing.assert_allclose(ha["step_loss"], hb["step_loss"], rtol=1e-4)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(va, vb, rtol=1e-4, atol=1e-5, msg=k)
+        assert va.is_contiguous(), k
+    with pytest.raises(FloatingPointError):
+        train(a, x, y, **{**kw, "lr": 1e30, "epochs": 3})
+    assert all(p.is_contiguous() for p in a.parameters())
+
+
 @pytest.mark.parametrize("method", ["global_magnitude", "random"])
 def test_finetune_keeps_masks_fixed(method):
     x, y = _data(128)
@@ -118,3 +136,25 @@ def test_bad_arguments():
         train(m, xs, ys, epochs=2, lr=1e30, batch_size=32, **kw)
     with pytest.raises(TypeError, match="model"):
         finetune("model", x, y, **kw)
+
+
+@pytest.mark.parametrize("name,kw", [("vgg11_bn", {"width_mult": 0.125}),
+                                     ("mobilenetv2", {"width_mult": 0.25})])
+def test_trains_cifar_nets_on_real_jpeg_training_set(name, kw, shared_data):
+    """The issue's use: VGG / MobileNetV2 from scratch on the JPEG training set. A few
+    batches only (full training is hours): the loop runs, the loss is finite, and the
+    weights move while the eval-mode model still predicts 10 classes."""
+    from prunecal import models
+    from prunecal.data import load_cifar10
+
+    x, y = load_cifar10(shared_data / "cifar10" / "train_jpeg.npz", "train", limit=96)
+    assert x.shape == (96, 32, 32, 3) and set(np.unique(y)) <= set(range(10))
+    s = models.spec(name)
+    net = models.create(name, **kw)
+    w0 = next(net.parameters()).detach().clone()
+    hist = train(net, x, y, epochs=1, lr=np.float32(0.05), batch_size=32, mean=s.mean,
+                 std=s.std, progress=False)
+    assert len(hist["step_loss"]) == 3 and all(np.isfinite(hist["step_loss"]))
+    assert hist["step_loss"][0] == pytest.approx(np.log(10), rel=0.5)  # starts near chance
+    assert not torch.equal(next(net.parameters()), w0) and not net.training
+    assert 0.0 <= evaluate(net, x[:32], y[:32], s.mean, s.std) <= 1.0

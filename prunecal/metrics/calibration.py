@@ -19,10 +19,22 @@ Binning:
   ``[lo, hi)``, found with ``searchsorted(edges, c, side='right') - 1``, the same rule as
   torchmetrics' ``bucketize(..., right=True)``), except that ``c = 1`` goes into the last bin
   (closed ``[lo, 1]``; torchmetrics puts it in an extra bin of its own). ``c = 0`` is in bin 0.
+  This is also netcal's rule (``scipy.stats.binned_statistic_dd``: ``[lo, hi)``, last bin
+  closed) and ``numpy.histogram``'s. Older torchmetrics (< 1.0, before PR #1648) used
+  ``bucketize(..., right=False)``, i.e. ``(lo, hi]``, and failed on ``c = 0``; results of
+  those versions can differ from ours when a confidence sits exactly on a bin edge.
 - ``binning='mass'`` (adaptive / equal-mass, "ACE" of Nixon et al. 2019 with the top label):
   the samples are sorted by confidence (stable sort, so tied confidences keep input order and
   a run of ties may straddle two bins) and split into ``n_bins`` contiguous groups of sizes
   differing by at most one (``np.array_split``). With ``N < n_bins`` some bins are empty.
+  Nixon et al. define ACE over all classes' scores; here it is the top-label variant (the
+  same estimator as ``ece`` with equal-mass bins, weighted by bin size).
+
+Naming: "ACE" in prunecal always means the *adaptive* calibration error above. netcal's
+``ACE`` is a different quantity, the *average* calibration error (Neumann et al. 2018):
+the unweighted mean ``(1/B) sum_b |acc_b - conf_b|`` over non-empty bins, which prunecal
+does not report. Results store ``n_bins`` and ``binning`` next to every binned metric
+(:func:`prunecal.metrics.summary`).
 """
 from __future__ import annotations
 
@@ -165,7 +177,8 @@ def rmsce(probs: Any, labels: Any, n_bins: int = 15, binning: str = "width") -> 
 
 
 def ace(probs: Any, labels: Any, n_bins: int = 15) -> float:
-    """Adaptive calibration error (top label): ``ece(..., binning='mass')``."""
+    """Adaptive calibration error (Nixon et al. 2019, top label): ``ece(..., binning='mass')``,
+    equal-mass bins weighted by size. Not netcal's ``ACE`` (average calibration error)."""
     return ece(probs, labels, n_bins, "mass", "l1")
 
 

@@ -37,9 +37,9 @@ class ReliabilityBins:
         return self.count / max(int(self.count.sum()), 1)
 
     def to_dict(self) -> dict[str, list]:
-        """Plain lists (NaN kept) for JSON / the result store."""
+        """Plain lists (NaN kept) for JSON / the result store, with ``n_bins`` and ``binning``."""
         return {k: getattr(self, k).tolist() for k in ("lower", "upper", "count", "confidence", "accuracy")} | {
-            "binning": self.binning}
+            "n_bins": int(self.count.size), "binning": self.binning}
 
 
 def reliability_from_stats(st, binning: str = "width") -> ReliabilityBins:

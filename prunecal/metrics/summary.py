@@ -74,7 +74,10 @@ def summary_from_logits(logits: Any, labels: Any, temperature: float = 1.0, n_bi
     n_bins = check_n_bins(n_bins)
     check_choice(binning, "binning", BINNINGS)
     z, y = check_logits_labels(logits, labels)
-    t = float(temperature)
+    try:
+        t = float(temperature)
+    except (TypeError, ValueError):
+        raise TypeError(f"temperature must be a number, got {temperature!r}") from None
     if not np.isfinite(t) or t <= 0:
         raise ValueError(f"temperature must be a finite positive number, got {temperature!r}")
     logp = _log_softmax(z / t, axis=1)

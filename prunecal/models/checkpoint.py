@@ -7,6 +7,7 @@ read with ``torch.load(weights_only=True)``: no arbitrary code runs on load.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import tempfile
@@ -47,12 +48,18 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         ValueError: "could not read checkpoint <path>: ..." for a corrupt, truncated or
             non-tensor file, or one holding no state dict.
     """
+    return _read(path)[0]
+
+
+def _read(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Any]:
+    """``(state dict, prune_info or None)`` of the checkpoint at ``path``."""
     p = _check_path(path)
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling / zip failure means unreadable
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"could not read checkpoint {p}: {type(e).__name__}: {msg}") from None
+    info = obj.get("prune_info") if isinstance(obj, Mapping) else None
     sd: Any = obj
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model", "model_state_dict"):
@@ -71,7 +78,32 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             while k.startswith(pre):
                 k = k[len(pre):]
         out[k] = v
-    return out
+    return out, (dict(info) if isinstance(info, Mapping) else None)
+
+
+def _is_structured(info: Any) -> bool:
+    while isinstance(info, Mapping):
+        if info.get("kind") == "structured":
+            return True
+        info = info.get("previous")
+    return False
+
+
+def _plain(x: Any) -> Any:
+    """``x`` as plain Python containers and scalars (what ``weights_only`` loading accepts)."""
+    if isinstance(x, Mapping):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().tolist()
+    if hasattr(x, "item") and hasattr(x, "dtype"):  # numpy scalar
+        return x.item()
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    return str(x)
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
@@ -79,15 +111,31 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
 
     Every parameter and buffer of ``model`` must be present with the same shape
     (``num_batches_tracked`` may be missing) and every stored tensor must belong to
-    ``model``; floating tensors must be finite.
+    ``model``; floating tensors must be finite. A checkpoint written by
+    :func:`save_checkpoint` from a pruned network carries its ``prune_info``: it is set on
+    ``model``, and a structurally pruned (smaller) network is rebuilt from the dense
+    ``model`` first (:func:`prunecal.prune.restore_structure`), so
+    ``create(name, weights=path)`` loads it.
 
     Raises:
         FileNotFoundError: no file at ``path``.
         ValueError: unreadable file, or a checkpoint that does not fit; the message
             names the missing and unexpected keys and the shape mismatches.
     """
-    sd = read_state_dict(path)
+    sd, info = _read(path)
     own = model.state_dict()
+    target = model  # the net the checks run on: a restructured copy for a pruned checkpoint
+    if info is not None and _is_structured(info) and any(
+            k in sd and sd[k].shape != v.shape for k, v in own.items()):
+        from prunecal.prune.structured import restore_structure  # lazy: keeps models light
+
+        target = copy.deepcopy(model)  # ``model`` stays untouched if the checkpoint does not fit
+        try:
+            restore_structure(target, info)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"checkpoint {path} holds a structurally pruned network whose "
+                             f"structure does not fit {type(model).__name__}: {e}") from None
+        own = target.state_dict()
     missing = [k for k in own if k not in sd and not k.endswith(_OPTIONAL_SUFFIXES)]
     unexpected = [k for k in sd if k not in own]
     shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
@@ -104,7 +152,11 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise ValueError(f"checkpoint {path} has non-finite (NaN/inf) values in: {_list(bad)}")
+    if target is not model:
+        restore_structure(model, info)
     model.load_state_dict(sd, strict=False)
+    if info is not None:
+        model.prune_info = info
     return model
 
 
@@ -113,10 +165,15 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, **meta: Any) -> P
 
     The file is written beside ``path`` and renamed into place, so a reader never sees a
     partial file. ``meta`` values should be plain types (numbers, strings, lists,
-    dicts, tensors) so that ``weights_only`` loading accepts them. Returns the path.
+    dicts, tensors) so that ``weights_only`` loading accepts them. A pruned ``model``'s
+    ``prune_info`` is stored too (as plain types, key ``'prune_info'``) unless ``meta``
+    sets that key. Returns the path.
     """
     if "state_dict" in meta:
         raise ValueError("meta may not contain the key 'state_dict'")
+    info = getattr(model, "prune_info", None)
+    if isinstance(info, Mapping) and "prune_info" not in meta:
+        meta["prune_info"] = _plain(info)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     payload = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **meta}

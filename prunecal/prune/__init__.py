@@ -16,6 +16,10 @@ unstructured).
 A model carrying ``torch.nn.utils.prune`` reparametrisations is accepted: its
 effective weights (``orig * mask``) are used, so masked weights count as pruned.
 
+Saving: :func:`prunecal.models.save_checkpoint` stores ``prune_info`` with the weights, and
+``prunecal.models.create(name, weights=path)`` rebuilds a structurally pruned (smaller)
+network from it (:func:`restore_structure`).
+
 Add a method in one place::
 
     from prunecal.prune import METHODS
@@ -29,6 +33,7 @@ import math
 import numbers
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from ..registry import Registry
@@ -36,13 +41,13 @@ from .finetune import finetune
 from .masks import (apply_masks, apply_masks_torch, bake_torch_pruning, deepcopy_model,
                     get_masks, masks_from_torch, prunable_layers)
 from .report import LayerStats, SparsityReport, sparsity_report
-from .structured import ChannelGroup, bn_channel, find_channel_groups, l1_filter
+from .structured import ChannelGroup, bn_channel, find_channel_groups, l1_filter, restore_structure
 from .unstructured import global_magnitude, layer_magnitude, random_unstructured
 
 __all__ = [
     "METHODS", "available", "prune", "get_masks", "apply_masks", "apply_masks_torch",
     "masks_from_torch", "bake_torch_pruning", "deepcopy_model", "prunable_layers", "sparsity_report",
-    "SparsityReport", "LayerStats", "finetune", "find_channel_groups", "ChannelGroup",
+    "SparsityReport", "LayerStats", "finetune", "find_channel_groups", "ChannelGroup", "restore_structure",
 ]
 
 PruneFn = Callable[..., nn.Module]
@@ -71,6 +76,17 @@ def _check_sparsity(sparsity: Any) -> float:
     return s
 
 
+def _check_finite(model: nn.Module) -> None:
+    """Rankings by magnitude or |gamma| are meaningless with NaN/inf weights (NaN sorts
+    last, so it would silently be kept): refuse them, naming the tensors."""
+    bad = [n for n, t in (*model.named_parameters(), *model.named_buffers())
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        more = f" ... (+{len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise ValueError(f"model has non-finite (NaN/inf) values in {', '.join(bad[:5])}{more}; "
+                         "cannot rank weights for pruning")
+
+
 def prune(model: nn.Module, method: str, sparsity: float, *, seed: int = 0,
           **options: Any) -> nn.Module:
     """Return a pruned deep copy of ``model`` (``model`` itself is untouched).
@@ -82,6 +98,11 @@ def prune(model: nn.Module, method: str, sparsity: float, *, seed: int = 0,
             prunable channels (structured) to remove.
         seed: for randomised methods; recorded in ``prune_info`` for all.
         **options: method options (see the module docstring).
+
+    Raises:
+        UnknownNameError: unknown ``method`` (lists the valid names).
+        TypeError / ValueError: bad ``model``, ``sparsity`` or ``seed``; a model with
+            NaN/inf parameters or buffers (magnitude ranking would be meaningless).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -90,6 +111,7 @@ def prune(model: nn.Module, method: str, sparsity: float, *, seed: int = 0,
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     out = bake_torch_pruning(deepcopy_model(model))
+    _check_finite(out)
     out = fn(out, s, seed=int(seed), **options)
     if not isinstance(out, nn.Module):
         raise TypeError(f"pruning method {method!r} returned {type(out).__name__}, not a module")

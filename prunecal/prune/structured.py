@@ -31,6 +31,7 @@ Methods:
 """
 from __future__ import annotations
 
+import numbers
 import operator
 from collections import Counter
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ from torch import nn
 from .channel_surgery import (is_depthwise, slice_bn, slice_conv_in, slice_conv_out,
                               slice_depthwise, slice_linear_in)
 
-__all__ = ["ChannelGroup", "find_channel_groups", "select_channels", "remove_channels",
+__all__ = ["ChannelGroup", "find_channel_groups", "select_channels", "remove_channels", "restore_structure",
            "l1_filter", "bn_channel", "structured_prune"]
 
 Scope = Literal["global", "layer"]
@@ -258,8 +259,8 @@ def select_channels(groups: list[ChannelGroup], scores: list[torch.Tensor], spar
     the lowest scores (``C`` = channels of the group for ``scope='layer'``, of all
     groups for ``scope='global'``), ties to the lower index, each group keeping at least
     ``min_channels``."""
-    if min_channels < 1:
-        raise ValueError(f"min_channels must be >= 1, got {min_channels}")
+    if isinstance(min_channels, bool) or not isinstance(min_channels, numbers.Integral) or min_channels < 1:
+        raise ValueError(f"min_channels must be an int >= 1, got {min_channels!r}")
     drop = [torch.zeros(g.channels, dtype=torch.bool) for g in groups]
     if scope == "layer":
         for d, g, s in zip(drop, groups, scores):
@@ -307,6 +308,45 @@ def remove_channels(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -
         slice_conv_in(c, keep)
 
 
+def restore_structure(model: nn.Module, prune_info: dict) -> nn.Module:
+    """Redo, on an unpruned ``model`` of the same architecture, the channel removals recorded
+    in ``prune_info`` (a structured result's ``prune_info`` and its ``previous`` chain, oldest
+    first; unstructured steps need nothing), in place; returns ``model``.
+
+    This is how a saved structurally pruned network is loaded again: build the dense
+    architecture, restore the structure, then load the state dict
+    (:func:`prunecal.models.load_checkpoint` does this itself when the checkpoint carries
+    ``prune_info``). Raises ``ValueError`` naming the group when the recorded structure
+    does not fit ``model``.
+    """
+    if not isinstance(prune_info, dict):
+        raise TypeError(f"prune_info must be a dict, got {type(prune_info).__name__}")
+    chain = []
+    info: object = prune_info
+    while isinstance(info, dict):
+        chain.append(info)
+        info = info.get("previous")
+    for step in reversed(chain):
+        if step.get("kind") != "structured":
+            continue
+        recorded = step.get("groups")
+        if not isinstance(recorded, dict):
+            raise ValueError("prune_info of a structured step has no 'groups' record")
+        groups = {g.producer: g for g in find_channel_groups(model)}
+        for producer, rec in recorded.items():
+            g = groups.get(producer)
+            if g is None or g.channels != rec.get("channels") or \
+                    list(g.members) != list(rec.get("members", g.members)) or \
+                    g.consumer != rec.get("consumer", g.consumer):
+                found = f"{g.channels} channels" if g is not None else "no such channel group"
+                raise ValueError(f"recorded structure does not fit {type(model).__name__}: group "
+                                 f"{producer!r} had {rec.get('channels')} channels, model has {found}")
+            keep = torch.as_tensor(rec["kept_index"], dtype=torch.int64)
+            if keep.numel() < g.channels:
+                remove_channels(model, g, keep)
+    return model
+
+
 def _select_groups(groups: list[ChannelGroup], layers: Iterable[str] | None) -> list[ChannelGroup]:
     if layers is None:
         return groups
@@ -314,6 +354,8 @@ def _select_groups(groups: list[ChannelGroup], layers: Iterable[str] | None) -> 
         raise TypeError("layers must be a list of producer conv names, not a string")
     by_name = {g.producer: g for g in groups}
     names = list(dict.fromkeys(layers))
+    if not names:
+        raise ValueError(f"layers: empty list of producer convs to prune; prunable: {list(by_name)}")
     bad = [n for n in names if n not in by_name]
     if bad:
         raise ValueError(f"layers: {bad} are not prunable channel groups; prunable producer "
