@@ -15,10 +15,11 @@ _EXPORTS = {
     "load_weight": "formats",
     "sparse_conv2d": "ops",
     "sparse_linear": "ops",
-    "sparsify": "sparsify",
-    "SparsifyReport": "sparsify",
-    "BACKENDS": "sparsify",
 }
+
+# Imported eagerly (torch only, no native code): the submodule ``sparsify`` has the same name
+# as the function, and a lazy export would be shadowed by the submodule once it is imported.
+from .sparsify import BACKENDS, SparsifyReport, sparsify  # noqa: E402
 
 
 def __getattr__(name: str) -> Any:

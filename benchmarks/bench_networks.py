@@ -1,0 +1,236 @@
+"""Whole-network CPU inference: CIFAR ResNet-20 / ResNet-56 pruned to 90 % and 95 %.
+
+Every conv except the 3-channel stem is globally magnitude-pruned (pretrained weights from
+``../shared/data/weights`` when present, else random weights with randomised BN statistics),
+then run as
+
+- ``eager``: the pruned model itself in torch eager mode (the baseline, zeros stored dense);
+- ``dense`` / ``torch`` / ``csr`` / ``bsr``: :func:`prunecal.sparse.sparsify` backends
+  (BN folded, ReLU fused),
+
+at batch 1 and 64 with 1 and 2 threads (``torch.set_num_threads`` and the native kernels'
+``threads``). Run and tabulate (one run)::
+
+    python -m pytest benchmarks/bench_networks.py --benchmark-only -q \
+        --benchmark-json=bench_networks.json
+    python benchmarks/bench_networks.py bench_networks.json     # markdown table
+    python benchmarks/bench_networks.py --footprint             # model bytes per backend
+
+Select a subset with ``-k``, e.g. ``-k "resnet20 and b1"``. ``PRUNECAL_BENCH_SECONDS``
+(default 0.5) is the target measuring time per case (at least 3 rounds).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+NETS = {"resnet20": 3, "resnet56": 9}
+SPARSITIES = (0.9, 0.95)
+BACKENDS = ("eager", "dense", "torch", "csr", "bsr")
+BATCHES = (1, 64)
+THREADS = (1, 2)
+TARGET_S = float(os.environ.get("PRUNECAL_BENCH_SECONDS", "0.5"))
+
+
+def _weights_dir() -> Path | None:
+    env = os.environ.get("PRUNECAL_SHARED_DATA")
+    for cand in ([Path(env)] if env else []) + [ROOT.parent / "shared" / "data"]:
+        if (cand / "weights").is_dir():
+            return cand / "weights"
+    return None
+
+
+class _Shortcut(nn.Module):
+    def __init__(self, planes: int) -> None:
+        super().__init__()
+        self.pad = planes // 4
+
+    def forward(self, x):
+        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad), "constant", 0)
+
+
+class _Block(nn.Module):
+    def __init__(self, cin: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = _Shortcut(planes) if stride != 1 or cin != planes else nn.Sequential()
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class _CifarResNet(nn.Module):
+    """Fallback CIFAR ResNet (option A) with the checkpoints' key names."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        cin = 16
+        for i, (planes, stride) in enumerate(((16, 1), (32, 2), (64, 2)), 1):
+            blocks = []
+            for j in range(n):
+                blocks.append(_Block(cin, planes, stride if j == 0 else 1))
+                cin = planes
+            setattr(self, f"layer{i}", nn.Sequential(*blocks))
+        self.linear = nn.Linear(64, 10)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+def build_net(name: str) -> tuple[nn.Module, str]:
+    """The net in eval mode and where its weights came from."""
+    wdir = _weights_dir()
+    ckpt = next(iter(sorted(wdir.glob(f"{name}-*.th"))), None) if wdir else None
+    try:
+        from prunecal import models
+
+        model = models.create(name, ckpt)
+        return model.eval(), ("pretrained" if ckpt else "random")
+    except Exception:
+        pass
+    torch.manual_seed(0)
+    model = _CifarResNet(NETS[name])
+    if ckpt is not None:
+        sd = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+        model.load_state_dict({k.removeprefix("module."): v for k, v in sd.items()})
+        return model.eval(), "pretrained"
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+    return model.eval(), "random"
+
+
+def global_magnitude_prune(model: nn.Module, sparsity: float) -> nn.Module:
+    """Zero the smallest ``sparsity`` fraction of all conv weights except the 3-channel stem."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.in_channels != 3]
+    scores = torch.cat([m.weight.detach().abs().flatten() for m in convs])
+    k = int(round(sparsity * scores.numel()))
+    thr = scores.kthvalue(k).values
+    with torch.no_grad():
+        for m in convs:
+            m.weight[m.weight.abs() <= thr] = 0
+    return model
+
+
+@functools.lru_cache(maxsize=None)
+def pruned(name: str, sparsity: float) -> nn.Module:
+    model, _ = build_net(name)
+    return global_magnitude_prune(model, sparsity)
+
+
+@functools.lru_cache(maxsize=8)
+def prepared(name: str, sparsity: float, backend: str, threads: int) -> nn.Module:
+    model = pruned(name, sparsity)
+    if backend == "eager":
+        return model
+    from prunecal.sparse import sparsify
+
+    return sparsify(model, backend, threads=threads)
+
+
+@pytest.mark.parametrize("threads", THREADS, ids=lambda t: f"t{t}")
+@pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"b{b}")
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("sparsity", SPARSITIES, ids=lambda s: f"s{int(s * 100)}")
+@pytest.mark.parametrize("net", list(NETS))
+def test_network(benchmark, net, sparsity, backend, batch, threads):
+    if backend in ("csr", "bsr"):
+        pytest.importorskip("prunecal.sparse.ops")
+    model = prepared(net, sparsity, backend, threads)
+    x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            model(x)  # warm-up (lazy packing, allocator, thread pool)
+            t0 = time.perf_counter()
+            model(x)
+            once = time.perf_counter() - t0
+            rounds = max(3, min(500, math.ceil(TARGET_S / max(once, 1e-6))))
+            benchmark.extra_info.update(net=net, sparsity=sparsity, backend=backend, batch=batch,
+                                        threads=threads)
+            benchmark.pedantic(model, args=(x,), rounds=rounds, iterations=1, warmup_rounds=0)
+    finally:
+        torch.set_num_threads(old)
+
+
+# ---- table ------------------------------------------------------------------------------
+def table(json_path: str) -> str:
+    """Markdown table (images/s from the fastest round, speed-up vs eager) from a benchmark json."""
+    data = json.loads(Path(json_path).read_text())
+    res: dict[tuple, dict[str, float]] = {}
+    for b in data["benchmarks"]:
+        e = b["extra_info"]
+        key = (e["net"], e["sparsity"], e["batch"], e["threads"])
+        res.setdefault(key, {})[e["backend"]] = e["batch"] / b["stats"]["min"]
+    cols = [c for c in BACKENDS if any(c in v for v in res.values())]
+    lines = ["| net | sparsity | batch | threads | " + " | ".join(
+        f"{c} img/s" + ("" if c == "eager" else " (x eager)") for c in cols) + " |",
+        "|---|---|---|---|" + "---|" * len(cols)]
+    for key in sorted(res, key=lambda k: (list(NETS).index(k[0]), k[1], k[2], k[3])):
+        r = res[key]
+        base = r.get("eager")
+        cells = []
+        for c in cols:
+            if c not in r:
+                cells.append("-")
+            elif c == "eager" or base is None:
+                cells.append(f"{r[c]:,.0f}")
+            else:
+                cells.append(f"{r[c]:,.0f} ({r[c] / base:.2f}x)")
+        lines.append(f"| {key[0]} | {int(key[1] * 100)} % | {key[2]} | {key[3]} | " + " | ".join(cells) + " |")
+    m = data.get("machine_info", {})
+    lines.append("")
+    lines.append(f"Machine: {m.get('cpu', {}).get('brand_raw', '?')}; torch {torch.__version__}; "
+                 f"{data.get('datetime', '')}")
+    return "\n".join(lines)
+
+
+def footprint() -> str:
+    """Markdown table of whole-model bytes (``SparsifyReport``) per backend; no timing."""
+    from prunecal.sparse import sparsify
+
+    backends = BACKENDS[1:]
+    lines = ["| net | sparsity | eager KiB | " + " | ".join(f"{b} KiB (x smaller)" for b in backends) + " |",
+             "|---|---|---|" + "---|" * len(backends)]
+    for net in NETS:
+        for sp in SPARSITIES:
+            reps = {b: sparsify(pruned(net, sp), b).sparsify_report for b in backends}
+            cells = [f"{r.model_sparse_bytes / 1024:,.0f} ({r.compression:.1f}x)" for r in reps.values()]
+            lines.append(f"| {net} | {int(sp * 100)} % | {reps['dense'].model_dense_bytes / 1024:,.0f} | "
+                         + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 2 and sys.argv[1] == "--footprint":
+        print(footprint())
+    elif len(sys.argv) == 2:
+        print(table(sys.argv[1]))
+    else:
+        sys.exit("usage: python benchmarks/bench_networks.py BENCH.json | --footprint")
