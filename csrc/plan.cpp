@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <chrono>
 #include <ctime>
-#include <cstdlib>
 #include <cstring>
 #include <sstream>
 #include <stdexcept>
@@ -92,6 +91,7 @@ void Plan::add_conv(const std::string& name, const std::string& kind, std::vecto
   if (op.use_bsr && groups > 1 && (Co / groups) % op.block_rows)
     throw std::invalid_argument("conv " + name + ": BSR blocks must not straddle groups; use CSR");
   op.direct = stride == 1 && pad == si.P;
+  if (!op.use_bsr) op.fast = plan_fast_shape(g.Wo, g.Wq, stride, dil);
   if (!op.direct) scratch_floats_ = std::max(scratch_floats_, si.C * g.chan_floats + kSlack);
   const int Wpo = so.W + 2 * so.P;
   for (int oy = 0; oy < g.Ho; ++oy)
@@ -317,6 +317,7 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
   const int S = int(op.slots.size());
   float* out = a.buf[size_t(op.out)];
   const float* bias = op.bias.empty() ? nullptr : op.bias.data();
+  const bool fast = op.fast && !dense && std::strcmp(k.name, "avx2") == 0;
   const float* res = op.res >= 0 ? a.buf[size_t(op.res)] : nullptr;
   const int64_t res_plane = op.res >= 0 ? bufs_[size_t(op.res)].plane() : 0;
   auto compute = [&](int grp, int u0, int u1, int s0, int s1) {
@@ -341,34 +342,47 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
     } else {
       t.indptr = op.indptr.data(), t.off = g.csr_off.data(), t.val = op.val.data();
       r0 = grp * Cog + u0, r1 = grp * Cog + u1;
-      k.csr(t, r0, r1, s0, s1);
+      if (fast) plan_csr_fast(op.fast, t, r0, r1, s0, s1, k.csr);
+      else k.csr(t, r0, r1, s0, s1);
     }
     if (res)  // fused residual, while the rows just written are in cache
       op_residual(out, so.plane(), res, res_plane, op.slots.data(), op.res_q.data(), r0, r1, s0, s1, op.relu);
   };
   const int U = bsr ? (op.groups == 1 ? (Co + r - 1) / r : Cog / r) : Cog;
+  const int spr = (g.Wo + kLanes - 1) / kLanes;  // slots per output row
   if (threads <= 1) {
     for (int grp = 0; grp < op.groups; ++grp) compute(grp, 0, U, 0, S);
     return;
   }
-  static const int strat = getenv("PSTRAT") ? atoi(getenv("PSTRAT")) : 0;
-  static const int mult = getenv("PMULT") ? atoi(getenv("PMULT")) : 1;
-  int ub, sc;
-  if (strat == 1) {  // spatial only
-    ub = U;
-    sc = std::max(1, (S + threads * mult - 1) / (threads * mult));
-  } else if (strat == 2) {  // rows only
-    ub = std::max(1, (U + threads * mult - 1) / (threads * mult));
-    sc = S;
-  } else {
-  ub = bsr ? 1 : std::max(1, std::min(8, U / (2 * threads)));
-  const int nub0 = (U + ub - 1) / ub;
-  const int64_t row_tasks0 = int64_t(op.groups) * nub0;
-  sc = S;
-  if (row_tasks0 < 4 * threads) {
-    const int64_t want = (4 * threads + row_tasks0 - 1) / row_tasks0;
-    sc = int(std::max<int64_t>(8, ((S + want - 1) / want + 7) / 8 * 8));
+  if (op.groups == 1) {
+    // one task per thread: a band of output rows (all channels), or, for small images, a band of
+    // output channels. Task t usually runs on worker t, so each thread reads mostly the band it
+    // wrote in the previous layer (less cross-core traffic than interleaved tasks; measured
+    // ~4 % faster than 8 interleaved tasks on ResNet-56, batch 1, 2 threads).
+    const int per = ((S + threads - 1) / threads + spr - 1) / spr * spr;  // whole output rows
+    if (per >= 8) {
+      parallel_for(threads, threads, [&](int64_t task, int) {
+        const int a = int(task) * per, b = std::min(S, a + per);
+        if (a < b) compute(0, 0, U, a, b);
+      });
+    } else {
+      const int upt = (U + threads - 1) / threads;
+      parallel_for(threads, threads, [&](int64_t task, int) {
+        const int a = int(task) * upt, b = std::min(U, a + upt);
+        if (a < b) compute(0, a, b, 0, S);
+      });
+    }
+    return;
   }
+  // split over (group, unit block, slot range): enough tasks for dynamic balance
+  const int ub = bsr ? 1 : std::max(1, std::min(8, U / (2 * threads)));
+  int sc = S;
+  {
+    const int64_t row_tasks0 = int64_t(op.groups) * ((U + ub - 1) / ub);
+    if (row_tasks0 < 4 * threads) {
+      const int64_t want = (4 * threads + row_tasks0 - 1) / row_tasks0;
+      sc = int(std::max<int64_t>(8, ((S + want - 1) / want + 7) / 8 * 8));
+    }
   }
   const int nub = (U + ub - 1) / ub;
   const int64_t row_tasks = int64_t(op.groups) * nub;

@@ -57,6 +57,7 @@ struct PlanOp {
   int res = -1;             // fused residual: out = relu?(conv + bias + buffer res)
   std::vector<int32_t> res_q;  // per slot: position of lane 0 in the residual buffer's plane
   bool use_bsr = false;
+  int fast = 0;             // plan_fast_shape() id for the AVX2 fixed-shape CSR kernel, 0: none
   // linear: dense weight (out, in) for the non-finite path
   std::vector<float> dense;
   std::vector<int32_t> cols;  // linear: CSR column indices
@@ -82,6 +83,12 @@ void op_clamp(const float* x, const BufSpec& sx, float* y, const BufSpec& sy, fl
 // (planes of out_plane / res_plane floats).
 void op_residual(float* out, int64_t out_plane, const float* res, int64_t res_plane, const Slot* slots,
                  const int32_t* res_q, int r0, int r1, int s0, int s1, bool relu);
+// Fixed-shape AVX2 CSR kernels (csrc/plan_kernels.cpp): a shape id (> 0) for stride-1 convs
+// with output width Wo and input plane width Wq that have one, else 0; plan_csr_fast runs
+// rows [row0, row1) x slots [s0, s1) (s0 at the start of an output row), the slots it does
+// not tile with `rest`.
+int plan_fast_shape(int Wo, int Wq, int stride, int dil);
+void plan_csr_fast(int shape, const ConvTask& t, int row0, int row1, int s0, int s1, CsrFn rest);
 // Gather the interior of x into the phase planes of geometry g (C planes), plus kSlack zeros.
 void op_gather_planes(const float* x, const BufSpec& sx, const Geometry& g, float* planes);
 // Copy a dense (C, H, W) image into the interior of y / the interior of x into (C, H, W).
