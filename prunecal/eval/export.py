@@ -1,0 +1,47 @@
+"""CSV export of the store: ``out/results.csv``, one row per unit, flat columns.
+
+Columns: the store's scalar columns, then ``raw_<metric>`` (no temperature) and ``ts_<metric>``
+(after temperature scaling) for every key of :func:`prunecal.metrics.summary`, then
+``ci_<metric>_lo`` / ``ci_<metric>_hi`` (bootstrap 95 % intervals, clean units only; empty
+elsewhere). Reliability bins stay in the store (JSON) and are not exported.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from .store import JSON_COLUMNS, UNIT_COLUMNS
+
+
+def flatten(unit: dict[str, Any]) -> dict[str, Any]:
+    """One flat dict per unit row (see module doc)."""
+    out = {k: unit.get(k) for k in UNIT_COLUMNS if k not in JSON_COLUMNS}
+    for prefix, col in (("raw", "metrics_json"), ("ts", "metrics_ts_json")):
+        for k, v in (unit.get(col) or {}).items():
+            if isinstance(v, (int, float, str, bool)) or v is None:
+                out[f"{prefix}_{k}"] = v
+    for k, (lo, hi) in (unit.get("ci_json") or {}).items():
+        out[f"ci_{k}_lo"], out[f"ci_{k}_hi"] = lo, hi
+    return out
+
+
+def write_csv(units: Iterable[dict[str, Any]], path: str | Path) -> Path:
+    """Write the units as CSV (atomic replace); returns the path."""
+    rows = [flatten(u) for u in units]
+    cols: list[str] = []
+    for r in rows:
+        cols += [c for c in r if c not in cols]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp_{path.name}")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+    return path
+
+
+__all__ = ["flatten", "write_csv"]

@@ -1,0 +1,271 @@
+"""SQLite (WAL) result store: one row per finished unit, written in one transaction.
+
+A *unit* is one evaluation: ``(config_hash, model, method, sparsity, seed, corruption,
+severity, backend)``; ``corruption = 'clean'`` with ``severity = 0`` for clean data and
+``config_hash`` (see :func:`prunecal.eval.config.results_hash`) covers everything else that
+changes the numbers. The key is the table's primary key, so a unit can never be stored
+twice, and a row is inserted complete or not at all (one transaction), so killing the
+process at any moment leaves only whole units behind.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+KEY_COLUMNS = ("config_hash", "model", "method", "sparsity", "seed", "corruption", "severity", "backend")
+
+# name -> SQL type; JSON columns hold dicts/lists.
+UNIT_COLUMNS: dict[str, str] = {
+    "config_hash": "TEXT NOT NULL",
+    "model": "TEXT NOT NULL",
+    "method": "TEXT NOT NULL",
+    "sparsity": "REAL NOT NULL",
+    "seed": "INTEGER NOT NULL",
+    "corruption": "TEXT NOT NULL",
+    "severity": "INTEGER NOT NULL",
+    "backend": "TEXT NOT NULL",
+    "n_images": "INTEGER NOT NULL",
+    "n_bins": "INTEGER NOT NULL",
+    "binning": "TEXT NOT NULL",
+    "temperature": "REAL NOT NULL",
+    "accuracy": "REAL NOT NULL",
+    "ece": "REAL NOT NULL",
+    "ece_ts": "REAL NOT NULL",
+    "nll": "REAL NOT NULL",
+    "nll_ts": "REAL NOT NULL",
+    "metrics_json": "TEXT NOT NULL",  # summary() without temperature
+    "metrics_ts_json": "TEXT NOT NULL",  # summary() after temperature scaling
+    "reliability_json": "TEXT NOT NULL",  # {"raw": bins, "ts": bins}
+    "ci_json": "TEXT",  # bootstrap CIs (clean units): {"accuracy": [lo, hi], "ece": [lo, hi], ...}
+    "images_per_s": "REAL NOT NULL",
+    "eval_seconds": "REAL NOT NULL",
+    "threads": "INTEGER NOT NULL",
+    "batch_size": "INTEGER NOT NULL",
+    "bytes_dense": "INTEGER",
+    "bytes_sparse": "INTEGER",
+    "sparsity_achieved": "REAL",
+    "params_total": "INTEGER",
+    "params_nonzero": "INTEGER",
+    "macs_dense": "REAL",  # multiply-accumulates per image, dense
+    "macs_effective": "REAL",  # MACs x weight density
+    "logits_path": "TEXT",
+    "started_at": "TEXT NOT NULL",
+    "finished_at": "TEXT NOT NULL",
+}
+JSON_COLUMNS = ("metrics_json", "metrics_ts_json", "reliability_json", "ci_json")
+
+
+class StoreFullError(RuntimeError):
+    """The disk (or the database's page limit) is full; nothing partial was stored."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for SQLite's "database or disk is full" and for OSError ENOSPC / EDQUOT."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return "full" in str(exc).lower()
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1))
+    return False
+
+
+def now_iso() -> str:
+    """UTC timestamp, ISO 8601 with milliseconds."""
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
+def unit_key(row: dict[str, Any]) -> tuple:
+    """The primary-key tuple of a unit dict (sparsity rounded to 6 decimals)."""
+    return tuple(round(float(row[k]), 6) if k == "sparsity" else row[k] for k in KEY_COLUMNS)
+
+
+class Store:
+    """The study's SQLite database (``out/results.sqlite``), WAL mode.
+
+    Args:
+        path: database file; created with its tables when absent.
+        timeout: seconds to wait for a lock held by another process.
+    """
+
+    def __init__(self, path: str | Path, *, timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = self._connect(timeout)
+            self._create()
+        except (sqlite3.DatabaseError, OSError) as exc:
+            if is_disk_full(exc):
+                raise StoreFullError(f"disk full while opening {self.path}: {exc}") from exc
+            raise ValueError(f"cannot open result store {self.path}: {exc}") from exc
+
+    def _connect(self, timeout: float) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    def _create(self) -> None:
+        cols = ",\n  ".join(f"{k} {t}" for k, t in UNIT_COLUMNS.items())
+        with self._tx():
+            self.conn.execute(
+                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            self.conn.execute(
+                "CREATE TABLE IF NOT EXISTS configs (config_hash TEXT PRIMARY KEY, "
+                "config_json TEXT NOT NULL, created_at TEXT NOT NULL, last_run_at TEXT NOT NULL, "
+                "run_seq INTEGER NOT NULL)")
+            self.conn.execute(
+                f"CREATE TABLE IF NOT EXISTS units (\n  {cols},\n"
+                f"  PRIMARY KEY ({', '.join(KEY_COLUMNS)}))")
+            self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                              (str(SCHEMA_VERSION),))
+        cols = {r[1] for r in self.conn.execute("PRAGMA table_info(configs)")}
+        if "run_seq" not in cols:  # stores written by the first development version
+            with self._tx():
+                self.conn.execute("ALTER TABLE configs ADD COLUMN run_seq INTEGER NOT NULL DEFAULT 0")
+        ver = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+        if int(ver) != SCHEMA_VERSION:
+            raise ValueError(f"{self.path}: store schema {ver}, this prunecal reads {SCHEMA_VERSION}")
+
+    # -- transactions -------------------------------------------------------------------
+    class _Tx:
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self.conn = conn
+
+        def __enter__(self):
+            self.conn.execute("BEGIN IMMEDIATE")
+            return self.conn
+
+        def __exit__(self, et, ev, tb):
+            if et is None:
+                try:
+                    self.conn.execute("COMMIT")
+                except BaseException:
+                    self.conn.execute("ROLLBACK")
+                    raise
+            else:
+                try:
+                    self.conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            return False
+
+    def _tx(self) -> "Store._Tx":
+        return Store._Tx(self.conn)
+
+    def _guard(self, fn, *args):
+        try:
+            return fn(*args)
+        except sqlite3.OperationalError as exc:
+            if is_disk_full(exc):
+                raise StoreFullError(f"database or disk is full ({self.path}); no partial unit "
+                                     "was stored: free space and re-run the same command") from exc
+            raise
+
+    # -- configs ------------------------------------------------------------------------
+    def record_config(self, config_hash: str, config: dict[str, Any]) -> None:
+        """Save the resolved config under its hash (first time) and mark it as the latest run."""
+        def run() -> None:
+            t = now_iso()
+            with self._tx():
+                seq = self.conn.execute("SELECT COALESCE(MAX(run_seq), 0) + 1 FROM configs").fetchone()[0]
+                self.conn.execute(
+                    "INSERT INTO configs VALUES (?, ?, ?, ?, ?) ON CONFLICT(config_hash) "
+                    "DO UPDATE SET last_run_at=excluded.last_run_at, config_json=excluded.config_json, "
+                    "run_seq=excluded.run_seq",
+                    (config_hash, json.dumps(config, sort_keys=True), t, t, seq))
+        self._guard(run)
+
+    def configs(self) -> list[dict[str, Any]]:
+        """All configs, latest run first: ``{config_hash, config, created_at, last_run_at, n_units}``."""
+        rows = self.conn.execute(
+            "SELECT c.config_hash, c.config_json, c.created_at, c.last_run_at, "
+            "(SELECT COUNT(*) FROM units u WHERE u.config_hash=c.config_hash) "
+            "FROM configs c ORDER BY c.run_seq DESC").fetchall()
+        return [dict(config_hash=h, config=json.loads(j), created_at=c, last_run_at=l, n_units=n)
+                for h, j, c, l, n in rows]
+
+    def latest_config_hash(self) -> str | None:
+        cfgs = self.configs()
+        return cfgs[0]["config_hash"] if cfgs else None
+
+    # -- units --------------------------------------------------------------------------
+    def done_keys(self, config_hash: str | None = None) -> set[tuple]:
+        """Primary-key tuples of the stored units (of one config, or all)."""
+        q = f"SELECT {', '.join(KEY_COLUMNS)} FROM units"
+        rows = (self.conn.execute(q + " WHERE config_hash=?", (config_hash,)) if config_hash
+                else self.conn.execute(q))
+        return {unit_key(dict(zip(KEY_COLUMNS, r))) for r in rows}
+
+    def insert_unit(self, row: dict[str, Any]) -> bool:
+        """Insert one complete unit in one transaction; False if the key is already stored.
+
+        Raises:
+            ValueError: a missing or unknown column.
+            StoreFullError: the disk is full (the transaction was rolled back).
+        """
+        missing = [c for c, t in UNIT_COLUMNS.items() if "NOT NULL" in t and row.get(c) is None]
+        unknown = sorted(set(row) - set(UNIT_COLUMNS))
+        if missing or unknown:
+            raise ValueError(f"unit row: missing columns {missing}, unknown columns {unknown}")
+        vals = []
+        for c in UNIT_COLUMNS:
+            v = row.get(c)
+            if c in JSON_COLUMNS and v is not None and not isinstance(v, str):
+                v = json.dumps(v, allow_nan=True)
+            if c == "sparsity":
+                v = round(float(v), 6)
+            vals.append(v)
+        sql = (f"INSERT INTO units ({', '.join(UNIT_COLUMNS)}) "
+               f"VALUES ({', '.join('?' * len(UNIT_COLUMNS))})")
+
+        def run() -> bool:
+            try:
+                with self._tx():
+                    self.conn.execute(sql, vals)
+                return True
+            except sqlite3.IntegrityError:
+                return False
+        return self._guard(run)
+
+    def units(self, config_hash: str | None = None) -> list[dict[str, Any]]:
+        """Stored units as dicts, JSON columns decoded; ordered by key."""
+        q = f"SELECT {', '.join(UNIT_COLUMNS)} FROM units"
+        args: tuple = ()
+        if config_hash:
+            q += " WHERE config_hash=?"
+            args = (config_hash,)
+        q += " ORDER BY model, method, sparsity, backend, corruption, severity"
+        out = []
+        for r in self.conn.execute(q, args):
+            d = dict(zip(UNIT_COLUMNS, r))
+            for c in JSON_COLUMNS:
+                if d[c] is not None:
+                    d[c] = json.loads(d[c])
+            out.append(d)
+        return out
+
+    def count(self, config_hash: str | None = None) -> int:
+        if config_hash:
+            return self.conn.execute("SELECT COUNT(*) FROM units WHERE config_hash=?",
+                                     (config_hash,)).fetchone()[0]
+        return self.conn.execute("SELECT COUNT(*) FROM units").fetchone()[0]
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+__all__ = ["Store", "StoreFullError", "KEY_COLUMNS", "UNIT_COLUMNS", "unit_key", "is_disk_full",
+           "now_iso"]

@@ -1,0 +1,139 @@
+"""prunecal.eval.store: complete rows only, no duplicates, WAL, disk-full handling; CSV flattening."""
+from __future__ import annotations
+
+import csv
+import sqlite3
+
+import pytest
+
+from prunecal.eval import export
+from prunecal.eval.store import KEY_COLUMNS, UNIT_COLUMNS, Store, StoreFullError, is_disk_full, unit_key
+
+
+def make_row(**over):
+    row = dict(
+        config_hash="abc", model="resnet20", method="global_magnitude", sparsity=0.5, seed=0,
+        corruption="fog", severity=3, backend="dense", n_images=10, n_bins=15, binning="width",
+        temperature=1.5, accuracy=0.8, ece=0.1, ece_ts=0.05, nll=0.7, nll_ts=0.6,
+        metrics_json={"accuracy": 0.8, "ece": 0.1, "nan_metric": float("nan")},
+        metrics_ts_json={"accuracy": 0.8, "ece": 0.05}, reliability_json={"raw": {}, "ts": {}},
+        ci_json={"accuracy": [0.7, 0.9]}, images_per_s=100.0, eval_seconds=0.1, threads=2,
+        batch_size=8, bytes_dense=1000, bytes_sparse=500, sparsity_achieved=0.49,
+        started_at="t0", finished_at="t1")
+    row.update(over)
+    return row
+
+
+def test_insert_roundtrip_and_duplicate(tmp_path):
+    with Store(tmp_path / "r.sqlite") as st:
+        assert st.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert st.insert_unit(make_row())
+        assert not st.insert_unit(make_row(accuracy=0.1))  # same key: refused, not overwritten
+        assert st.insert_unit(make_row(severity=4))
+        assert st.insert_unit(make_row(sparsity=0.5000000001, backend="csr"))
+        units = st.units()
+        assert len(units) == 3 and st.count() == 3 and st.count("abc") == 3 and st.count("zzz") == 0
+        u = units[0]
+        assert u["accuracy"] == 0.8 and u["ci_json"] == {"accuracy": [0.7, 0.9]}
+        assert u["metrics_json"]["nan_metric"] != u["metrics_json"]["nan_metric"]  # NaN survives
+        assert unit_key(make_row()) in st.done_keys("abc")
+        assert st.done_keys("other") == set()
+
+
+def test_incomplete_row_rejected(tmp_path):
+    with Store(tmp_path / "r.sqlite") as st:
+        with pytest.raises(ValueError, match="missing columns.*accuracy"):
+            st.insert_unit({k: v for k, v in make_row().items() if k != "accuracy"})
+        with pytest.raises(ValueError, match="unknown columns.*bogus"):
+            st.insert_unit(make_row(bogus=1))
+        assert st.count() == 0
+
+
+def test_primary_key_is_the_unit_key(tmp_path):
+    with Store(tmp_path / "r.sqlite") as st:
+        info = st.conn.execute("PRAGMA table_info(units)").fetchall()
+        pk = [r[1] for r in sorted(info, key=lambda r: r[5]) if r[5] > 0]
+        assert tuple(pk) == KEY_COLUMNS
+        # even raw SQL cannot add a duplicate key
+        st.insert_unit(make_row())
+        cols = list(UNIT_COLUMNS)
+        with pytest.raises(sqlite3.IntegrityError):
+            st.conn.execute(f"INSERT INTO units ({','.join(cols)}) SELECT {','.join(cols)} FROM units")
+
+
+def test_configs_latest_first(tmp_path):
+    with Store(tmp_path / "r.sqlite") as st:
+        st.record_config("h1", {"model": "a"})
+        st.record_config("h2", {"model": "b"})
+        assert st.latest_config_hash() == "h2"
+        st.record_config("h1", {"model": "a"})
+        assert [c["config_hash"] for c in st.configs()][0] == "h1"
+
+
+def test_disk_full_rolls_back(tmp_path):
+    """A real SQLITE_FULL (page limit reached): StoreFullError, nothing partial stored."""
+    st = Store(tmp_path / "r.sqlite")
+    st.insert_unit(make_row(severity=1))
+    pages = st.conn.execute("PRAGMA page_count").fetchone()[0]
+    st.conn.execute(f"PRAGMA max_page_count={pages}")
+    big = make_row(severity=2, metrics_json={"blob": "x" * 200_000})
+    with pytest.raises(StoreFullError, match="full"):
+        st.insert_unit(big)
+    st.close()
+    with Store(tmp_path / "r.sqlite") as st2:
+        assert st2.count() == 1
+        assert st2.insert_unit(make_row(severity=2))  # space again: the unit can be stored
+
+
+def test_is_disk_full():
+    import errno
+
+    assert is_disk_full(sqlite3.OperationalError("database or disk is full"))
+    assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert not is_disk_full(OSError(errno.EACCES, "denied"))
+    assert not is_disk_full(sqlite3.OperationalError("database is locked"))
+
+
+def test_corrupt_store_file(tmp_path):
+    bad = tmp_path / "r.sqlite"
+    bad.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(ValueError, match="cannot open result store"):
+        Store(bad)
+
+
+def test_csv_flatten(tmp_path):
+    rows = [make_row(), make_row(severity=4, ci_json=None)]
+    path = export.write_csv(rows, tmp_path / "r.csv")
+    with open(path) as f:
+        got = list(csv.DictReader(f))
+    assert len(got) == 2
+    assert got[0]["raw_accuracy"] == "0.8" and got[0]["ts_ece"] == "0.05"
+    assert got[0]["ci_accuracy_lo"] == "0.7" and got[1]["ci_accuracy_lo"] == ""
+    assert "reliability_json" not in got[0]
+
+
+def test_model_cache_atomic_and_self_healing(tmp_path):
+    import torch
+
+    from prunecal.eval.cache import ModelCache, model_key
+
+    key = model_key("resnet20", "abc", "global_magnitude", 0.5, 0)
+    assert key != model_key("resnet20", "abc", "global_magnitude", 0.5, 1)
+    assert key != model_key("resnet20", "abd", "global_magnitude", 0.5, 0)
+    cache = ModelCache(tmp_path)
+    built = []
+
+    def build():
+        built.append(1)
+        return torch.nn.Linear(3, 2)
+
+    m1, hit1 = cache.get_or_create(key, build)
+    m2, hit2 = cache.get_or_create(key, build)
+    assert (hit1, hit2) == (False, True) and len(built) == 1
+    torch.testing.assert_close(m1.weight, m2.weight)
+    cache.path(key).write_bytes(b"truncated")  # e.g. written by a crashed foreign tool
+    _, hit3 = cache.get_or_create(key, build)
+    assert not hit3 and len(built) == 2
+    assert not list(cache.path(key).parent.glob(".tmp_*"))  # no temp file left behind
+    cache.put_json(key + "_T", {"temperature": 1.5})
+    assert cache.get_json(key + "_T") == {"temperature": 1.5} and cache.get_json("missing") is None
