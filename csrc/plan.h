@@ -11,7 +11,12 @@
 // Each worker thread owns an arena (all buffers for one image, plus scratch), allocated and
 // zeroed on first use and reused by every later call. Two ways to use T threads:
 //   - per image: each worker runs the whole plan on its own images (no barrier per layer);
-//   - per op: images one at a time, each conv split over (output-channel block, pixel range).
+//   - per op: images one at a time, each conv split into one band of output rows per thread
+//     (or of output channels for small images), so that each thread mostly re-reads what it
+//     wrote (grouped convs: interleaved (channel block, pixel range) tasks).
+// A residual add (+ ReLU) that follows a conv is fused into the conv's epilogue, and stride-1 /
+// stride-2 convs with the CIFAR shapes (32/16/8-wide outputs) use fixed-shape AVX2 kernels
+// (csrc/plan_kernels.cpp) when the AVX2 kernel set is active.
 //
 // Non-finite values: an image whose input holds NaN/Inf runs with the dense form of every
 // weight (zeros included), so NaN * 0 = NaN exactly as in torch's dense conv; an image whose

@@ -167,9 +167,19 @@ void op_gather_planes(const float* x, const BufSpec& sx, const Geometry& g, floa
           }
           const float* xr = interior(x, sx, c, yy) + (px - p);
           for (int j = 0; j < j_lo; ++j) row[j] = 0.f;
-          if (s == 1) std::memcpy(row + j_lo, xr + j_lo, sizeof(float) * size_t(j_hi - j_lo));
-          else
-            for (int j = j_lo; j < j_hi; ++j) row[j] = xr[int64_t(j) * s];
+          if (s == 1) {
+            std::memcpy(row + j_lo, xr + j_lo, sizeof(float) * size_t(j_hi - j_lo));
+          } else {
+            int j = j_lo;
+#if defined(__SSE2__)
+            if (s == 2)  // every other float: deinterleave 8 inputs into 4 outputs
+              for (; j + 4 <= j_hi; j += 4) {
+                const __m128 a = _mm_loadu_ps(xr + 2 * int64_t(j)), b = _mm_loadu_ps(xr + 2 * int64_t(j) + 4);
+                _mm_storeu_ps(row + j, _mm_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)));
+              }
+#endif
+            for (; j < j_hi; ++j) row[j] = xr[int64_t(j) * s];
+          }
           for (int j = j_hi; j < Wq; ++j) row[j] = 0.f;
         }
       }

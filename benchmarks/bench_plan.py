@@ -1,0 +1,211 @@
+"""Whole-network native plans (``compile_plan``) vs torch eager and per-module ``sparsify``.
+
+CIFAR ResNet-20 / ResNet-56 (pretrained weights from ``../shared/data/weights`` when present,
+else random weights with randomised BN statistics), every conv except the 3-channel stem
+globally magnitude-pruned to 90 % / 95 % (``prunecal.prune.prune(..., keep_first_conv=True)``),
+run at batch 1 and 64 with 1 and 2 threads as
+
+- ``eager``: the pruned model in torch eager mode (zeros stored dense; the baseline),
+- ``sparsify-csr`` / ``sparsify-bsr``: :func:`prunecal.sparse.sparsify` (one native call per layer),
+- ``plan-csr`` / ``plan-bsr``: :func:`prunecal.sparse.plan.compile_plan` (one native call per batch).
+
+Run and tabulate (one run; images/s from the median, ratio to eager at the same threads)::
+
+    python -m pytest benchmarks/bench_plan.py --benchmark-only -q --benchmark-json=bench_plan.json
+    python benchmarks/bench_plan.py bench_plan.json
+
+Select with ``-k``, e.g. ``-k "resnet56 and s90"``. ``PRUNECAL_BENCH_SECONDS`` (default 1.0) is
+the target measuring time per case.
+
+Against the issue's targets (torch eager dense, DeepSparse 1.8 when its venv exists, the plan),
+one loop for every runtime, sweeps interleaved and repeated, best sweep per cell::
+
+    python benchmarks/bench_plan.py --compare [--seconds 2] [--repeats 2] [--json out.json]
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+NETS = ("resnet20", "resnet56")
+SPARSITIES = (0.9, 0.95)
+RUNNERS = ("eager", "sparsify-csr", "sparsify-bsr", "plan-csr", "plan-bsr", "plan-auto")
+BATCHES = (1, 64)
+THREADS = (1, 2)
+TARGET_S = float(os.environ.get("PRUNECAL_BENCH_SECONDS", "1.0"))
+
+
+def _weights(name: str) -> Path | None:
+    env = os.environ.get("PRUNECAL_SHARED_DATA")
+    for cand in ([Path(env)] if env else []) + [ROOT.parent / "shared" / "data"]:
+        hits = sorted((cand / "weights").glob(f"{name}-*.th")) if (cand / "weights").is_dir() else []
+        if hits:
+            return hits[0]
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def pruned(name: str, sparsity: float) -> nn.Module:
+    from prunecal import models
+    from prunecal.prune import prune
+
+    ckpt = _weights(name)
+    torch.manual_seed(0)
+    model = models.create(name, ckpt)
+    if ckpt is None:
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.5, 0.5)
+                    m.running_var.uniform_(0.5, 2.0)
+                    m.weight.uniform_(0.5, 1.5)
+    return prune(model, "global_magnitude", sparsity, keep_first_conv=True).eval()
+
+
+@functools.lru_cache(maxsize=8)
+def prepared(name: str, sparsity: float, runner: str, threads: int) -> nn.Module:
+    model = pruned(name, sparsity)
+    if runner == "eager":
+        return model
+    kind, backend = runner.split("-")
+    if kind == "sparsify":
+        from prunecal.sparse import sparsify
+
+        return sparsify(model, backend, threads=threads)
+    from prunecal.sparse.plan import compile_plan
+
+    return compile_plan(model, backend, threads=threads)
+
+
+@pytest.mark.parametrize("threads", THREADS, ids=lambda t: f"t{t}")
+@pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"b{b}")
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("sparsity", SPARSITIES, ids=lambda s: f"s{int(s * 100)}")
+@pytest.mark.parametrize("net", NETS)
+def test_plan_network(benchmark, net, sparsity, runner, batch, threads):
+    if runner != "eager":
+        pytest.importorskip("prunecal._C")
+    model = prepared(net, sparsity, runner, threads)
+    x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            for _ in range(2):
+                model(x)
+            t0 = time.perf_counter()
+            model(x)
+            once = time.perf_counter() - t0
+            rounds = max(5, min(2000, math.ceil(TARGET_S / max(once, 1e-6))))
+            benchmark.extra_info.update(net=net, sparsity=sparsity, runner=runner, batch=batch, threads=threads)
+            benchmark.pedantic(model, args=(x,), rounds=rounds, iterations=1, warmup_rounds=1)
+    finally:
+        torch.set_num_threads(old)
+
+
+# ---- table ------------------------------------------------------------------------------
+def table(json_path: str) -> str:
+    """Markdown table: images/s (median) and the ratio to eager at the same batch and threads."""
+    data = json.loads(Path(json_path).read_text())
+    res: dict[tuple, dict[str, float]] = {}
+    for b in data["benchmarks"]:
+        e = b["extra_info"]
+        res.setdefault((e["net"], e["sparsity"], e["batch"], e["threads"]), {})[e["runner"]] = e["batch"] / b["stats"]["median"]
+    cols = [c for c in RUNNERS if any(c in v for v in res.values())]
+    lines = ["| net | sparsity | batch | threads | " + " | ".join(
+        f"{c} img/s" + ("" if c == "eager" else " (x eager)") for c in cols) + " |",
+        "|---|---|---|---|" + "---|" * len(cols)]
+    for key in sorted(res, key=lambda k: (NETS.index(k[0]), k[1], k[2], k[3])):
+        r, base = res[key], res[key].get("eager")
+        cells = ["-" if c not in r else f"{r[c]:,.0f}" if c == "eager" or base is None
+                 else f"{r[c]:,.0f} ({r[c] / base:.2f}x)" for c in cols]
+        lines.append(f"| {key[0]} | {int(key[1] * 100)} % | {key[2]} | {key[3]} | " + " | ".join(cells) + " |")
+    m = data.get("machine_info", {})
+    lines += ["", f"Machine: {m.get('cpu', {}).get('brand_raw', '?')}; {data.get('datetime', '')}"]
+    return "\n".join(lines)
+
+
+# ---- one-loop comparison with the issue's peers ---------------------------------------------
+def compare(net: str = "resnet56", seconds: float = 2.0, repeats: int = 2,
+            configs=((1, 2), (64, 2), (1, 1)), sparsities=(0.9, 0.95)) -> str:
+    """Markdown: images/s (median call) of torch eager dense, DeepSparse (if its venv exists)
+    and the plan, each cell the best of ``repeats`` interleaved sweeps; ratios to torch dense
+    and to DeepSparse at the same sparsity, batch and threads. Models: ``benchmarks/peers.py``
+    (every conv except the stem pruned, classifier dense), the same for every runtime."""
+    import subprocess
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import peers
+    from deepsparse_runner import measure
+
+    from prunecal.sparse.plan import compile_plan
+
+    have_ds = peers.deepsparse_python() is not None
+    best: dict[tuple, float] = {}
+    up = [subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()]
+    for _ in range(repeats):
+        for batch, threads in configs:
+            x = peers.sample_input(batch)
+            cells = [("torch dense", 0.0)] + [(r, s) for s in sparsities for r in
+                                              (("deepsparse",) if have_ds else ()) + ("plan-csr", "plan-auto")]
+            for runtime, sp in cells:
+                model = peers.pruned_model(net, sp)
+                if runtime == "torch dense":
+                    r = peers.time_torch(model, batch, threads, seconds)["images_per_s"]
+                elif runtime == "deepsparse":
+                    r = peers.run_deepsparse(model, batch, threads, seconds)["images_per_s"]
+                else:
+                    pm = compile_plan(model, runtime.split("-")[1], threads=threads)
+                    with torch.inference_mode():
+                        assert float((pm(x) - model(x)).abs().max()) < 1e-3
+                        r = measure(lambda: pm(x), batch, seconds)["images_per_s"]
+                key = (runtime, sp, batch, threads)
+                best[key] = max(best.get(key, 0.0), r)
+    up.append(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
+    lines = [f"{net}, images/s (median call, best of {repeats} sweeps; x torch dense / x DeepSparse at the same "
+             "sparsity, batch and threads)", "",
+             "| runtime | sparsity | " + " | ".join(f"batch {b}, {t} thr" for b, t in configs) + " |",
+             "|---|---|" + "---|" * len(configs)]
+    for (runtime, sp) in dict.fromkeys((k[0], k[1]) for k in best):
+        cells = []
+        for b, t in configs:
+            v = best.get((runtime, sp, b, t))
+            base, ds = best.get(("torch dense", 0.0, b, t)), best.get(("deepsparse", sp, b, t))
+            c = "-" if v is None else f"{v:,.0f}"
+            if v is not None and runtime != "torch dense" and base:
+                c += f" ({v / base:.2f}x torch" + (f", {v / ds:.2f}x DS" if ds and runtime != "deepsparse" else "") + ")"
+            cells.append(c)
+        lines.append(f"| {runtime} | {int(sp * 100)} % | " + " | ".join(cells) + " |")
+    lines += ["", "uptime before: " + up[0], "uptime after:  " + up[1]]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("json", nargs="?", help="pytest-benchmark json to tabulate")
+    ap.add_argument("--compare", action="store_true", help="one-loop comparison with torch / DeepSparse")
+    ap.add_argument("--net", default="resnet56")
+    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--repeats", type=int, default=2)
+    a = ap.parse_args()
+    if a.compare:
+        print(compare(a.net, a.seconds, a.repeats))
+    elif a.json:
+        print(table(a.json))
+    else:
+        ap.error("give a benchmark json or --compare")
