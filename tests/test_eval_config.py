@@ -123,5 +123,5 @@ def test_backends_without_native_core(monkeypatch):
     monkeypatch.setattr(C, "native_available", lambda: False)
     assert C.resolve(C.DEFAULTS).sparse_backend == ("dense",)  # the default falls back
     with pytest.raises(C.ConfigError, match="'csr' needs the native core"):
-        C.resolve(dataclasses.replace(C.DEFAULTS, sparse_backend=("csr", "dense")))
+        C.resolve(dataclasses.replace(C.DEFAULTS, sparse_backend=("dense", "csr")))
     assert C.resolve(dataclasses.replace(C.DEFAULTS, sparse_backend=("torch",))).sparse_backend == ("torch",)

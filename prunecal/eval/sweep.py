@@ -372,7 +372,17 @@ class Sweep:
 
         sm = sparsify(net.model, backend, threads=self.cfg.threads)
         rep = sm.sparsify_report
-        entry = (sm.eval(), int(rep.model_dense_bytes), int(rep.model_sparse_bytes))
+        model: nn.Module = sm.eval()
+        if backend in ("csr", "bsr"):
+            # the whole network as one native call per batch where the graph allows it;
+            # otherwise the per-layer modules of sparsify (same numbers, slower)
+            from prunecal.sparse.plan import PlanUnsupported, compile_plan
+
+            try:
+                model = compile_plan(net.model, backend, threads=self.cfg.threads)
+            except PlanUnsupported:
+                pass
+        entry = (model, int(rep.model_dense_bytes), int(rep.model_sparse_bytes))
         net.by_backend[backend] = entry
         return entry
 

@@ -15,6 +15,9 @@ _EXPORTS = {
     "load_weight": "formats",
     "sparse_conv2d": "ops",
     "sparse_linear": "ops",
+    "compile_plan": "plan",
+    "PlanModule": "plan",
+    "PlanUnsupported": "plan",
 }
 
 # Imported eagerly (torch only, no native code): the submodule ``sparsify`` has the same name
