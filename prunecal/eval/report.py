@@ -137,6 +137,12 @@ class StudyView:
         bench = list(R.BENCHMARK_CORRUPTIONS)
         cu = self.corruption_units(method, sparsity)
         bu = self.corruption_units(BASELINE, 0.0)
+        if not bu:
+            out0: dict[str, Any] = {"reason": "the unpruned network (sparsity 0) is not in the study"}
+            if all((c, s) in cu for c in bench for s in sev):
+                e0 = {(c, s): 1 - cu[(c, s)]["accuracy"] for c in bench for s in sev}
+                out0["mean_error_15"] = R.mean_corruption_error(e0, bench, sev)
+            return out0
         missing = sorted({c for c in bench for s in sev if (c, s) not in cu or (c, s) not in bu})
         if missing:
             return {"reason": f"{len(missing)} of the 15 benchmark corruptions missing "
@@ -214,10 +220,12 @@ def _clean_table(v: StudyView) -> Table:
                          _pct(r.get("ece"), 2), _pct(t.get("ece"), 2), _pct(r.get("mce"), 1),
                          _pct(t.get("mce"), 1), _f(r.get("nll")), _f(t.get("nll")),
                          _f(r.get("brier")), _f(t.get("brier")), _f(r.get("aurc"), 4), _f(t.get("aurc"), 4)])
-    n = v.clean_unit(BASELINE, 0.0)
-    cap = (f"Clean data ({n['n_images'] if n else '?'} evaluation images, {v.n_bins} "
-           f"{v.config.get('binning', 'width')} bins). TS = after temperature scaling with T fitted "
-           f"on {v.config.get('n_calibration', '?')} held-out clean images per network. "
+    n_eval = v.config.get("n_evaluation")
+    n_cal = v.config.get("n_calibration") or 0
+    ts = (f"TS = after temperature scaling with T fitted on {n_cal} held-out clean images per network. "
+          if n_cal else "No temperature scaling (--calib-fraction 0): TS columns equal the raw ones. ")
+    cap = (f"Clean data ({n_eval if n_eval is not None else '?'} evaluation images, {v.n_bins} "
+           f"{v.config.get('binning', 'width')} bins). {ts}"
            "achieved = share of prunable weights removed relative to the unpruned network.")
     return Table(head, rows, cap)
 
@@ -268,8 +276,10 @@ def _speed_table(v: StudyView) -> Table:
                              f"{raw['ref_max_abs_diff']:.2e}" if "ref_max_abs_diff" in raw else "(reference)",
                              _pct(raw.get("ref_argmax_agree"), 1) if "ref_argmax_agree" in raw else "–"])
     cap = (f"Clean-data throughput (model forward only, batch {v.config.get('batch_size')}, "
-           f"{v.config.get('threads')} threads); speed-up relative to the unpruned network on "
-           f"'{ref[0] if ref else '?'}'. Every backend runs the BN-folded inference model of "
+           f"{v.config.get('threads')} threads); "
+           + (f"speed-up relative to the unpruned network on '{ref[0]}'. " if ref else
+              "no speed-up column: the unpruned network (sparsity 0) is not in the study. ")
+           + "Every backend runs the BN-folded inference model of "
            "prunecal.sparse.sparsify; 'stored' counts packed sparse weights. One timing per unit on "
            "a possibly shared machine: treat small differences as noise.")
     return Table(head, rows, cap)
