@@ -94,6 +94,9 @@ void op_residual(float* out, int64_t out_plane, const float* res, int64_t res_pl
 // not tile with `rest`.
 int plan_fast_shape(int Wo, int Wq, int stride, int dil);
 void plan_csr_fast(int shape, const ConvTask& t, int row0, int row1, int s0, int s1, CsrFn rest);
+// True when plan_csr_fast uses its AVX-512F tiles (CPU has avx512f and the environment variable
+// PRUNECAL_NO_AVX512 is unset or "0"; read once per process).
+bool plan_avx512_active();
 // Gather the interior of x into the phase planes of geometry g (C planes), plus kSlack zeros.
 void op_gather_planes(const float* x, const BufSpec& sx, const Geometry& g, float* planes);
 // Copy a dense (C, H, W) image into the interior of y / the interior of x into (C, H, W).

@@ -47,6 +47,8 @@ auto wrap(F&& f) {
 }  // namespace
 
 void bind_plan(py::module_& m) {
+  m.def("plan_avx512_active", &prunecal::plan_avx512_active,
+        "True when plans use the AVX-512F fixed-shape CSR tiles (CPU support, PRUNECAL_NO_AVX512 unset).");
   py::class_<Plan>(m, "Plan",
                    "Native execution plan of a whole network: ops over numbered per-image activation "
                    "buffers (padded-plane layout), run as one call per batch. Built by "

@@ -7,6 +7,15 @@
 // active one (so the module still loads and runs on CPUs without AVX2).
 #include "plan.h"
 
+#include <cstdlib>
+
+#ifndef ZM1
+#define ZM1 16
+#endif
+#ifndef ZM2
+#define ZM2 8
+#endif
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
@@ -55,7 +64,63 @@ PLAN_AVX2 void rows(const ConvTask& t, int row0, int row1, int s0, int s1, CsrFn
   }
 }
 
+// AVX-512F variant (runtime-dispatched): one zmm covers the two adjacent 8-lane slots 2z, 2z+1
+// of the same output row (SPR even), so NZ zmm accumulators hold 2*NZ slots with one load and
+// one FMA per pair (ZM1/ZM2 zmm accumulators per tile, of the 32 registers).
+#define PLAN_AVX512 __attribute__((target("avx512f,avx2,fma")))
+
+template <int NZ, int SPR, int WQ>
+PLAN_AVX512 inline void tile512(const ConvTask& t, int row, const Slot* sl) {
+  static_assert(SPR % 2 == 0, "zmm tiles need an even number of slots per output row");
+  __m512 acc[NZ];
+#pragma GCC unroll 16
+  for (int i = 0; i < NZ; ++i) acc[i] = _mm512_setzero_ps();
+  const float* base = t.in + sl[0].in_q;
+  const int32_t j1 = t.indptr[row + 1];
+  for (int32_t j = t.indptr[row]; j < j1; ++j) {
+    const __m512 w = _mm512_set1_ps(t.val[j]);
+    const float* p = base + t.off[j];
+#pragma GCC unroll 16
+    for (int i = 0; i < NZ; ++i)
+      acc[i] = _mm512_fmadd_ps(w, _mm512_loadu_ps(p + ((2 * i) / SPR) * WQ + ((2 * i) % SPR) * kLanes), acc[i]);
+  }
+  const __m512 b = _mm512_set1_ps(t.bias ? t.bias[row] : 0.f);
+  float* out = t.out + row * t.out_stride;
+  if (t.relu) {
+#pragma GCC unroll 16
+    for (int i = 0; i < NZ; ++i)  // max(0, v) returns v when v is NaN, like torch.relu
+      _mm512_storeu_ps(out + sl[2 * i].out_q, _mm512_max_ps(_mm512_setzero_ps(), _mm512_add_ps(acc[i], b)));
+  } else {
+#pragma GCC unroll 16
+    for (int i = 0; i < NZ; ++i) _mm512_storeu_ps(out + sl[2 * i].out_q, _mm512_add_ps(acc[i], b));
+  }
+}
+
+template <int NZ, int SPR, int WQ>
+PLAN_AVX512 void rows512(const ConvTask& t, int row0, int row1, int s0, int s1, CsrFn rest) {
+  constexpr int NT = 2 * NZ;  // slots per tile
+  while (row0 < row1) {
+    int r = row0 + 1;
+    while (r < row1 && t.indptr[r + 1] - t.indptr[row0] <= kBlockNnz) ++r;
+    int s = s0;
+    for (; s + NT <= s1; s += NT)
+      for (int q = row0; q < r; ++q) tile512<NZ, SPR, WQ>(t, q, t.slots + s);
+    if (s < s1) rest(t, row0, r, s, s1);
+    row0 = r;
+  }
+}
+
+bool has_avx512() {
+  static const bool ok = [] {
+    if (const char* e = std::getenv("PRUNECAL_NO_AVX512")) if (e[0] && e[0] != '0') return false;
+    return bool(__builtin_cpu_supports("avx512f"));
+  }();
+  return ok;
+}
+
 }  // namespace
+
+bool plan_avx512_active() { return has_avx512(); }
 
 int plan_fast_shape(int Wo, int Wq, int stride, int dil) {
   if (stride == 1 && Wo == 32 && Wq == 34) return 1;  // CIFAR stage 1 (pad 1)
@@ -67,6 +132,20 @@ int plan_fast_shape(int Wo, int Wq, int stride, int dil) {
 }
 
 void plan_csr_fast(int shape, const ConvTask& t, int row0, int row1, int s0, int s1, CsrFn rest) {
+  if (has_avx512()) {
+    switch (shape) {
+      case 1: rows512<ZM1, 4, 34>(t, row0, row1, s0, s1, rest); return;
+      case 2:
+        if ((s1 - s0) % (4 * ZM2) == 0) rows512<2 * ZM2, 2, 18>(t, row0, row1, s0, s1, rest);
+        else rows512<ZM2, 2, 18>(t, row0, row1, s0, s1, rest);
+        return;
+      case 4:
+        if ((s1 - s0) % (4 * ZM2) == 0) rows512<2 * ZM2, 2, 17>(t, row0, row1, s0, s1, rest);
+        else rows512<ZM2, 2, 17>(t, row0, row1, s0, s1, rest);
+        return;
+      default: break;
+    }
+  }
   switch (shape) {
     case 1: rows<12, 4, 34>(t, row0, row1, s0, s1, rest); break;
     case 2: rows<12, 2, 18>(t, row0, row1, s0, s1, rest); break;
@@ -82,6 +161,7 @@ void plan_csr_fast(int shape, const ConvTask& t, int row0, int row1, int s0, int
 #else  // no AVX2 path on this compiler / architecture
 
 namespace prunecal {
+bool plan_avx512_active() { return false; }
 int plan_fast_shape(int, int, int, int) { return 0; }
 void plan_csr_fast(int, const ConvTask& t, int row0, int row1, int s0, int s1, CsrFn rest) {
   rest(t, row0, row1, s0, s1);

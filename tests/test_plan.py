@@ -394,3 +394,43 @@ def test_native_plan_rejects_bad_structure():
     assert torch.allclose(torch.from_numpy(out).reshape(2, 4, 8, 8), ref, atol=1e-5)
     with pytest.raises(ValueError, match="x: expected shape"):
         p.run(np.zeros((1, 3, 9, 8), np.float32), np.zeros((1, 256), np.float32))
+
+
+_AVX512_OFF_SCRIPT = """
+import sys, numpy as np, torch
+from prunecal import models, _C
+from prunecal.prune import prune
+from prunecal.sparse.plan import compile_plan
+assert not _C.plan_avx512_active()
+torch.manual_seed(1)
+m = prune(models.create("resnet20"), "global_magnitude", 0.9, keep_first_conv=True).eval()
+x = torch.from_numpy(np.load(sys.argv[1]))
+np.save(sys.argv[2], compile_plan(m, "csr", threads=2)(x).numpy())
+"""
+
+
+def test_avx512_tiles_match_avx2_path(tmp_path):
+    """The runtime-dispatched AVX-512 tiles against the AVX2 tiles (PRUNECAL_NO_AVX512=1, another process)."""
+    import os
+    import subprocess
+    import sys
+
+    import prunecal
+    from prunecal import _C
+
+    if not _C.plan_avx512_active():
+        pytest.skip("this CPU (or PRUNECAL_NO_AVX512) does not use the AVX-512 tiles")
+    torch.manual_seed(1)
+    m = prune(models.create("resnet20"), "global_magnitude", 0.9, keep_first_conv=True).eval()
+    x = torch.randn(5, 3, 32, 32)
+    np.save(tmp_path / "x.npy", x.numpy())
+    env = dict(os.environ, PRUNECAL_NO_AVX512="1",
+               PYTHONPATH=os.path.dirname(os.path.dirname(prunecal.__file__)))
+    subprocess.run([sys.executable, "-c", _AVX512_OFF_SCRIPT, str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+                   env=env, check=True, timeout=120)
+    with torch.no_grad():
+        y512 = compile_plan(m, "csr", threads=2)(x)
+        ref = m(x)
+    y256 = torch.from_numpy(np.load(tmp_path / "y.npy"))
+    assert _rel(y512, y256) < 1e-5
+    assert _rel(y512, ref) < 1e-4
