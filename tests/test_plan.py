@@ -427,7 +427,7 @@ def test_avx512_tiles_match_avx2_path(tmp_path):
     env = dict(os.environ, PRUNECAL_NO_AVX512="1",
                PYTHONPATH=os.path.dirname(os.path.dirname(prunecal.__file__)))
     subprocess.run([sys.executable, "-c", _AVX512_OFF_SCRIPT, str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
-                   env=env, check=True, timeout=120)
+                   env=env, check=True, timeout=120, cwd=tmp_path)  # cwd: keep a checkout off sys.path
     with torch.no_grad():
         y512 = compile_plan(m, "csr", threads=2)(x)
         ref = m(x)
