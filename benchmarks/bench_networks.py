@@ -31,7 +31,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,101 +45,13 @@ THREADS = (1, 2)
 TARGET_S = float(os.environ.get("PRUNECAL_BENCH_SECONDS", "0.5"))
 
 
-def _weights_dir() -> Path | None:
-    env = os.environ.get("PRUNECAL_SHARED_DATA")
-    for cand in ([Path(env)] if env else []) + [ROOT.parent / "shared" / "data"]:
-        if (cand / "weights").is_dir():
-            return cand / "weights"
-    return None
-
-
-class _Shortcut(nn.Module):
-    def __init__(self, planes: int) -> None:
-        super().__init__()
-        self.pad = planes // 4
-
-    def forward(self, x):
-        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad), "constant", 0)
-
-
-class _Block(nn.Module):
-    def __init__(self, cin: int, planes: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = _Shortcut(planes) if stride != 1 or cin != planes else nn.Sequential()
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
-class _CifarResNet(nn.Module):
-    """Fallback CIFAR ResNet (option A) with the checkpoints' key names."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        cin = 16
-        for i, (planes, stride) in enumerate(((16, 1), (32, 2), (64, 2)), 1):
-            blocks = []
-            for j in range(n):
-                blocks.append(_Block(cin, planes, stride if j == 0 else 1))
-                cin = planes
-            setattr(self, f"layer{i}", nn.Sequential(*blocks))
-        self.linear = nn.Linear(64, 10)
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.layer3(self.layer2(self.layer1(out)))
-        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
-
-
-def build_net(name: str) -> tuple[nn.Module, str]:
-    """The net in eval mode and where its weights came from."""
-    wdir = _weights_dir()
-    ckpt = next(iter(sorted(wdir.glob(f"{name}-*.th"))), None) if wdir else None
-    try:
-        from prunecal import models
-
-        model = models.create(name, ckpt)
-        return model.eval(), ("pretrained" if ckpt else "random")
-    except Exception:
-        pass
-    torch.manual_seed(0)
-    model = _CifarResNet(NETS[name])
-    if ckpt is not None:
-        sd = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-        model.load_state_dict({k.removeprefix("module."): v for k, v in sd.items()})
-        return model.eval(), "pretrained"
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-    return model.eval(), "random"
-
-
-def global_magnitude_prune(model: nn.Module, sparsity: float) -> nn.Module:
-    """Zero the smallest ``sparsity`` fraction of all conv weights except the 3-channel stem."""
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.in_channels != 3]
-    scores = torch.cat([m.weight.detach().abs().flatten() for m in convs])
-    k = int(round(sparsity * scores.numel()))
-    thr = scores.kthvalue(k).values
-    with torch.no_grad():
-        for m in convs:
-            m.weight[m.weight.abs() <= thr] = 0
-    return model
-
-
 @functools.lru_cache(maxsize=None)
 def pruned(name: str, sparsity: float) -> nn.Module:
-    model, _ = build_net(name)
-    return global_magnitude_prune(model, sparsity)
+    """Pretrained (where the checkpoint exists) net, every conv but the stem globally pruned."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import peers  # the one model builder of the benchmarks
+
+    return peers.pruned_model(name, sparsity)
 
 
 @functools.lru_cache(maxsize=8)

@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 HERE = Path(__file__).resolve().parent
@@ -65,69 +64,14 @@ def weights_path(name: str = "resnet56") -> Path | None:
     return None
 
 
-class _Shortcut(nn.Module):
-    def __init__(self, planes: int) -> None:
-        super().__init__()
-        self.pad = planes // 4
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
-
-
-class _Block(nn.Module):
-    def __init__(self, cin: int, planes: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = _Shortcut(planes) if stride != 1 or cin != planes else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
-class _ResNetCifar(nn.Module):
-    """Fallback CIFAR ResNet (option A), state-dict keys as in the checkpoints."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        cin = 16
-        for i, (planes, stride) in enumerate(((16, 1), (32, 2), (64, 2)), 1):
-            blocks = []
-            for j in range(n):
-                blocks.append(_Block(cin, planes, stride if j == 0 else 1))
-                cin = planes
-            setattr(self, f"layer{i}", nn.Sequential(*blocks))
-        self.linear = nn.Linear(64, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.layer3(self.layer2(self.layer1(out)))
-        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
-
-
 def build_model(name: str = "resnet56") -> tuple[nn.Module, str]:
     """``(model in eval mode, "pretrained" | "random")``; pretrained where the checkpoint exists."""
     if name not in DEPTHS:
         raise ValueError(f"name must be one of {sorted(DEPTHS)}, got {name!r}")
     ckpt = weights_path(name)
-    try:
-        from prunecal import models
-    except ImportError:
-        models = None
-    if models is not None:
-        return models.create(name, weights=ckpt).eval(), ("pretrained" if ckpt else "random")
-    torch.manual_seed(0)
-    model = _ResNetCifar(DEPTHS[name])
-    if ckpt is not None:
-        sd = torch.load(ckpt, map_location="cpu", weights_only=True)
-        sd = sd.get("state_dict", sd)
-        model.load_state_dict({k.removeprefix("module."): v for k, v in sd.items()})
-    return model.eval(), ("pretrained" if ckpt else "random")
+    from prunecal import models
+
+    return models.create(name, weights=ckpt).eval(), ("pretrained" if ckpt else "random")
 
 
 def prune_convs(model: nn.Module, sparsity: float) -> nn.Module:
@@ -137,22 +81,9 @@ def prune_convs(model: nn.Module, sparsity: float) -> nn.Module:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
     if sparsity == 0.0:
         return model
-    try:
-        from prunecal.prune import prune
-    except ImportError:
-        prune = None
-    if prune is not None:
-        return prune(model, "global_magnitude", sparsity, keep_first_conv=True, keep_classifier=True)
-    import copy
+    from prunecal.prune import prune
 
-    model = copy.deepcopy(model)
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.in_channels != 3]
-    scores = torch.cat([m.weight.detach().abs().flatten() for m in convs])
-    thr = scores.kthvalue(max(1, int(round(sparsity * scores.numel())))).values
-    with torch.no_grad():
-        for m in convs:
-            m.weight[m.weight.abs() <= thr] = 0
-    return model
+    return prune(model, "global_magnitude", sparsity, keep_first_conv=True, keep_classifier=True)
 
 
 @functools.lru_cache(maxsize=None)
