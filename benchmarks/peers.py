@@ -6,7 +6,7 @@ pretrained CIFAR ResNet-56, global magnitude pruning of every conv except the 3-
 with a static input shape ``(batch, 3, 32, 32)``.
 
 - :func:`build_model` / :func:`pruned_model`: the (pruned) network, from :mod:`prunecal.models`
-  and :mod:`prunecal.prune` (a small local fallback keeps the benchmarks usable on their own).
+  and :mod:`prunecal.prune`; every benchmark builds its networks here.
 - :func:`export_onnx`: torch -> ONNX (legacy TorchScript exporter, opset 13, IR 7, which the
   onnx 1.14 of DeepSparse's venv still reads). The exporter folds eval-mode BN into the convs;
   that scales output channels and so keeps every zero weight zero.
