@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -36,6 +34,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness, peers
+from harness import bench_forward  # noqa: E402
+import peers  # noqa: E402
 
 NETS = {"resnet20": 3, "resnet56": 9}
 SPARSITIES = (0.9, 0.95)
@@ -48,9 +49,6 @@ TARGET_S = float(os.environ.get("PRUNECAL_BENCH_SECONDS", "0.5"))
 @functools.lru_cache(maxsize=None)
 def pruned(name: str, sparsity: float) -> nn.Module:
     """Pretrained (where the checkpoint exists) net, every conv but the stem globally pruned."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import peers  # the one model builder of the benchmarks
-
     return peers.pruned_model(name, sparsity)
 
 
@@ -74,20 +72,8 @@ def test_network(benchmark, net, sparsity, backend, batch, threads):
         pytest.importorskip("prunecal.sparse.ops")
     model = prepared(net, sparsity, backend, threads)
     x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            model(x)  # warm-up (lazy packing, allocator, thread pool)
-            t0 = time.perf_counter()
-            model(x)
-            once = time.perf_counter() - t0
-            rounds = max(3, min(500, math.ceil(TARGET_S / max(once, 1e-6))))
-            benchmark.extra_info.update(net=net, sparsity=sparsity, backend=backend, batch=batch,
-                                        threads=threads)
-            benchmark.pedantic(model, args=(x,), rounds=rounds, iterations=1, warmup_rounds=0)
-    finally:
-        torch.set_num_threads(old)
+    bench_forward(benchmark, model, x, threads, target_s=TARGET_S, warmups=1, min_rounds=3,
+                  max_rounds=500, warmup_rounds=0, net=net, sparsity=sparsity, backend=backend, batch=batch)
 
 
 # ---- table ------------------------------------------------------------------------------

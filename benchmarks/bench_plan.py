@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -39,6 +37,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness, peers
+from harness import bench_forward  # noqa: E402
+from peers import weights_path  # noqa: E402
 
 NETS = ("resnet20", "resnet56")
 SPARSITIES = (0.9, 0.95)
@@ -48,21 +49,12 @@ THREADS = (1, 2)
 TARGET_S = float(os.environ.get("PRUNECAL_BENCH_SECONDS", "1.0"))
 
 
-def _weights(name: str) -> Path | None:
-    env = os.environ.get("PRUNECAL_SHARED_DATA")
-    for cand in ([Path(env)] if env else []) + [ROOT.parent / "shared" / "data"]:
-        hits = sorted((cand / "weights").glob(f"{name}-*.th")) if (cand / "weights").is_dir() else []
-        if hits:
-            return hits[0]
-    return None
-
-
 @functools.lru_cache(maxsize=None)
 def pruned(name: str, sparsity: float) -> nn.Module:
     from prunecal import models
     from prunecal.prune import prune
 
-    ckpt = _weights(name)
+    ckpt = weights_path(name)
     torch.manual_seed(0)
     model = models.create(name, ckpt)
     if ckpt is None:
@@ -100,20 +92,8 @@ def test_plan_network(benchmark, net, sparsity, runner, batch, threads):
         pytest.importorskip("prunecal._C")
     model = prepared(net, sparsity, runner, threads)
     x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            for _ in range(2):
-                model(x)
-            t0 = time.perf_counter()
-            model(x)
-            once = time.perf_counter() - t0
-            rounds = max(5, min(2000, math.ceil(TARGET_S / max(once, 1e-6))))
-            benchmark.extra_info.update(net=net, sparsity=sparsity, runner=runner, batch=batch, threads=threads)
-            benchmark.pedantic(model, args=(x,), rounds=rounds, iterations=1, warmup_rounds=1)
-    finally:
-        torch.set_num_threads(old)
+    bench_forward(benchmark, model, x, threads, target_s=TARGET_S, warmups=2, min_rounds=5,
+                  max_rounds=2000, warmup_rounds=1, net=net, sparsity=sparsity, runner=runner, batch=batch)
 
 
 # ---- table ------------------------------------------------------------------------------
