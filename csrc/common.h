@@ -39,6 +39,14 @@ struct ConvTask {
   const float* bias;      // per output channel, or nullptr
   bool relu;
   int valid_rows;         // rows >= valid_rows are padding (BSR) and never written
+  // Plan epilogue (read only by the plan's fixed-shape kernels; the other kernels leave it to
+  // the plan): fused residual out = relu?(conv + bias + res[row * res_stride + res_q[slot]]),
+  // and shifted copies of the output at +-copy_floats (see plan.h, "aligned layout").
+  const float* res = nullptr;
+  const int32_t* res_q = nullptr;
+  int64_t res_stride = 0;
+  bool res_relu = false;
+  int64_t copy_floats = 0;  // 0: the output buffer keeps no shifted copies
 };
 
 using CsrFn = void (*)(const ConvTask&, int row0, int row1, int s0, int s1);

@@ -105,21 +105,28 @@ std::shared_ptr<Geometry> PackedWeight::geometry(int H, int W, int stride, int p
         g->slots.push_back({int32_t(oy * g->Wq + ox), int32_t(oy * Wo + ox), int32_t(std::min<int64_t>(kLanes, Wo - ox))});
   }
   // offset of every kernel tap inside one channel's phase planes
-  std::vector<int32_t> tap(size_t(kh()) * kw());
+  g->tap.resize(size_t(kh()) * kw());
   const int64_t phase = int64_t(g->Hq) * g->Wq;
   for (int ky = 0; ky < kh(); ++ky)
     for (int kx = 0; kx < kw(); ++kx) {
       const int a = ky * dil, b = kx * dil;
-      tap[ky * kw() + kx] = int32_t(((a % stride) * stride + (b % stride)) * phase + (a / stride) * int64_t(g->Wq) + b / stride);
+      g->tap[ky * kw() + kx] =
+          int32_t(((a % stride) * stride + (b % stride)) * phase + (a / stride) * int64_t(g->Wq) + b / stride);
     }
+  g = geometry_from(std::move(g));
+  if (geoms_.size() >= 64) geoms_.clear();  // bounded cache
+  geoms_.emplace(key, g);
+  return g;
+}
+
+std::shared_ptr<Geometry> PackedWeight::geometry_from(std::shared_ptr<Geometry> g) const {
   const int taps = kh() * kw();
-  auto off_of = [&](int32_t col) { return int32_t((col / taps) * g->chan_floats + tap[col % taps]); };
+  if (int(g->tap.size()) != taps) throw std::invalid_argument("geometry: tap table has the wrong size");
+  auto off_of = [&](int32_t col) { return int32_t((col / taps) * g->chan_floats + g->tap[col % taps]); };
   g->csr_off.resize(c_cols_.size());
   for (size_t j = 0; j < c_cols_.size(); ++j) g->csr_off[j] = off_of(c_cols_[j]);
   g->bsr_off.resize(b_cols_.size());
   for (size_t j = 0; j < b_cols_.size(); ++j) g->bsr_off[j] = off_of(b_cols_[j]);
-  if (geoms_.size() >= 64) geoms_.clear();  // bounded cache
-  geoms_.emplace(key, g);
   return g;
 }
 
@@ -134,13 +141,8 @@ void PackedWeight::ensure_dense(Geometry& g) const {
       for (int32_t j = c_indptr_[r]; j < c_indptr_[r + 1]; ++j) g.dense_val[size_t(r) * K + c_cols_[j]] = c_val_[j];
     g.dense_indptr.resize(size_t(rows()) + 1);
     for (int r = 0; r <= rows(); ++r) g.dense_indptr[r] = int32_t(int64_t(r) * K);
-    const int64_t phase = int64_t(g.Hq) * g.Wq;
     std::vector<int32_t> row_off(K);
-    for (int64_t k = 0; k < K; ++k) {
-      const int t = int(k % taps), ky = t / kw(), kx = t % kw();
-      const int a = ky * g.dil, b = kx * g.dil, s = g.stride;
-      row_off[k] = int32_t((k / taps) * g.chan_floats + ((a % s) * s + (b % s)) * phase + (a / s) * int64_t(g.Wq) + b / s);
-    }
+    for (int64_t k = 0; k < K; ++k) row_off[k] = int32_t((k / taps) * g.chan_floats + g.tap[k % taps]);
     g.dense_off.resize(size_t(rows()) * K);
     for (int r = 0; r < rows(); ++r) std::copy(row_off.begin(), row_off.end(), g.dense_off.begin() + size_t(r) * K);
   });

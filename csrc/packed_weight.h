@@ -18,6 +18,7 @@ struct Geometry {
   int H = 0, W = 0, stride = 1, pad = 0, dil = 1;
   int Hq = 0, Wq = 0, Ho = 0, Wo = 0;
   int64_t chan_floats = 0;  // stride*stride*Hq*Wq: one input channel's phase planes
+  std::vector<int32_t> tap;  // offset of each kernel tap (ky * kw + kx) inside one channel
   std::vector<Slot> slots;
   std::vector<int32_t> csr_off;  // per CSR nonzero
   std::vector<int32_t> bsr_off;  // per BSR block (BSR weights only)
@@ -46,6 +47,9 @@ class PackedWeight {
 
   // Geometry for an input of H x W with the given conv parameters (cached).
   std::shared_ptr<Geometry> geometry(int H, int W, int stride, int pad, int dil);
+  // A caller-made geometry (H, W, stride, pad, dil, Ho, Wo, chan_floats, tap and slots set; a
+  // plan reading its buffers in place): fills the per-nonzero offsets. Not cached.
+  std::shared_ptr<Geometry> geometry_from(std::shared_ptr<Geometry> g) const;
   void ensure_dense(Geometry& g) const;
 
   // y = conv2d(x); x (N, C, H, W), y (N, C_out, Ho, Wo), both C-contiguous float32.

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <ctime>
 #include <cstring>
 #include <sstream>
@@ -15,7 +16,8 @@ namespace {
 
 std::string spec_str(int id, const BufSpec& s) {
   std::ostringstream o;
-  o << "b" << id << "(" << s.C << "x" << s.H << "x" << s.W << (s.P ? ",P" + std::to_string(s.P) : "") << ")";
+  o << "b" << id << "(" << s.C << "x" << s.H << "x" << s.W << (s.P ? ",P" + std::to_string(s.P) : "")
+    << (s.align ? ",A" + std::to_string(s.align) : "") << (s.copies > 1 ? "x" + std::to_string(s.copies) : "") << ")";
   return o.str();
 }
 
@@ -33,6 +35,26 @@ int64_t round_up(int64_t n) { return (n + kAlignFloats - 1) / kAlignFloats * kAl
 
 }  // namespace
 
+BufSpec BufSpec::make(int C, int H, int W, int P, bool aligned) {
+  BufSpec s;
+  s.C = C, s.H = H, s.W = W, s.P = P;
+  s.align = !aligned || W % 8 ? 0 : (W % 16 ? 8 : 16);
+  if (s.align) {  // gap between rows: >= 2P zeros, a multiple of align
+    const int gap = (2 * P + s.align - 1) / s.align * s.align;
+    s.lead = (P + s.align - 1) / s.align * s.align;
+    s.pitch = W + gap;
+  } else {
+    s.lead = P;
+    s.pitch = W + 2 * P;
+  }
+  return s;
+}
+
+Plan::Plan() {
+  const char* e = std::getenv("PRUNECAL_PLAN_PLAIN_LAYOUT");
+  aligned_ = !(e && e[0] && e[0] != '0');
+}
+
 void Plan::check_buf(int i, const char* what) const {
   if (i < 0 || size_t(i) >= bufs_.size())
     throw std::invalid_argument(std::string(what) + ": no buffer " + std::to_string(i));
@@ -41,7 +63,7 @@ void Plan::check_buf(int i, const char* what) const {
 int Plan::add_buffer(int C, int H, int W, int P) {
   if (C <= 0 || H <= 0 || W <= 0 || P < 0 || P > 16)
     throw std::invalid_argument("buffer: need C, H, W > 0 and 0 <= P <= 16");
-  BufSpec s{C, H, W, P};
+  BufSpec s = BufSpec::make(C, H, W, P, aligned_);
   if (s.floats() + kSlack >= (int64_t(1) << 31)) throw std::invalid_argument("buffer: too large");
   bufs_.push_back(s);
   arenas_.clear();
@@ -82,7 +104,36 @@ void Plan::add_conv(const std::string& name, const std::string& kind, std::vecto
   if (!bias.empty() && int(bias.size()) != Co) throw std::invalid_argument("conv " + name + ": bias length != C_out");
   op.bias = std::move(bias);
   op.stride = stride, op.pad = pad, op.dil = dil, op.groups = groups;
-  op.geom = op.pw->geometry(si.H, si.W, stride, pad, dil);
+  // direct: read the input buffer in place (its zero border / row gap is the conv's padding)
+  const int kh = op.pw->kh(), kw = op.pw->kw();
+  op.direct = stride == 1 && pad <= si.P && pad <= si.lead && 2 * pad <= si.pitch - si.W &&
+              si.H + 2 * pad >= dil * (kh - 1) + 1 && si.W + 2 * pad >= dil * (kw - 1) + 1;
+  if (op.direct) {
+    // 3x3 / pad 1 on an aligned buffer: read tap kx from the copy shifted by kx - 1, so that
+    // every vector load of the kernels is aligned
+    const bool shifted = si.align && kw == 3 && pad == 1 && dil == 1;
+    if (shifted && bufs_[size_t(in)].copies != 3) {
+      bufs_[size_t(in)].copies = 3;
+      arenas_.clear();
+    }
+    auto g = std::make_shared<Geometry>();
+    g->H = si.H, g->W = si.W, g->stride = 1, g->pad = pad, g->dil = dil;
+    g->Ho = si.H + 2 * pad - dil * (kh - 1), g->Wo = si.W + 2 * pad - dil * (kw - 1);
+    g->Hq = si.H + 2 * si.P, g->Wq = si.pitch;
+    g->chan_floats = si.plane();
+    g->tap.resize(size_t(kh) * kw);
+    for (int ky = 0; ky < kh; ++ky)
+      for (int kx = 0; kx < kw; ++kx)
+        g->tap[size_t(ky) * kw + kx] = int32_t(
+            int64_t(ky * dil - pad) * si.pitch +
+            (shifted ? int64_t(kx - 1) * si.copy_floats() : int64_t(kx * dil - pad)));
+    for (int oy = 0; oy < g->Ho; ++oy)
+      for (int ox = 0; ox < g->Wo; ox += kLanes)
+        g->slots.push_back({int32_t(si.pos(oy, ox)), 0, int32_t(std::min(kLanes, g->Wo - ox))});
+    op.geom = op.pw->geometry_from(std::move(g));
+  } else {
+    op.geom = op.pw->geometry(si.H, si.W, stride, pad, dil);
+  }
   const Geometry& g = *op.geom;
   if (so.C != Co || so.H != g.Ho || so.W != g.Wo)
     throw std::invalid_argument("conv " + name + ": output buffer " + spec_str(out, so) + " does not match (" +
@@ -90,13 +141,12 @@ void Plan::add_conv(const std::string& name, const std::string& kind, std::vecto
   op.use_bsr = kind == "bsr";
   if (op.use_bsr && groups > 1 && (Co / groups) % op.block_rows)
     throw std::invalid_argument("conv " + name + ": BSR blocks must not straddle groups; use CSR");
-  op.direct = stride == 1 && pad == si.P;
-  if (!op.use_bsr) op.fast = plan_fast_shape(g.Wo, g.Wq, stride, dil);
+  const int in_pitch = op.direct ? si.pitch : g.Wq;
+  if (!op.use_bsr) op.fast = plan_fast_shape(g.Wo, in_pitch, stride, dil);
   if (!op.direct) scratch_floats_ = std::max(scratch_floats_, si.C * g.chan_floats + kSlack);
-  const int Wpo = so.W + 2 * so.P;
   for (int oy = 0; oy < g.Ho; ++oy)
     for (int ox = 0; ox < g.Wo; ox += kLanes)
-      op.slots.push_back({int32_t(oy * g.Wq + ox), int32_t((oy + so.P) * Wpo + ox + so.P),
+      op.slots.push_back({int32_t(op.direct ? si.pos(oy, ox) : int64_t(oy) * g.Wq + ox), int32_t(so.pos(oy, ox)),
                           int32_t(std::min(kLanes, g.Wo - ox))});
   if (residual >= 0) {
     check_buf(residual, "conv residual");
@@ -105,9 +155,8 @@ void Plan::add_conv(const std::string& name, const std::string& kind, std::vecto
     if (sr.C != so.C || sr.H != so.H || sr.W != so.W)
       throw std::invalid_argument("conv " + name + ": residual buffer shape differs from the output");
     op.res = residual;
-    const int Wpr = sr.W + 2 * sr.P;
     for (int oy = 0; oy < g.Ho; ++oy)
-      for (int ox = 0; ox < g.Wo; ox += kLanes) op.res_q.push_back(int32_t((oy + sr.P) * Wpr + ox + sr.P));
+      for (int ox = 0; ox < g.Wo; ox += kLanes) op.res_q.push_back(int32_t(sr.pos(oy, ox)));
   }
   ops_.push_back(std::move(op));
 }
@@ -282,7 +331,7 @@ std::vector<std::string> Plan::describe() const {
 
 int64_t Plan::arena_bytes() const {
   int64_t total = round_up(scratch_floats_);
-  for (const auto& s : bufs_) total += round_up(s.floats() + kSlack);
+  for (const auto& s : bufs_) total += s.copies * s.copy_floats();
   return total * int64_t(sizeof(float));
 }
 
@@ -292,9 +341,9 @@ Plan::Arena& Plan::arena(int worker) {
     a->mem.assign(size_t(arena_bytes() / sizeof(float) + kAlignFloats), 0.f);
     float* p = a->mem.data();
     p += (kAlignFloats - (reinterpret_cast<uintptr_t>(p) / sizeof(float)) % kAlignFloats) % kAlignFloats;
-    for (const auto& s : bufs_) {
-      a->buf.push_back(p);
-      p += round_up(s.floats() + kSlack);
+    for (const auto& s : bufs_) {  // the canonical copy (the middle one of three)
+      a->buf.push_back(p + (s.copies == 3 ? s.copy_floats() : 0));
+      p += s.copies * s.copy_floats();
     }
     a->scratch = p;
     arenas_.push_back(std::move(a));
@@ -319,7 +368,6 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
   const float* bias = op.bias.empty() ? nullptr : op.bias.data();
   const bool fast = op.fast && !dense && std::strcmp(k.name, "avx2") == 0;
   const float* res = op.res >= 0 ? a.buf[size_t(op.res)] : nullptr;
-  const int64_t res_plane = op.res >= 0 ? bufs_[size_t(op.res)].plane() : 0;
   auto compute = [&](int grp, int u0, int u1, int s0, int s1) {
     ConvTask t;
     t.in = src + int64_t(grp) * Cg * g.chan_floats;
@@ -329,6 +377,11 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
     t.bias = bias;
     t.relu = op.relu && !res;
     t.valid_rows = Co;
+    t.res = res;
+    t.res_q = op.res_q.data();
+    t.res_stride = res ? bufs_[size_t(op.res)].plane() : 0;
+    t.res_relu = op.relu;
+    t.copy_floats = so.copies == 3 ? so.copy_floats() : 0;
     int r0, r1;
     if (dense) {
       t.indptr = g.dense_indptr.data(), t.off = g.dense_off.data(), t.val = g.dense_val.data();
@@ -342,11 +395,13 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
     } else {
       t.indptr = op.indptr.data(), t.off = g.csr_off.data(), t.val = op.val.data();
       r0 = grp * Cog + u0, r1 = grp * Cog + u1;
-      if (fast) plan_csr_fast(op.fast, t, r0, r1, s0, s1, k.csr);
-      else k.csr(t, r0, r1, s0, s1);
+      if (fast) {  // the fixed-shape kernels apply the epilogue themselves
+        plan_csr_fast(op.fast, t, r0, r1, s0, s1, k.csr);
+        return;
+      }
+      k.csr(t, r0, r1, s0, s1);
     }
-    if (res)  // fused residual, while the rows just written are in cache
-      op_residual(out, so.plane(), res, res_plane, op.slots.data(), op.res_q.data(), r0, r1, s0, s1, op.relu);
+    op_epilogue(t, r0, r1, s0, s1);  // fused residual, shifted copies, while the rows are in cache
   };
   const int U = bsr ? (op.groups == 1 ? (Co + r - 1) / r : Cog / r) : Cog;
   const int spr = (g.Wo + kLanes - 1) / kLanes;  // slots per output row
@@ -438,6 +493,7 @@ void Plan::run_image(const float* x, float* y, Arena& a, int threads, bool dense
     t0 = t1;
   };
   op_load(x, a.buf[size_t(input_)], bufs_[size_t(input_)]);
+  op_replicate(a.buf[size_t(input_)], bufs_[size_t(input_)]);
   tick(ops_.size());
   for (size_t i = 0; i < ops_.size(); ++i) {
     const PlanOp& op = ops_[i];
@@ -470,6 +526,7 @@ void Plan::run_image(const float* x, float* y, Arena& a, int threads, bool dense
         op_clamp(a.buf[size_t(op.in0)], bufs_[size_t(op.in0)], out, so, op.lo, op.hi);
         break;
     }
+    if (op.kind != OpKind::Conv) op_replicate(out, so);  // convs write their copies in the epilogue
     tick(i);
   }
   op_store(a.buf[size_t(output_)], bufs_[size_t(output_)], y);

@@ -36,9 +36,19 @@ namespace prunecal {
 
 struct BufSpec {
   int C = 0, H = 0, W = 0, P = 0;
-  int64_t plane() const { return int64_t(H + 2 * P) * (W + 2 * P); }
-  int64_t floats() const { return int64_t(C) * plane(); }  // without the slack
+  int pitch = 0;   // floats per row: W + 2P (plain layout) or a multiple of `align`
+  int lead = 0;    // column of x = 0 inside a row: P (plain) or a multiple of `align`
+  int align = 0;   // 0: plain layout; 8 / 16: rows and their interior start on 8 / 16 floats
+  int copies = 1;  // 3: two more copies, shifted by -1 / +1 float, at -/+ copy_floats()
+  // Plain: (H + 2P) x (W + 2P) planes. Aligned: rows of `pitch` floats whose zero gap
+  // (pitch - W >= 2P floats) is the right padding of one row and the left padding of the next.
+  static BufSpec make(int C, int H, int W, int P, bool aligned);
+  int64_t plane() const { return int64_t(H + 2 * P) * pitch; }
+  int64_t floats() const { return int64_t(C) * plane(); }  // one copy, without the slack
+  int64_t copy_floats() const { return (floats() + kSlack + 15) / 16 * 16; }
   int64_t features() const { return int64_t(C) * H * W; }
+  int64_t pos(int y, int x) const { return int64_t(y + P) * pitch + lead + x; }  // in a plane
+  bool same_layout(const BufSpec& o) const { return P == o.P && pitch == o.pitch && lead == o.lead && H == o.H; }
 };
 
 enum class OpKind { Conv, Add, Shortcut, AvgPool, Linear, Relu, MaxPool, Clamp };
@@ -86,6 +96,9 @@ void op_maxpool(const float* x, const BufSpec& sx, float* y, const BufSpec& sy, 
 void op_clamp(const float* x, const BufSpec& sx, float* y, const BufSpec& sy, float lo, float hi);
 // out[r, slot] = relu?(out[r, slot] + res[r, res_q[slot]]) for rows [r0, r1), slots [s0, s1)
 // (planes of out_plane / res_plane floats).
+// The part of a conv epilogue the generic kernels leave out: fused residual (t.res) and the
+// shifted copies of the output (t.copy_floats), for rows [r0, r1) x slots [s0, s1).
+void op_epilogue(const ConvTask& t, int r0, int r1, int s0, int s1);
 void op_residual(float* out, int64_t out_plane, const float* res, int64_t res_plane, const Slot* slots,
                  const int32_t* res_q, int r0, int r1, int s0, int s1, bool relu);
 // Fixed-shape AVX2 CSR kernels (csrc/plan_kernels.cpp): a shape id (> 0) for stride-1 convs
@@ -97,6 +110,9 @@ void plan_csr_fast(int shape, const ConvTask& t, int row0, int row1, int s0, int
 // True when plan_csr_fast uses its AVX-512F tiles (CPU has avx512f and the environment variable
 // PRUNECAL_NO_AVX512 is unset or "0"; read once per process).
 bool plan_avx512_active();
+// Rewrite the shifted copies of a whole buffer with copies == 3 (copy 0 at x - copy_floats holds
+// position i at i + 1, copy 2 at x + copy_floats holds it at i - 1); no-op otherwise.
+void op_replicate(float* x, const BufSpec& sx);
 // Gather the interior of x into the phase planes of geometry g (C planes), plus kSlack zeros.
 void op_gather_planes(const float* x, const BufSpec& sx, const Geometry& g, float* planes);
 // Copy a dense (C, H, W) image into the interior of y / the interior of x into (C, H, W).
@@ -105,7 +121,8 @@ void op_store(const float* x, const BufSpec& sx, float* img);
 
 class Plan {
  public:
-  Plan() = default;
+  // Buffers use the aligned layout unless PRUNECAL_PLAN_PLAIN_LAYOUT is set (and not "0").
+  Plan();
 
   int add_buffer(int C, int H, int W, int P);
   void set_io(int input, int output);
@@ -155,6 +172,7 @@ class Plan {
   std::vector<PlanOp> ops_;
   int input_ = -1, output_ = -1;
   int64_t scratch_floats_ = 0;
+  bool aligned_ = true;
   std::mutex run_mutex_;
   std::vector<std::unique_ptr<Arena>> arenas_;
 };

@@ -15,6 +15,12 @@
 #ifndef ZM2
 #define ZM2 8
 #endif
+#ifndef ZA1
+#define ZA1 8
+#endif
+#ifndef ZA2
+#define ZA2 8
+#endif
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -40,13 +46,21 @@ PLAN_AVX2 inline void tile(const ConvTask& t, int row, const Slot* sl) {
   }
   const __m256 b = _mm256_set1_ps(t.bias ? t.bias[row] : 0.f);
   float* out = t.out + row * t.out_stride;
-  if (t.relu) {
+  const float* res = t.res ? t.res + row * t.res_stride : nullptr;
+  const int32_t* rq = t.res_q + (sl - t.slots);
+  const bool relu = res ? t.res_relu : t.relu;
+  const int64_t cf = t.copy_floats;
 #pragma GCC unroll 16
-    for (int i = 0; i < NT; ++i)  // max(0, v) returns v when v is NaN, like torch.relu
-      _mm256_storeu_ps(out + sl[i].out_q, _mm256_max_ps(_mm256_setzero_ps(), _mm256_add_ps(acc[i], b)));
-  } else {
-#pragma GCC unroll 16
-    for (int i = 0; i < NT; ++i) _mm256_storeu_ps(out + sl[i].out_q, _mm256_add_ps(acc[i], b));
+  for (int i = 0; i < NT; ++i) {
+    __m256 v = _mm256_add_ps(acc[i], b);
+    if (res) v = _mm256_add_ps(v, _mm256_loadu_ps(res + rq[i]));
+    if (relu) v = _mm256_max_ps(_mm256_setzero_ps(), v);  // max(0, v) returns v when v is NaN, like torch.relu
+    float* o = out + sl[i].out_q;
+    _mm256_storeu_ps(o, v);
+    if (cf) {  // the shifted copies of an aligned-layout output
+      _mm256_storeu_ps(o - cf + 1, v);
+      _mm256_storeu_ps(o + cf - 1, v);
+    }
   }
 }
 
@@ -59,7 +73,10 @@ PLAN_AVX2 void rows(const ConvTask& t, int row0, int row1, int s0, int s1, CsrFn
     int s = s0;
     for (; s + NT <= s1; s += NT)
       for (int q = row0; q < r; ++q) tile<NT, SPR, WQ>(t, q, t.slots + s);
-    if (s < s1) rest(t, row0, r, s, s1);
+    if (s < s1) {
+      rest(t, row0, r, s, s1);
+      op_epilogue(t, row0, r, s, s1);
+    }
     row0 = r;
   }
 }
@@ -86,13 +103,21 @@ PLAN_AVX512 inline void tile512(const ConvTask& t, int row, const Slot* sl) {
   }
   const __m512 b = _mm512_set1_ps(t.bias ? t.bias[row] : 0.f);
   float* out = t.out + row * t.out_stride;
-  if (t.relu) {
+  const float* res = t.res ? t.res + row * t.res_stride : nullptr;
+  const int32_t* rq = t.res_q + (sl - t.slots);
+  const bool relu = res ? t.res_relu : t.relu;
+  const int64_t cf = t.copy_floats;
 #pragma GCC unroll 16
-    for (int i = 0; i < NZ; ++i)  // max(0, v) returns v when v is NaN, like torch.relu
-      _mm512_storeu_ps(out + sl[2 * i].out_q, _mm512_max_ps(_mm512_setzero_ps(), _mm512_add_ps(acc[i], b)));
-  } else {
-#pragma GCC unroll 16
-    for (int i = 0; i < NZ; ++i) _mm512_storeu_ps(out + sl[2 * i].out_q, _mm512_add_ps(acc[i], b));
+  for (int i = 0; i < NZ; ++i) {
+    __m512 v = _mm512_add_ps(acc[i], b);
+    if (res) v = _mm512_add_ps(v, _mm512_loadu_ps(res + rq[2 * i]));
+    if (relu) v = _mm512_max_ps(_mm512_setzero_ps(), v);  // max(0, v) returns v when v is NaN
+    float* o = out + sl[2 * i].out_q;
+    _mm512_storeu_ps(o, v);
+    if (cf) {
+      _mm512_storeu_ps(o - cf + 1, v);
+      _mm512_storeu_ps(o + cf - 1, v);
+    }
   }
 }
 
@@ -105,7 +130,10 @@ PLAN_AVX512 void rows512(const ConvTask& t, int row0, int row1, int s0, int s1, 
     int s = s0;
     for (; s + NT <= s1; s += NT)
       for (int q = row0; q < r; ++q) tile512<NZ, SPR, WQ>(t, q, t.slots + s);
-    if (s < s1) rest(t, row0, r, s, s1);
+    if (s < s1) {
+      rest(t, row0, r, s, s1);
+      op_epilogue(t, row0, r, s, s1);
+    }
     row0 = r;
   }
 }
@@ -128,6 +156,10 @@ int plan_fast_shape(int Wo, int Wq, int stride, int dil) {
   if (stride == 1 && Wo == 8 && Wq == 10) return 3;   // stage 3
   if (stride == 2 && Wo == 16 && Wq == 17) return 4;  // 32x32 -> 16x16 (phase planes 17 wide)
   if (stride == 2 && Wo == 8 && Wq == 9) return 5;    // 16x16 -> 8x8
+  // aligned layout (plan.h): rows of 48 / 32 / 16 floats, every load aligned
+  if (stride == 1 && Wo == 32 && Wq == 48) return 6;
+  if (stride == 1 && Wo == 16 && Wq == 32) return 7;
+  if (stride == 1 && Wo == 8 && Wq == 16) return 8;
   return 0;
 }
 
@@ -143,6 +175,8 @@ void plan_csr_fast(int shape, const ConvTask& t, int row0, int row1, int s0, int
         if ((s1 - s0) % (4 * ZM2) == 0) rows512<2 * ZM2, 2, 17>(t, row0, row1, s0, s1, rest);
         else rows512<ZM2, 2, 17>(t, row0, row1, s0, s1, rest);
         return;
+      case 6: rows512<ZA1, 4, 48>(t, row0, row1, s0, s1, rest); return;
+      case 7: rows512<ZA2, 2, 32>(t, row0, row1, s0, s1, rest); return;
       default: break;
     }
   }
@@ -152,7 +186,12 @@ void plan_csr_fast(int shape, const ConvTask& t, int row0, int row1, int s0, int
     case 3: rows<8, 1, 10>(t, row0, row1, s0, s1, rest); break;
     case 4: rows<12, 2, 17>(t, row0, row1, s0, s1, rest); break;
     case 5: rows<8, 1, 9>(t, row0, row1, s0, s1, rest); break;
-    default: rest(t, row0, row1, s0, s1);
+    case 6: rows<12, 4, 48>(t, row0, row1, s0, s1, rest); break;
+    case 7: rows<12, 2, 32>(t, row0, row1, s0, s1, rest); break;
+    case 8: rows<8, 1, 16>(t, row0, row1, s0, s1, rest); break;
+    default:
+      rest(t, row0, row1, s0, s1);
+      op_epilogue(t, row0, row1, s0, s1);
   }
 }
 
@@ -165,6 +204,7 @@ bool plan_avx512_active() { return false; }
 int plan_fast_shape(int, int, int, int) { return 0; }
 void plan_csr_fast(int, const ConvTask& t, int row0, int row1, int s0, int s1, CsrFn rest) {
   rest(t, row0, row1, s0, s1);
+  op_epilogue(t, row0, row1, s0, s1);
 }
 }  // namespace prunecal
 

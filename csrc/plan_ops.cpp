@@ -14,18 +14,14 @@ namespace {
 
 inline float relu_f(float v) { return v < 0.f ? 0.f : v; }
 
-inline const float* interior(const float* p, const BufSpec& s, int c, int y) {
-  return p + c * s.plane() + int64_t(y + s.P) * (s.W + 2 * s.P) + s.P;
-}
-inline float* interior(float* p, const BufSpec& s, int c, int y) {
-  return p + c * s.plane() + int64_t(y + s.P) * (s.W + 2 * s.P) + s.P;
-}
+inline const float* interior(const float* p, const BufSpec& s, int c, int y) { return p + c * s.plane() + s.pos(y, 0); }
+inline float* interior(float* p, const BufSpec& s, int c, int y) { return p + c * s.plane() + s.pos(y, 0); }
 
 }  // namespace
 
 void op_add(const float* a, const BufSpec& sa, const float* b, const BufSpec& sb, float* y,
             const BufSpec& sy, bool relu) {
-  if (sa.P == sy.P && sb.P == sy.P) {  // same layout: one flat pass (borders: 0 + 0 = 0)
+  if (sa.same_layout(sy) && sb.same_layout(sy)) {  // same layout: one flat pass (borders: 0 + 0 = 0)
     const int64_t n = sy.floats();
     if (relu)
       for (int64_t i = 0; i < n; ++i) y[i] = relu_f(a[i] + b[i]);
@@ -42,7 +38,7 @@ void op_add(const float* a, const BufSpec& sa, const float* b, const BufSpec& sb
 }
 
 void op_relu(const float* a, const BufSpec& sa, float* y, const BufSpec& sy) {
-  if (sa.P == sy.P) {
+  if (sa.same_layout(sy)) {
     const int64_t n = sy.floats();
     for (int64_t i = 0; i < n; ++i) y[i] = relu_f(a[i]);
     return;
@@ -145,6 +141,30 @@ void op_residual(float* out, int64_t out_plane, const float* res, int64_t res_pl
       }
     }
   }
+}
+
+void op_epilogue(const ConvTask& t, int r0, int r1, int s0, int s1) {
+  if (t.res) op_residual(t.out, t.out_stride, t.res, t.res_stride, t.slots, t.res_q, r0, r1, s0, s1, t.res_relu);
+  if (!t.copy_floats) return;
+  for (int r = r0; r < r1; ++r) {
+    float* o = t.out + r * t.out_stride;
+    for (int s = s0; s < s1; ++s) {
+      const float* src = o + t.slots[s].out_q;
+      const size_t bytes = sizeof(float) * size_t(t.slots[s].n);
+      std::memcpy(o + t.slots[s].out_q - t.copy_floats + 1, src, bytes);
+      std::memcpy(o + t.slots[s].out_q + t.copy_floats - 1, src, bytes);
+    }
+  }
+}
+
+void op_replicate(float* x, const BufSpec& sx) {
+  if (sx.copies != 3) return;
+  const int64_t n = sx.floats(), cf = sx.copy_floats();
+  float* lo = x - cf;  // lo[i + 1] = x[i]
+  float* hi = x + cf;  // hi[i - 1] = x[i]
+  std::memcpy(lo + 1, x, sizeof(float) * size_t(n - 1));
+  lo[0] = 0.f;
+  std::memcpy(hi, x + 1, sizeof(float) * size_t(n - 1));
 }
 
 void op_gather_planes(const float* x, const BufSpec& sx, const Geometry& g, float* planes) {
