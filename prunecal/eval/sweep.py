@@ -367,22 +367,27 @@ class Sweep:
     def _backend_model(self, net: _Net, backend: str) -> tuple[nn.Module, int | None, int | None]:
         if backend in net.by_backend:
             return net.by_backend[backend]
-        # every backend, "dense" included, runs the BN-folded inference model of prunecal.sparse
-        from prunecal.sparse import sparsify
-
-        sm = sparsify(net.model, backend, threads=self.cfg.threads)
-        rep = sm.sparsify_report
-        model: nn.Module = sm.eval()
+        entry: tuple[nn.Module, int | None, int | None] | None = None
         if backend in ("csr", "bsr"):
-            # the whole network as one native call per batch where the graph allows it;
-            # otherwise the per-layer modules of sparsify (same numbers, slower)
+            # the whole network as one native call per batch where the graph allows it (its
+            # footprint() counts bytes exactly as sparsify's report does); otherwise the
+            # per-layer modules of sparsify (same numbers, slower)
             from prunecal.sparse.plan import PlanUnsupported, compile_plan
 
             try:
-                model = compile_plan(net.model, backend, threads=self.cfg.threads)
+                pm = compile_plan(net.model, backend, threads=self.cfg.threads)
             except PlanUnsupported:
                 pass
-        entry = (model, int(rep.model_dense_bytes), int(rep.model_sparse_bytes))
+            else:
+                dense_bytes, stored_bytes = pm.footprint()
+                entry = (pm, int(dense_bytes), int(stored_bytes))
+        if entry is None:
+            # every other backend, "dense" included, runs the BN-folded inference model of prunecal.sparse
+            from prunecal.sparse import sparsify
+
+            sm = sparsify(net.model, backend, threads=self.cfg.threads)
+            rep = sm.sparsify_report
+            entry = (sm.eval(), int(rep.model_dense_bytes), int(rep.model_sparse_bytes))
         net.by_backend[backend] = entry
         return entry
 

@@ -6,6 +6,7 @@ Example::
     fast = compile_plan(pruned_resnet, "auto", threads=2)     # or a sparsify(...) output
     logits = fast(x)                 # x float32 (N, 3, 32, 32) -> (N, 10)
     print(fast.describe())           # one line per native op
+    dense_bytes, stored_bytes = fast.footprint()   # = sparsify(model, backend)'s report numbers
     # models with unsupported layers: PlanUnsupported names the node; or let it fall back
     fast = compile_plan(model, "csr", fallback=True)           # sparsify(model, "csr") if needed
 
@@ -30,6 +31,7 @@ exactly as in torch, and an image whose output comes out non-finite is re-run th
 """
 from __future__ import annotations
 
+import inspect
 import math
 import operator
 from dataclasses import dataclass, field
@@ -98,6 +100,7 @@ class _Op:
     bn: Optional[nn.Module] = None
     inplace: bool = False
     residual: Optional[int] = None  # conv: value added before the (fused) ReLU
+    target: str = ""  # the module a call_module op runs (its qualified name), else ""
 
 
 @dataclass
@@ -237,7 +240,8 @@ def _build_ir(gm: torch.fx.GraphModule, input_size: tuple[int, int, int]) -> _IR
 
     def emit(node: torch.fx.Node, kind: str, inputs: list[int], value: Any, **kw: Any) -> None:
         out = ir.new(shape_of(value, node.name))
-        ir.ops.append(_Op(kind, node.name, inputs, out, **kw))
+        ir.ops.append(_Op(kind, node.name, inputs, out, target=str(node.target) if node.op == "call_module" else "",
+                          **kw))
         vid_of[node] = out
 
     def alias(node: torch.fx.Node, src: torch.fx.Node) -> None:
@@ -537,7 +541,9 @@ def _pack(w: torch.Tensor, backend: str, groups: int, block_rows: int) -> CSRWei
     return CSRWeight.from_dense(w)
 
 
-def _emit(ir: _IR, backend: str, block_rows: int) -> Any:
+def _emit(ir: _IR, backend: str, block_rows: int, packed: Optional[dict[str, Any]] = None) -> Any:
+    """The native plan of ``ir``; ``packed`` (if given) receives each conv/linear op's packed
+    weight by op name."""
     native = load_native()
     plan = native.Plan()
     buf, specs = _assign_buffers(ir)
@@ -552,11 +558,15 @@ def _emit(ir: _IR, backend: str, block_rows: int) -> Any:
         ins = [buf[v] for v in op.inputs]
         if op.kind == "conv":
             pw = _pack(op.weight, backend, op.groups, block_rows)
+            if packed is not None:
+                packed[op.name] = pw
             plan.add_conv(op.name, pw.kind, pw.values, pw.indptr, pw.indices, list(op.weight.shape),
                           getattr(pw, "block_rows", 1), b(op.bias), op.stride, op.pad, op.dil, op.groups, op.relu,
                           ins[0], buf[op.out], -1 if op.residual is None else buf[op.residual])
         elif op.kind == "linear":
             pw = CSRWeight.from_dense(op.weight)
+            if packed is not None:
+                packed[op.name] = pw
             plan.add_linear(op.name, pw.values, pw.indptr, pw.indices, op.weight.shape[0], op.weight.shape[1],
                             b(op.bias), op.relu, ins[0], buf[op.out])
         elif op.kind == "add":
@@ -579,7 +589,9 @@ def _emit(ir: _IR, backend: str, block_rows: int) -> Any:
 
 
 def _compile_native(gm: torch.fx.GraphModule, input_size: tuple[int, int, int], backend: str,
-                    block_rows: int) -> tuple[Any, tuple[int, ...]]:
+                    block_rows: int, info: Optional[dict[str, Any]] = None) -> tuple[Any, tuple[int, ...]]:
+    """``(native plan, output shape)``; ``info`` (if given) receives the final ``ir`` and the
+    ``packed`` weights by op name."""
     ir = _build_ir(gm, input_size)
     _check_inplace(ir)
     _fold_bn(ir)
@@ -587,7 +599,89 @@ def _compile_native(gm: torch.fx.GraphModule, input_size: tuple[int, int, int], 
     _fuse_residual(ir)
     if ir.output == ir.input:
         raise PlanUnsupported("output", "identity", "the model returns its input")
-    return _emit(ir, backend, block_rows), ir.shapes[ir.output]
+    packed: dict[str, Any] = {}
+    plan = _emit(ir, backend, block_rows, packed)
+    if info is not None:
+        info.update(ir=ir, packed=packed)
+    return plan, ir.shapes[ir.output]
+
+
+# ------------------------------------------------------------------------------------------
+# Footprint, counted as sparsify counts it
+def _sparsify_format(backend: str) -> str:
+    """The ``sparsify`` backend whose footprint a plan of ``backend`` reports (``auto`` -> ``csr``,
+    as ``compile_plan(..., fallback=True)``)."""
+    return "csr" if backend == "auto" else backend
+
+
+def _layer_stored_bytes(op: _Op, pw: CSRWeight | BSRWeight, fmt: str) -> int:
+    """What ``sparsify(model, fmt)`` stores for the layer of ``op`` (``SparseConv2d`` /
+    ``SparseLinear.weight_nbytes``): the weight packed in ``fmt`` (BSR: ``from_dense``'s default
+    block) plus the bias. The plan's own packing ``pw`` is reused where it is that format."""
+    from .modules import _native_format
+
+    cls = _native_format(fmt)
+    rows = getattr(pw, "block_rows", None)
+    same = pw.kind == fmt and (rows is None or rows == inspect.signature(cls.from_dense).parameters["block_rows"].default)
+    if not same:
+        pw = cls.from_dense(op.weight.detach().contiguous())
+    return int(pw.nbytes) + (0 if op.bias is None else int(op.bias.nbytes))
+
+
+def _stored_bytes(model: nn.Module, gm: torch.fx.GraphModule, ir: _IR, packed: dict[str, Any],
+                  backend: str) -> Optional[int]:
+    """``sparsify(model, fmt).sparsify_report.model_sparse_bytes`` computed from the plan's graph
+    and converted weights, or ``None`` where the plan cannot vouch that sparsify would convert
+    and fold the same layers (then :meth:`PlanModule.footprint` asks sparsify itself).
+
+    sparsify (fx path) replaces every conv/linear by a packed layer (counted as
+    ``weight_nbytes``), drops the BatchNorms folded into them, and counts every other tensor of
+    the traced model (parameters and buffers of the called modules and of ``get_attr`` nodes)
+    dense, through the same :func:`~prunecal.sparse.sparsify._tensor_bytes`.
+    """
+    from .sparsify import _LAYER_TYPES, _tensor_bytes
+
+    fmt = _sparsify_format(backend)
+    if any(isinstance(m, _InferenceLayer) for m in model.modules()):
+        return None  # sparsify's module walk keeps those layers as they are
+    try:
+        torch.fx.symbolic_trace(model)  # sparsify's own trace; if it fails, sparsify walks modules
+    except Exception:
+        return None
+    modules = dict(gm.named_modules())
+    calls: dict[str, int] = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            calls[str(n.target)] = calls.get(str(n.target), 0) + 1
+    if any(c != 1 for c in calls.values()):
+        return None  # shared modules: sparsify neither folds nor fuses them
+    for n in gm.graph.nodes:  # every BN was folded by the plan; sparsify folds it when the conv feeds only it
+        if n.op == "call_module" and isinstance(modules[str(n.target)], nn.modules.batchnorm._BatchNorm):
+            src = n.args[0] if n.args else None
+            if not (isinstance(src, torch.fx.Node) and src.op == "call_module"
+                    and type(modules[str(src.target)]) is nn.Conv2d and len(src.users) == 1):
+                return None
+    layers: set[str] = set()
+    total = 0
+    for op in ir.ops:
+        if op.kind in ("conv", "linear"):
+            m = modules.get(op.target) if op.target else None
+            if type(m) not in _LAYER_TYPES or m.weight.device.type != "cpu" or op.name not in packed:
+                return None
+            layers.add(op.target)
+            total += _layer_stored_bytes(op, packed[op.name], fmt)
+    others: list[torch.Tensor] = []
+    for t in calls:
+        m = modules[t]
+        if t not in layers and not isinstance(m, nn.modules.batchnorm._BatchNorm):
+            others += list(m.parameters()) + list(m.buffers())
+    for n in gm.graph.nodes:
+        if n.op == "get_attr":
+            owner_name, _, attr = str(n.target).rpartition(".")
+            owner = gm.get_submodule(owner_name) if owner_name else gm
+            if attr in owner._parameters or attr in owner._buffers:
+                others.append(getattr(owner, attr))
+    return total + _tensor_bytes(others)
 
 
 # ------------------------------------------------------------------------------------------
@@ -615,7 +709,12 @@ class PlanModule(nn.Module):
         self.threads, self.mode, self.isa = threads, mode, isa
         self._plans: dict[tuple[int, int, int], tuple[Any, tuple[int, ...]]] = {}
         self.input_size = tuple(int(s) for s in input_size)
-        self.plan_for(self.input_size)
+        info: dict[str, Any] = {}
+        self._plans[self.input_size] = _compile_native(self._gm[0], self.input_size, backend, block_rows, info)
+        from .sparsify import _model_bytes
+
+        stored = _stored_bytes(model, self._gm[0], info["ir"], info["packed"], backend)
+        self._footprint: Optional[tuple[int, int]] = None if stored is None else (_model_bytes(model), stored)
 
     def __getstate__(self) -> dict[str, Any]:  # native plans do not pickle: rebuilt on demand
         state = dict(self.__dict__)
@@ -638,6 +737,27 @@ class PlanModule(nn.Module):
     def plan(self) -> Any:
         """The native plan for :attr:`input_size`."""
         return self.plan_for(self.input_size)
+
+    def footprint(self) -> tuple[int, int]:
+        """``(dense_bytes, stored_bytes)`` of the model, exactly
+        ``sparsify(model, backend).sparsify_report.model_dense_bytes / model_sparse_bytes``
+        (backend ``"auto"`` counts as ``"csr"``): all parameters and buffers dense, versus the
+        converted conv/linear layers packed in the backend's format (float32 values, int32
+        indices, plus bias), BatchNorms folded away, everything else dense.
+
+        Computed at compile time from the weights the plan converted (this is the per-layer
+        format of ``sparsify``; the plan itself keeps linear layers in CSR, and ``block_rows`` /
+        ``"auto"`` may pack convs differently). Where the plan cannot vouch for sparsify's
+        choices (shared modules, layers of a sparsify model, a model only the plan's tracer
+        traces...), the numbers come from ``sparsify`` itself (computed once, then cached).
+        """
+        fp = getattr(self, "_footprint", None)
+        if fp is None:
+            from .sparsify import sparsify
+
+            rep = sparsify(self._model[0], _sparsify_format(self.backend)).sparsify_report
+            fp = self._footprint = (int(rep.model_dense_bytes), int(rep.model_sparse_bytes))
+        return fp
 
     def describe(self, input_size: Optional[tuple[int, int, int]] = None) -> str:
         """One line per native op, plus buffers and arena size."""
