@@ -107,16 +107,28 @@ PLAN_AVX512 inline void tile512(const ConvTask& t, int row, const Slot* sl) {
   const int32_t* rq = t.res_q + (sl - t.slots);
   const bool relu = res ? t.res_relu : t.relu;
   const int64_t cf = t.copy_floats;
+  __m512 v[NZ];
 #pragma GCC unroll 16
   for (int i = 0; i < NZ; ++i) {
-    __m512 v = _mm512_add_ps(acc[i], b);
-    if (res) v = _mm512_add_ps(v, _mm512_loadu_ps(res + rq[2 * i]));
-    if (relu) v = _mm512_max_ps(_mm512_setzero_ps(), v);  // max(0, v) returns v when v is NaN
-    float* o = out + sl[2 * i].out_q;
-    _mm512_storeu_ps(o, v);
-    if (cf) {
-      _mm512_storeu_ps(o - cf + 1, v);
-      _mm512_storeu_ps(o + cf - 1, v);
+    v[i] = _mm512_add_ps(acc[i], b);
+    if (res) v[i] = _mm512_add_ps(v[i], _mm512_loadu_ps(res + rq[2 * i]));
+    if (relu) v[i] = _mm512_max_ps(_mm512_setzero_ps(), v[i]);  // max(0, v) returns v when v is NaN
+    _mm512_storeu_ps(out + sl[2 * i].out_q, v[i]);
+  }
+  if (cf) {
+    // shifted copies, built in registers: a tile holds whole output rows of ZPR vectors, and
+    // the zero padding lies just outside each row. Copy 0 (at -cf) holds x[q - 1] at q, copy 2
+    // (at +cf) holds x[q + 1]; only the slot positions of the copies are ever read.
+    constexpr int ZPR = SPR / 2;
+    const __m512i z = _mm512_setzero_si512();
+#pragma GCC unroll 16
+    for (int i = 0; i < NZ; ++i) {
+      const __m512i cur = _mm512_castps_si512(v[i]);
+      const __m512i prev = i % ZPR ? _mm512_castps_si512(v[i - 1]) : z;
+      const __m512i next = i % ZPR != ZPR - 1 ? _mm512_castps_si512(v[i + 1]) : z;
+      float* o = out + sl[2 * i].out_q;
+      _mm512_storeu_si512(o - cf, _mm512_alignr_epi32(cur, prev, 15));
+      _mm512_storeu_si512(o + cf, _mm512_alignr_epi32(next, cur, 1));
     }
   }
 }
