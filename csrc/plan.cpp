@@ -2,7 +2,9 @@
 #include "plan.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <thread>
 #include <cstdlib>
 #include <ctime>
 #include <cstring>
@@ -31,9 +33,45 @@ double thread_seconds() {
 }
 
 constexpr int64_t kAlignFloats = 16;  // 64 bytes
+
+// Barrier of a fixed team of threads: one counter per thread on its own cache line, so a
+// crossing costs each thread one store and one read of the other counters (no shared
+// read-modify-write). Spins with pause, then yields (an oversubscribed machine still moves on).
+class SpinBarrier {
+ public:
+  explicit SpinBarrier(int n) : flags_(size_t(n)) {}
+  void wait(int tid) {
+    const uint64_t e = flags_[size_t(tid)].v.load(std::memory_order_relaxed) + 1;
+    flags_[size_t(tid)].v.store(e, std::memory_order_release);
+    for (size_t t = 0; t < flags_.size(); ++t) {
+      if (int(t) == tid) continue;
+      for (int k = 0; flags_[t].v.load(std::memory_order_acquire) < e; ++k) {
+        if (k < 8192) pause();
+        else std::this_thread::yield();
+      }
+    }
+  }
+
+ private:
+  static void pause() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+  struct alignas(64) Flag {
+    std::atomic<uint64_t> v{0};
+  };
+  std::vector<Flag> flags_;
+};
 int64_t round_up(int64_t n) { return (n + kAlignFloats - 1) / kAlignFloats * kAlignFloats; }
 
 }  // namespace
+
+struct PlanTeam {
+  int tid = 0, n = 1;
+  SpinBarrier* barrier = nullptr;
+  void sync() const { barrier->wait(tid); }
+};
 
 BufSpec BufSpec::make(int C, int H, int W, int P, bool aligned) {
   BufSpec s;
@@ -353,12 +391,14 @@ Plan::Arena& Plan::arena(int worker) {
   return *arenas_[size_t(worker)];
 }
 
-void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const KernelSet& k) {
+void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const KernelSet& k, const PlanTeam* team) {
   Geometry& g = *op.geom;
   const BufSpec& so = bufs_[size_t(op.out)];
   const float* src = a.buf[size_t(op.in0)];
+  if (team) threads = team->n;
   if (!op.direct) {
-    op_gather_planes(src, bufs_[size_t(op.in0)], g, a.scratch);
+    if (!team || team->tid == 0) op_gather_planes(src, bufs_[size_t(op.in0)], g, a.scratch);
+    if (team) team->sync();
     src = a.scratch;
   }
   if (dense) op.pw->ensure_dense(g);
@@ -411,6 +451,14 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
     for (int grp = 0; grp < op.groups; ++grp) compute(grp, 0, U, 0, S);
     return;
   }
+  // tasks: a team member runs every team->n-th task itself; otherwise the pool hands them out
+  auto run_tasks = [&](int64_t n_tasks, const std::function<void(int64_t)>& fn) {
+    if (team) {
+      for (int64_t t = team->tid; t < n_tasks; t += team->n) fn(t);
+    } else {
+      parallel_for(threads, n_tasks, [&](int64_t t, int) { fn(t); });
+    }
+  };
   if (op.groups == 1) {
     // one task per thread: a band of output rows (all channels), or, for small images, a band of
     // output channels. Task t usually runs on worker t, so each thread reads mostly the band it
@@ -418,13 +466,13 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
     // ~4 % faster than 8 interleaved tasks on ResNet-56, batch 1, 2 threads).
     const int per = ((S + threads - 1) / threads + spr - 1) / spr * spr;  // whole output rows
     if (per >= 8) {
-      parallel_for(threads, threads, [&](int64_t task, int) {
+      run_tasks(threads, [&](int64_t task) {
         const int a = int(task) * per, b = std::min(S, a + per);
         if (a < b) compute(0, 0, U, a, b);
       });
     } else {
       const int upt = (U + threads - 1) / threads;
-      parallel_for(threads, threads, [&](int64_t task, int) {
+      run_tasks(threads, [&](int64_t task) {
         const int a = int(task) * upt, b = std::min(U, a + upt);
         if (a < b) compute(0, a, b, 0, S);
       });
@@ -444,7 +492,7 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
   const int nub = (U + ub - 1) / ub;
   const int64_t row_tasks = int64_t(op.groups) * nub;
   const int nsc = (S + sc - 1) / sc;
-  parallel_for(threads, row_tasks * nsc, [&](int64_t task, int) {
+  run_tasks(row_tasks * nsc, [&](int64_t task) {
     const int si = int(task % nsc);
     const int64_t rt = task / nsc;
     const int grp = int(rt / nub), u0 = int(rt % nub) * ub;
@@ -486,7 +534,8 @@ void Plan::run_linear(const PlanOp& op, Arena& a, bool dense) {
 }
 
 void Plan::run_image(const float* x, float* y, Arena& a, int threads, bool dense, const KernelSet& k,
-                     double* times) {
+                     double* times, const PlanTeam* team) {
+  const bool lead = !team || team->tid == 0;  // runs everything but the convs' other shares
   double t0 = times ? thread_seconds() : 0.0;
   auto tick = [&](size_t i) {
     if (!times) return;
@@ -494,16 +543,28 @@ void Plan::run_image(const float* x, float* y, Arena& a, int threads, bool dense
     times[i] += t1 - t0;
     t0 = t1;
   };
-  op_load(x, a.buf[size_t(input_)], bufs_[size_t(input_)]);
-  op_replicate(a.buf[size_t(input_)], bufs_[size_t(input_)]);
+  if (lead) {
+    op_load(x, a.buf[size_t(input_)], bufs_[size_t(input_)]);
+    op_replicate(a.buf[size_t(input_)], bufs_[size_t(input_)]);
+  }
+  if (team) team->sync();
   tick(ops_.size());
   for (size_t i = 0; i < ops_.size(); ++i) {
     const PlanOp& op = ops_[i];
     const BufSpec& so = bufs_[size_t(op.out)];
     float* out = a.buf[size_t(op.out)];
+    if (op.kind == OpKind::Conv) {
+      run_conv(op, a, threads, dense, k, team);
+      if (team) team->sync();
+      tick(i);
+      continue;
+    }
+    if (!lead) {
+      team->sync();
+      continue;
+    }
     switch (op.kind) {
       case OpKind::Conv:
-        run_conv(op, a, threads, dense, k);
         break;
       case OpKind::Linear:
         run_linear(op, a, dense);
@@ -528,10 +589,12 @@ void Plan::run_image(const float* x, float* y, Arena& a, int threads, bool dense
         op_clamp(a.buf[size_t(op.in0)], bufs_[size_t(op.in0)], out, so, op.lo, op.hi);
         break;
     }
-    if (op.kind != OpKind::Conv) op_replicate(out, so);  // convs write their copies in the epilogue
+    op_replicate(out, so);  // (convs write their copies in their epilogue)
+    if (team) team->sync();
     tick(i);
   }
-  op_store(a.buf[size_t(output_)], bufs_[size_t(output_)], y);
+  if (lead) op_store(a.buf[size_t(output_)], bufs_[size_t(output_)], y);
+  if (team) team->sync();  // every member sees y (the caller checks it for overflow)
   tick(ops_.size() + 1);
 }
 
@@ -568,7 +631,23 @@ void Plan::run(const float* x, int64_t N, float* y, int threads, int mode, const
     return;
   }
   Arena& a = arena(0);
-  for (int64_t n = 0; n < N; ++n) one(n, a, threads);
+  if (threads <= 1) {
+    for (int64_t n = 0; n < N; ++n) one(n, a, 1);
+    return;
+  }
+  // per op: a team of `threads` runs each image together, one spin barrier per op (a pool job
+  // per conv costs several cross-core round trips; measured slower on small convs)
+  SpinBarrier barrier(threads);
+  parallel_for(threads, threads, [&](int64_t task, int) {
+    const PlanTeam team{int(task), threads, &barrier};
+    for (int64_t n = 0; n < N; ++n) {
+      const float* xi = x + n * fin;
+      float* yi = y + n * fout;
+      const bool bad = k.nonfinite(xi, fin);  // the same answer in every member
+      run_image(xi, yi, a, threads, bad, k, nullptr, &team);
+      if (!bad && k.nonfinite(yi, fout)) run_image(xi, yi, a, threads, true, k, nullptr, &team);
+    }
+  });
 }
 
 }  // namespace prunecal

@@ -119,6 +119,8 @@ void op_gather_planes(const float* x, const BufSpec& sx, const Geometry& g, floa
 void op_load(const float* img, float* y, const BufSpec& sy);
 void op_store(const float* x, const BufSpec& sx, float* img);
 
+struct PlanTeam;
+
 class Plan {
  public:
   // Buffers use the aligned layout unless PRUNECAL_PLAN_PLAIN_LAYOUT is set (and not "0").
@@ -163,9 +165,12 @@ class Plan {
   };
   void check_buf(int i, const char* what) const;
   Arena& arena(int worker);
+  // team: the threads running this image together (per-op mode), each calling run_image and
+  // doing its own share of every conv, one barrier per op; nullptr: the caller alone (convs may
+  // still use `threads` pool workers).
   void run_image(const float* x, float* y, Arena& a, int threads, bool dense, const KernelSet& k,
-                 double* times = nullptr);
-  void run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const KernelSet& k);
+                 double* times = nullptr, const PlanTeam* team = nullptr);
+  void run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const KernelSet& k, const PlanTeam* team);
   void run_linear(const PlanOp& op, Arena& a, bool dense);
 
   std::vector<BufSpec> bufs_;
