@@ -33,6 +33,9 @@ double thread_seconds() {
 }
 
 constexpr int64_t kAlignFloats = 16;  // 64 bytes
+// per-op split by output rows only when each thread gets this many slots (8x8 images: by
+// channels; bands of 4 rows measured slower, their tiles are too small)
+constexpr int kMinBandSlots = 8;
 
 // Barrier of a fixed team of threads: one counter per thread on its own cache line, so a
 // crossing costs each thread one store and one read of the other counters (no shared
@@ -191,7 +194,7 @@ void Plan::add_conv(const std::string& name, const std::string& kind, std::vecto
   if (residual >= 0) {
     check_buf(residual, "conv residual");
     const BufSpec& sr = bufs_[size_t(residual)];
-    if (residual == out || residual == in) throw std::invalid_argument("conv " + name + ": residual must be another buffer");
+    if (residual == out) throw std::invalid_argument("conv " + name + ": residual must not be the output buffer");
     if (sr.C != so.C || sr.H != so.H || sr.W != so.W)
       throw std::invalid_argument("conv " + name + ": residual buffer shape differs from the output");
     op.res = residual;
@@ -465,16 +468,25 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
     // wrote in the previous layer (less cross-core traffic than interleaved tasks; measured
     // ~4 % faster than 8 interleaved tasks on ResNet-56, batch 1, 2 threads).
     const int per = ((S + threads - 1) / threads + spr - 1) / spr * spr;  // whole output rows
-    if (per >= 8) {
+    if (per >= kMinBandSlots) {
       run_tasks(threads, [&](int64_t task) {
         const int a = int(task) * per, b = std::min(S, a + per);
-        if (a < b) compute(0, 0, U, a, b);
+        if (a >= b) return;
+        if (op.direct) {  // the halo rows come from the other threads' caches: ask for them first
+          const BufSpec& si = bufs_[size_t(op.in0)];
+          const int oy0 = a / spr, oy1 = (b + spr - 1) / spr, lo = oy0 - op.pad;
+          const int hi = oy1 - 1 + (op.pw->kh() - 1) * op.dil - op.pad + 1;
+          op_prefetch_rows(src, si, lo, oy0);
+          op_prefetch_rows(src, si, oy1, hi);
+        }
+        compute(0, 0, U, a, b);
       });
     } else {
       const int upt = (U + threads - 1) / threads;
       run_tasks(threads, [&](int64_t task) {
         const int a = int(task) * upt, b = std::min(U, a + upt);
-        if (a < b) compute(0, a, b, 0, S);
+        if (a >= b) return;
+        compute(0, a, b, 0, S);
       });
     }
     return;
@@ -631,8 +643,8 @@ void Plan::run(const float* x, int64_t N, float* y, int threads, int mode, const
     return;
   }
   Arena& a = arena(0);
-  if (threads <= 1) {
-    for (int64_t n = 0; n < N; ++n) one(n, a, 1);
+  if (threads <= 1 || std::getenv("XX_POOL")) {
+    for (int64_t n = 0; n < N; ++n) one(n, a, threads);
     return;
   }
   // per op: a team of `threads` runs each image together, one spin barrier per op (a pool job

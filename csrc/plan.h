@@ -113,6 +113,9 @@ bool plan_avx512_active();
 // Rewrite the shifted copies of a whole buffer with copies == 3 (copy 0 at x - copy_floats holds
 // position i at i + 1, copy 2 at x + copy_floats holds it at i - 1); no-op otherwise.
 void op_replicate(float* x, const BufSpec& sx);
+// Prefetch (into this core's caches) input rows [y0, y1) of every channel and copy of x: the
+// rows a thread's band of a conv reads but another thread wrote.
+void op_prefetch_rows(const float* x, const BufSpec& sx, int y0, int y1);
 // Gather the interior of x into the phase planes of geometry g (C planes), plus kSlack zeros.
 void op_gather_planes(const float* x, const BufSpec& sx, const Geometry& g, float* planes);
 // Copy a dense (C, H, W) image into the interior of y / the interior of x into (C, H, W).

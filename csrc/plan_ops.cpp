@@ -1,6 +1,7 @@
 // Element-wise and data-movement ops of a Plan, on one image in padded-plane layout
 // (see plan.h). ReLU keeps NaN (v < 0 ? 0 : v), like torch.relu.
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #if defined(__SSE2__)
@@ -155,6 +156,19 @@ void op_epilogue(const ConvTask& t, int r0, int r1, int s0, int s1) {
       std::memcpy(o + t.slots[s].out_q + t.copy_floats - 1, src, bytes);
     }
   }
+}
+
+void op_prefetch_rows(const float* x, const BufSpec& sx, int y0, int y1) {
+  y0 = std::max(y0, 0), y1 = std::min(y1, sx.H);
+  if (y0 >= y1) return;
+  const int64_t cf = sx.copy_floats();
+  for (int d = sx.copies == 3 ? -1 : 0; d <= (sx.copies == 3 ? 1 : 0); ++d)
+    for (int c = 0; c < sx.C; ++c) {
+      const char* p = reinterpret_cast<const char*>(x + d * cf + c * sx.plane() + sx.pos(y0, 0));
+      const char* e = reinterpret_cast<const char*>(x + d * cf + c * sx.plane() + sx.pos(y1 - 1, sx.W));
+      for (p = reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(p) & ~uintptr_t(63)); p < e; p += 64)
+        __builtin_prefetch(p, 0, 3);
+    }
 }
 
 void op_replicate(float* x, const BufSpec& sx) {

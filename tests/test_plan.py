@@ -434,3 +434,60 @@ def test_avx512_tiles_match_avx2_path(tmp_path):
     y256 = torch.from_numpy(np.load(tmp_path / "y.npy"))
     assert _rel(y512, y256) < 1e-5
     assert _rel(y512, ref) < 1e-4
+
+
+class _Block(nn.Module):
+    """conv -> relu -> 3x3 conv + residual (the shapes the aligned layout and fused epilogue serve)."""
+
+    def __init__(self, c: int, k: int, pad: int, stride: int) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(c, c, k, stride, pad)
+        self.b = nn.Conv2d(c, c, 3, 1, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        return torch.relu(self.b(y) + y)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    c=st.sampled_from([1, 3, 8, 16]), w=st.sampled_from([16, 32, 48]), h=st.integers(3, 18),
+    k=st.sampled_from([1, 3, 5]), pad=st.integers(0, 2), stride=st.sampled_from([1, 2]),
+    density=st.sampled_from([0.05, 0.3, 1.0]), backend=st.sampled_from(["csr", "bsr"]),
+    threads=st.sampled_from([1, 2]), n=st.integers(1, 3),
+)
+def test_aligned_layout_blocks(c, w, h, k, pad, stride, density, backend, threads, n):
+    """Widths that take the aligned layout (rows of 16 floats, shifted copies, fused residual)."""
+    if h + 2 * pad < k or w + 2 * pad < k:
+        return
+    m = _Block(c, k, pad, stride).eval()
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.Conv2d):
+                mod.weight.mul_((torch.rand_like(mod.weight) < density).float())
+    x = torch.randn(n, c, h, w)
+    with torch.no_grad():
+        ref = m(x).flatten(1)
+        y = compile_plan(m, backend, threads=threads, input_size=(c, h, w))(x).flatten(1)
+    assert torch.allclose(y, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max().clamp_min(1)))
+
+
+def test_plain_and_aligned_layouts_agree(pruned_r20, monkeypatch):
+    """PRUNECAL_PLAN_PLAIN_LAYOUT=1 (the unpadded-row layout) gives the same logits, NaN images included."""
+    x = torch.randn(6, 3, 32, 32)
+    x[2, 1, 5, 7] = float("nan")
+    x[4, 0, 0, 0] = float("inf")
+    with torch.no_grad():
+        aligned = compile_plan(pruned_r20, "csr", threads=2)
+        assert any("A16x3" in line for line in aligned.plan_for((3, 32, 32)).describe())
+        monkeypatch.setenv("PRUNECAL_PLAN_PLAIN_LAYOUT", "1")
+        plain = compile_plan(pruned_r20, "csr", threads=2)
+        assert not any(",A16" in line for line in plain.plan_for((3, 32, 32)).describe())
+        for threads, mode in ((1, "auto"), (2, "op"), (2, "image")):
+            aligned.threads = plain.threads = threads
+            aligned.mode = plain.mode = mode
+            ya, yp = aligned(x), plain(x)
+            assert torch.equal(torch.isnan(ya), torch.isnan(yp))
+            assert torch.isnan(ya[2]).all() and torch.isnan(ya[4]).all()
+            fin = torch.isfinite(ya[0]).all()
+            assert fin and _rel(ya[[0, 1, 3, 5]], yp[[0, 1, 3, 5]]) < 1e-6
