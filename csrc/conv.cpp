@@ -9,6 +9,7 @@
 #endif
 
 #include "packed_weight.h"
+#include "plan.h"  // the fixed-shape CSR tiles (plan_csr_fast)
 #include "thread_pool.h"
 
 namespace prunecal {
@@ -101,6 +102,9 @@ void PackedWeight::conv2d(const float* x, int N, int C, int H, int W, float* y, 
   const int64_t img_in = int64_t(C) * H * W, out_plane = int64_t(g.Ho) * g.Wo;
   const int64_t img_out = int64_t(Co) * out_plane, buf_floats = C * g.chan_floats + kSlack;
   const int S = int(g.slots.size());
+  // fixed-shape tiles for the CIFAR shapes (AVX2 kernel set only; tiles start at an output row)
+  const int fast = std::strcmp(k.name, "avx2") == 0 ? plan_fast_shape(g.Wo, g.Wq, stride, dil) : 0;
+  const int spr = (g.Wo + kLanes - 1) / kLanes;
 
   // rows of work per group: output channels, or block rows for BSR
   auto units = [&](bool bad) {
@@ -125,7 +129,8 @@ void PackedWeight::conv2d(const float* x, int N, int C, int H, int W, float* y, 
       k.bsr(t, r, base + u0, base + u1, s0, s1);
     } else {
       t.indptr = c_indptr_.data(), t.off = g.csr_off.data(), t.val = c_val_.data();
-      k.csr(t, grp * Cog + u0, grp * Cog + u1, s0, s1);
+      if (fast && s0 % spr == 0) plan_csr_fast(fast, t, grp * Cog + u0, grp * Cog + u1, s0, s1, k.csr);
+      else k.csr(t, grp * Cog + u0, grp * Cog + u1, s0, s1);
     }
   };
   auto pack = [&](int64_t n, float* buf, bool zero_borders) {
