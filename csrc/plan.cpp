@@ -643,8 +643,8 @@ void Plan::run(const float* x, int64_t N, float* y, int threads, int mode, const
     return;
   }
   Arena& a = arena(0);
-  if (threads <= 1 || std::getenv("XX_POOL")) {
-    for (int64_t n = 0; n < N; ++n) one(n, a, threads);
+  if (threads <= 1) {
+    for (int64_t n = 0; n < N; ++n) one(n, a, 1);
     return;
   }
   // per op: a team of `threads` runs each image together, one spin barrier per op (a pool job
