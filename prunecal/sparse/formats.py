@@ -193,6 +193,7 @@ class _SparseWeight:
     def __getstate__(self) -> dict:
         d = dict(self.__dict__)
         d.pop("_packed", None)
+        d.pop("_output_hw", None)
         return d
 
     def __repr__(self) -> str:

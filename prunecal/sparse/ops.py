@@ -41,6 +41,11 @@ def _check_weight(weight: object) -> Weight:
 
 
 def _check_tensor(x: object, name: str) -> torch.Tensor:
+    # fast path (the common case, ~4x cheaper than the checks below): a contiguous float32 CPU
+    # tensor that needs no grad is used as it is
+    if (type(x) is torch.Tensor and x.dtype is torch.float32 and x.is_cpu and x.layout is torch.strided
+            and not x.requires_grad and x.is_contiguous()):
+        return x
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     if x.dtype != torch.float32:
@@ -103,7 +108,15 @@ def sparse_conv2d(x: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor] 
     if s < 1 or p < 0 or d < 1:
         raise ValueError(f"stride/padding/dilation: need stride >= 1, padding >= 0, dilation >= 1; "
                          f"got {s}, {p}, {d}")
-    ho, wo = packed.output_hw(x.shape[2], x.shape[3], s, p, d)
+    # output size per input geometry, cached on the weight (output_hw also validates the geometry)
+    cache = weight.__dict__.setdefault("_output_hw", {})
+    key = (x.shape[2], x.shape[3], s, p, d)
+    hw = cache.get(key)
+    if hw is None:
+        hw = packed.output_hw(*key)
+        if len(cache) < 64:
+            cache[key] = hw
+    ho, wo = hw
     # numpy-allocated output (cheaper than torch.empty), handed to torch without a copy
     out = np.empty((x.shape[0], c_out, ho, wo), dtype=np.float32)
     b = _bias(bias, c_out)
