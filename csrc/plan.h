@@ -2,21 +2,28 @@
 // average pool, linear) executed as ONE native call per batch.
 //
 // Activations live in numbered buffers, one image each, in "padded plane" layout: C planes of
-// (H + 2P) x (W + 2P) floats whose P-wide border is always zero, followed by kSlack zeros.
-// A stride-1 conv whose padding equals its input buffer's P reads the buffer directly (no
-// copy); other convs (stride 2, other padding) first gather their phase planes into a
-// scratch buffer. Every op writes only the interior of its output (an add over buffers of the
-// same geometry may write the border too: 0 + 0 stays 0), so the border stays zero forever.
+// H + 2P rows whose P-wide border is always zero, followed by kSlack zeros. Two row layouts
+// (BufSpec): plain, rows of W + 2P floats; aligned (default with the AVX-512 tiles, images whose
+// width is a multiple of 16), rows of `pitch` floats (a multiple of 16) whose interior starts on a 64-byte boundary
+// and whose zero gap is both the right padding of a row and the left padding of the next. A
+// buffer read by a 3x3 / pad 1 / stride 1 conv also keeps two copies of itself shifted by one
+// float (copies == 3), so that that conv reads tap kx from the copy shifted by kx - 1 and every
+// vector load is aligned; its producers write the copies in their epilogue.
+// A stride-1 conv whose padding fits its input buffer's border reads the buffer directly (no
+// copy); other convs (stride 2, larger padding) first gather their phase planes into a scratch
+// buffer. Every op writes only the interior of its output (an add over buffers of the same
+// geometry may write the border too: 0 + 0 stays 0), so the border stays zero forever.
 //
 // Each worker thread owns an arena (all buffers for one image, plus scratch), allocated and
 // zeroed on first use and reused by every later call. Two ways to use T threads:
 //   - per image: each worker runs the whole plan on its own images (no barrier per layer);
-//   - per op: images one at a time, each conv split into one band of output rows per thread
-//     (or of output channels for small images), so that each thread mostly re-reads what it
-//     wrote (grouped convs: interleaved (channel block, pixel range) tasks).
+//   - per op: a team of T threads runs each image together, every member walking the op list
+//     and doing its own band of output rows (or of output channels for small images) of each
+//     conv, one spin barrier per op; a member first prefetches the halo rows its band reads
+//     from the others (grouped convs: interleaved (channel block, pixel range) tasks).
 // A residual add (+ ReLU) that follows a conv is fused into the conv's epilogue, and stride-1 /
-// stride-2 convs with the CIFAR shapes (32/16/8-wide outputs) use fixed-shape AVX2 kernels
-// (csrc/plan_kernels.cpp) when the AVX2 kernel set is active.
+// stride-2 convs with the CIFAR shapes (32/16/8-wide outputs) use fixed-shape AVX2 / AVX-512
+// kernels (csrc/plan_kernels.cpp) when the AVX2 kernel set is active.
 //
 // Non-finite values: an image whose input holds NaN/Inf runs with the dense form of every
 // weight (zeros included), so NaN * 0 = NaN exactly as in torch's dense conv; an image whose
@@ -126,7 +133,8 @@ struct PlanTeam;
 
 class Plan {
  public:
-  // Buffers use the aligned layout unless PRUNECAL_PLAN_PLAIN_LAYOUT is set (and not "0").
+  // Buffers use the aligned layout when the AVX-512 tiles are active, unless
+  // PRUNECAL_PLAN_PLAIN_LAYOUT is set (and not "0").
   Plan();
 
   int add_buffer(int C, int H, int W, int P);

@@ -168,10 +168,9 @@ int plan_fast_shape(int Wo, int Wq, int stride, int dil) {
   if (stride == 1 && Wo == 8 && Wq == 10) return 3;   // stage 3
   if (stride == 2 && Wo == 16 && Wq == 17) return 4;  // 32x32 -> 16x16 (phase planes 17 wide)
   if (stride == 2 && Wo == 8 && Wq == 9) return 5;    // 16x16 -> 8x8
-  // aligned layout (plan.h): rows of 48 / 32 / 16 floats, every load aligned
+  // aligned layout (plan.h): rows of 48 / 32 floats, every load aligned
   if (stride == 1 && Wo == 32 && Wq == 48) return 6;
   if (stride == 1 && Wo == 16 && Wq == 32) return 7;
-  if (stride == 1 && Wo == 8 && Wq == 16) return 8;
   return 0;
 }
 
@@ -200,7 +199,6 @@ void plan_csr_fast(int shape, const ConvTask& t, int row0, int row1, int s0, int
     case 5: rows<8, 1, 9>(t, row0, row1, s0, s1, rest); break;
     case 6: rows<12, 4, 48>(t, row0, row1, s0, s1, rest); break;
     case 7: rows<12, 2, 32>(t, row0, row1, s0, s1, rest); break;
-    case 8: rows<8, 1, 16>(t, row0, row1, s0, s1, rest); break;
     default:
       rest(t, row0, row1, s0, s1);
       op_epilogue(t, row0, row1, s0, s1);
