@@ -252,3 +252,31 @@ def test_cli(tmp_path, images, capsys):
     np.savez(tmp_path / "k.npz", a=images)
     with pytest.raises(SystemExit, match="images-key|labels-key"):
         main([str(tmp_path / "o"), "--data", str(tmp_path / "k.npz")])
+
+
+def test_indices_are_part_of_the_key(tmp_path, images, counted):
+    """The same images under different index sets never share an entry (stochastic corruption)."""
+    c = CorruptionCache(tmp_path)
+    ia, ib = np.array([3, 8, 1, 20, 5, 11]), np.array([3, 8, 1, 20, 5, 12])
+    a = c.get(images, "gaussian_noise", 2, indices=ia)
+    b = c.get(images, "gaussian_noise", 2, indices=ib)
+    assert len(counted) == 2 and (c.hits, c.misses) == (0, 2)
+    assert c.path(images, "gaussian_noise", 2, indices=ia) != c.path(images, "gaussian_noise", 2, indices=ib)
+    assert c.path(images, "gaussian_noise", 2, indices=ia) != c.path(images, "gaussian_noise", 2)
+    np.testing.assert_array_equal(a, corrupt(images, "gaussian_noise", 2, indices=ia))
+    np.testing.assert_array_equal(b, corrupt(images, "gaussian_noise", 2, indices=ib))
+    np.testing.assert_array_equal(a[:5], b[:5])  # same index -> same corruption
+    assert (a[5] != b[5]).any()
+    # positional keying (no indices) is its own entry, not served the indexed one
+    np.testing.assert_array_equal(c.get(images, "gaussian_noise", 2), corrupt(images, "gaussian_noise", 2))
+    assert len(counted) == 3
+    # hits: same index set (any int dtype / list) -> same entry
+    np.testing.assert_array_equal(c.get(images, "gaussian_noise", 2, indices=ia.astype(np.int32).tolist()), a)
+    assert len(counted) == 3 and c.hits == 1
+    # indices 0..N-1 give the output of no indices and share its entry; so do deterministic ones
+    c.get(images, "gaussian_noise", 2, indices=np.arange(6))
+    c.get(images, "pixelate", 2)
+    c.get(images, "pixelate", 2, indices=ia)
+    assert len(counted) == 4
+    with pytest.raises(ValueError, match="one entry per image"):
+        c.get(images, "gaussian_noise", 2, indices=ia[:3])

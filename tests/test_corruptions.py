@@ -540,3 +540,64 @@ def test_elastic_equals_reference_steps(photos):
             ref = ndi.map_coordinates(image, idx, order=1, mode="reflect").reshape(32, 32, 3)
             diff = np.abs(ours[i].astype(int) - _u8(ref).astype(int))
             assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (sev, diff.max())
+
+
+# ---------------------------------------------------------------- explicit per-image indices
+
+@pytest.mark.parametrize("name", ["gaussian_noise", "shot_noise", "impulse_noise", "glass_blur", "spatter", "frost"])
+def test_indices_subset_equals_rows_of_full(name):
+    """corrupt(x[idx], indices=idx) == corrupt(x)[idx] for a non-contiguous, unsorted subset."""
+    assert pc.CORRUPTIONS.get(name).stochastic
+    x = np.random.default_rng(5).integers(0, 256, size=(12, 32, 32, 3), dtype=np.uint8)
+    full = corrupt(x, name, 4, seed=3)
+    idx = np.random.default_rng(6).choice(12, size=5, replace=False)
+    assert not np.array_equal(np.sort(idx), np.arange(idx.min(), idx.min() + 5))  # not contiguous
+    np.testing.assert_array_equal(corrupt(x[idx], name, 4, seed=3, indices=idx), full[idx])
+    # list / other int dtypes / duplicates / a single image
+    np.testing.assert_array_equal(corrupt(x[idx], name, 4, seed=3, indices=idx.astype(np.uint16).tolist()), full[idx])
+    dup = np.array([7, 7, 2])
+    np.testing.assert_array_equal(corrupt(x[dup], name, 4, seed=3, indices=dup.astype(np.int32)), full[dup])
+    np.testing.assert_array_equal(corrupt(x[9], name, 4, seed=3, indices=[9]), full[9])
+    # the positional keying (the old subset behaviour) differs
+    assert (corrupt(x[idx], name, 4, seed=3) != full[idx]).any()
+
+
+def test_indices_equal_start_index_and_chunking(photos, monkeypatch):
+    a = corrupt(photos[:5], "gaussian_noise", 2, seed=1, start_index=7)
+    np.testing.assert_array_equal(a, corrupt(photos[:5], "gaussian_noise", 2, seed=1, indices=np.arange(7, 12)))
+    np.testing.assert_array_equal(a, corrupt(photos[:5], "gaussian_noise", 2, seed=1, indices=range(7, 12)))
+    monkeypatch.setattr(pc, "CHUNK", 2)
+    np.testing.assert_array_equal(a, corrupt(photos[:5], "gaussian_noise", 2, seed=1, indices=np.arange(7, 12)))
+    # deterministic corruptions ignore indices
+    np.testing.assert_array_equal(corrupt(photos, "pixelate", 3),
+                                  corrupt(photos, "pixelate", 3, indices=np.arange(8) * 5))
+    # empty batch
+    assert corrupt(photos[:0], "fog", 1, indices=[]).shape == (0, 32, 32, 3)
+
+
+def test_bad_indices(photos):
+    x = photos[:4]
+    with pytest.raises(ValueError, match="one entry per image"):
+        corrupt(x, "fog", 1, indices=[0, 1, 2])
+    with pytest.raises(ValueError, match="one entry per image"):
+        corrupt(x[0], "fog", 1, indices=[0, 1])
+    with pytest.raises(ValueError, match=">= 0"):
+        corrupt(x, "fog", 1, indices=[0, 1, -2, 3])
+    with pytest.raises(TypeError, match="ints"):
+        corrupt(x, "fog", 1, indices=np.arange(4.0))
+    with pytest.raises(TypeError, match="ints"):
+        corrupt(x, "fog", 1, indices=[0, 1, 2.5, 3])
+    with pytest.raises(TypeError, match="ints"):
+        corrupt(x, "fog", 1, indices=np.ones(4, bool))
+    with pytest.raises(TypeError, match="1-D array"):
+        corrupt(x[0], "fog", 1, indices=3)
+    with pytest.raises(ValueError, match="1-D"):
+        corrupt(x, "fog", 1, indices=np.arange(4).reshape(2, 2))
+    with pytest.raises(ValueError, match="not both"):
+        corrupt(x, "fog", 1, start_index=0, indices=np.arange(4))
+    with pytest.raises(ValueError, match="not both"):
+        corrupt(x, "pixelate", 1, start_index=2, indices=np.arange(4))
+    with pytest.raises(ValueError, match="<="):
+        corrupt(x, "fog", 1, indices=np.array([0, 1, 2, 2**64 - 1], np.uint64))
+    with pytest.raises(ValueError, match="not both"):
+        pc._rng.image_rngs(0, "fog", 1, 0, 2, indices=[0, 1])

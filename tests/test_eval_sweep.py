@@ -255,3 +255,70 @@ def test_report_list_and_bad_hash(study, capsys):
         assert all(c["config_hash"] in out for c in st.configs())
     assert report_run([str(study), "--config-hash", "nohash"]) == 2
     assert "matches 0 studies" in capsys.readouterr().err
+
+
+def _prepared(tmp_path: Path, extra: list[str]):
+    from prunecal.eval.cli import build_parser, config_from_args
+    from prunecal.eval.sweep import Sweep, prepare
+
+    args = ARGS + ["--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")] + extra
+    cfg = C.resolve(config_from_args(build_parser().parse_args(args)))
+    return prepare(cfg), Sweep(cfg, store=None)
+
+
+def test_generated_corruptions_keyed_by_test_index(tmp_path):
+    """The corrupted images a sweep evaluates are the rows (at the evaluation images' test-set
+    indices) of corrupting the whole loaded test set, i.e. of `python -m prunecal.corruptions`;
+    so two sweeps over different subsets corrupt a shared image identically."""
+    from prunecal.corruptions import corrupt
+    from prunecal.corruptions.export import write_cifar10c
+    from prunecal.data import load_cifar10
+
+    x, y = load_cifar10(C.DEFAULT_DATA, limit=40)
+    c10c = tmp_path / "c10c"
+    write_cifar10c(x, y, c10c, ["gaussian_noise"], seed=0)
+    exported = np.load(c10c / "gaussian_noise.npy")[4 * 40:]  # severity 5
+    np.testing.assert_array_equal(exported, corrupt(x, "gaussian_noise", 5, seed=0))
+
+    pa, sa = _prepared(tmp_path, [])  # first 40 images, 8 for calibration
+    pb, sb = _prepared(tmp_path, ["--limit", "30", "--calib-fraction", "0.5"])
+    assert not np.array_equal(pa.eval_index, np.arange(len(pa.eval_index)))
+    for p, s in ((pa, sa), (pb, sb)):
+        imgs, labels = s._images(p, "gaussian_noise", 5)
+        np.testing.assert_array_equal(p.eval_images, x[p.eval_index])
+        np.testing.assert_array_equal(imgs, exported[p.eval_index])
+        np.testing.assert_array_equal(labels, y[p.eval_index])
+    # both subsets share images (same cache folder): each gets the same corruption in both
+    common, ia, ib = np.intersect1d(pa.eval_index, pb.eval_index, return_indices=True)
+    assert len(common) >= 5 and (ia != ib).any()  # shared images sit at different positions
+    np.testing.assert_array_equal(sa._images(pa, "gaussian_noise", 5)[0][ia],
+                                  sb._images(pb, "gaussian_noise", 5)[0][ib])
+    # a fresh sweep over the first subset is served from the cache, still the same rows
+    pc_, sc = _prepared(tmp_path, [])
+    np.testing.assert_array_equal(sc._images(pc_, "gaussian_noise", 5)[0], exported[pa.eval_index])
+    # the config hash names the index keying (units of older, position-keyed sweeps are not reused)
+    assert pa.config_hash != C.results_hash(pa.cfg, weights_sha256=pa.weights_sha256,
+                                            data_fingerprint=pa.data_fingerprint,
+                                            corruption_source="generated")
+
+
+def test_stored_corrupted_unit_used_test_index_rows(study):
+    """A stored gaussian_noise/5 unit's logits are those of the exported rows of its images."""
+    import torch
+
+    from prunecal.corruptions import corrupt
+    from prunecal.data import load_cifar10, to_tensor
+    from prunecal.models import create, spec
+
+    with Store(study / "results.sqlite") as st:
+        u = [u for u in st.units() if u["corruption"] == "gaussian_noise" and u["severity"] == 5
+             and u["method"] == BASELINE][0]
+    z = np.load(study / u["logits_path"])
+    x, _ = load_cifar10(C.DEFAULT_DATA, limit=40)
+    rows = corrupt(x, "gaussian_noise", 5, seed=u["seed"])[z["index"]]
+    s = spec("resnet20")
+    net = create("resnet20", weights=str(C.DEFAULT_WEIGHTS)).eval()
+    with torch.inference_mode():
+        ref = net(to_tensor(rows, s.mean, s.std)).numpy()
+    np.testing.assert_array_equal(ref.argmax(1), z["logits"].argmax(1))
+    np.testing.assert_allclose(ref, z["logits"], atol=1e-3)

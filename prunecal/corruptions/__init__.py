@@ -5,10 +5,14 @@ Usage::
     from prunecal.corruptions import corrupt, BENCHMARK
     xc = corrupt(images_uint8_nhwc, "fog", severity=3, seed=0)
 
-``corrupt(images, name, severity, seed=0, *, start_index=0)`` returns uint8 of the input's
-shape. Image i depends only on ``(seed, name, severity, start_index + i)``: its random
-numbers come from ``np.random.SeedSequence([seed, CORRUPTION_IDS[name], severity, index])``,
-so any slice of a sweep regenerates identically and batch size / chunking never matter.
+``corrupt(images, name, severity, seed=0, *, start_index=None, indices=None)`` returns uint8
+of the input's shape. Image i depends only on ``(seed, name, severity, index_i)``, where
+``index_i = start_index + i`` (default ``start_index`` 0) or, given ``indices``,
+``index_i = indices[i]``: its random numbers come from
+``np.random.SeedSequence([seed, CORRUPTION_IDS[name], severity, index_i])``, so any slice of a
+sweep regenerates identically and batch size / chunking never matter. Pass each image's index
+in the whole test set as ``indices`` when corrupting a subset (``corrupt(x[idx], ...,
+indices=idx)`` equals ``corrupt(x, ...)[idx]``): the evaluation sweep does this.
 
 Also: :func:`iter_suite` (every corruption x severity, optionally in worker processes),
 :class:`CorruptionCache` (atomic on-disk cache), :func:`prunecal.corruptions.export.write_cifar10c`
@@ -32,7 +36,7 @@ import numpy as np
 
 from ..registry import Registry, UnknownNameError
 from . import blur, digital, noise, weather
-from ._common import check_images, check_int
+from ._common import check_images, check_indices, check_int
 from ._rng import CORRUPTION_IDS, image_rngs
 from .params import PARAMS
 
@@ -110,7 +114,8 @@ def available() -> list[str]:
     return CORRUPTIONS.names()
 
 
-def corrupt(images: np.ndarray, name: str, severity: int, seed: int = 0, *, start_index: int = 0) -> np.ndarray:
+def corrupt(images: np.ndarray, name: str, severity: int, seed: int = 0, *, start_index: int | None = None,
+            indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
     """Apply corruption ``name`` at ``severity`` to uint8 RGB images.
 
     Args:
@@ -119,27 +124,41 @@ def corrupt(images: np.ndarray, name: str, severity: int, seed: int = 0, *, star
         name: one of :func:`available`.
         severity: 1..5.
         seed: non-negative int.
-        start_index: index of ``images[0]`` in the whole sweep (for regenerating slices).
+        start_index: index of ``images[0]`` in the whole sweep (for regenerating slices);
+            default 0. Image i gets index ``start_index + i``.
+        indices: instead of ``start_index``, the index of every image (1-D non-negative ints,
+            one per image, duplicates allowed; length 1 for a single ``(H, W, 3)`` image), e.g.
+            the test-set index of each image of a subset: ``corrupt(x[idx], ..., indices=idx)``
+            equals ``corrupt(x, ...)[idx]``.
 
     Returns:
         uint8 array of the input's shape; image i depends only on
-        ``(seed, name, severity, start_index + i)``.
+        ``(seed, name, severity, index_i)`` (``start_index + i`` or ``indices[i]``).
 
     Raises:
-        TypeError: non-uint8 images, non-int severity/seed/start_index.
-        ValueError: bad shape, severity outside 1..5, negative seed/start_index;
+        TypeError: non-uint8 images, non-int severity/seed/start_index, non-int indices.
+        ValueError: bad shape, severity outside 1..5, negative seed/start_index, indices not
+            1-D / of the wrong length / negative, both start_index and indices given;
             :class:`~prunecal.registry.UnknownNameError` for an unknown name.
     """
     spec = CORRUPTIONS.get(name)
     sev = check_int(severity, "severity", 1, 5)
     sd = check_int(seed, "seed", 0)
-    start = check_int(start_index, "start_index", 0)
+    if indices is not None and start_index is not None:
+        raise ValueError("give start_index or indices, not both")
+    start = 0 if start_index is None else check_int(start_index, "start_index", 0)
     x, single = check_images(images)
+    idx = None if indices is None else check_indices(indices, x.shape[0])
     x = np.ascontiguousarray(x)
     out = np.empty_like(x)
     for lo in range(0, x.shape[0], CHUNK):
         hi = min(lo + CHUNK, x.shape[0])
-        rngs = image_rngs(sd, name, sev, start + lo, hi - lo) if spec.stochastic else []
+        if not spec.stochastic:
+            rngs = []
+        elif idx is not None:
+            rngs = image_rngs(sd, name, sev, indices=idx[lo:hi])
+        else:
+            rngs = image_rngs(sd, name, sev, start + lo, hi - lo)
         res = spec.fn(x[lo:hi], sev, rngs)
         if res.shape != x[lo:hi].shape or res.dtype != np.uint8:  # pragma: no cover - internal bug guard
             raise RuntimeError(f"corruption {name!r} returned {res.dtype} {res.shape}")

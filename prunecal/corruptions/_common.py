@@ -49,6 +49,37 @@ def check_int(value: object, name: str, lo: int, hi: int | None = None) -> int:
     return v
 
 
+def check_indices(indices: object, n: int, name: str = "indices") -> np.ndarray:
+    """``indices`` as a 1-D int64 array of ``n`` non-negative ints (one per image).
+
+    Accepts any 1-D integer array-like (numpy array, list, tuple, range, CPU torch tensor).
+    Duplicates are allowed (the same index gives the same random stream).
+
+    Raises:
+        TypeError: bool, float or other non-integer entries (an empty list is accepted).
+        ValueError: not 1-D, length other than ``n``, a negative index, or one above 2**63 - 1.
+    """
+    if isinstance(indices, (str, bytes)) or np.isscalar(indices):
+        raise TypeError(f"{name} must be a 1-D array of ints (one per image), got {type(indices).__name__} {indices!r}")
+    if not isinstance(indices, np.ndarray) and hasattr(indices, "numpy") and callable(indices.numpy):
+        indices = indices.numpy()  # e.g. a CPU torch tensor
+    a = np.asarray(indices)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (one index per image), got shape {a.shape}")
+    if a.size == 0 and a.dtype.kind == "f":  # np.asarray([]) is float64
+        a = a.astype(np.int64)
+    if a.dtype == np.bool_ or a.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold ints, got dtype {a.dtype}")
+    if a.shape[0] != n:
+        raise ValueError(f"{name} must have one entry per image: {n}, got {a.shape[0]}")
+    if a.size:
+        if a.dtype.kind == "i" and a.min() < 0:
+            raise ValueError(f"{name} must be >= 0, got {int(a.min())}")
+        if a.dtype.kind == "u" and a.max() > np.iinfo(np.int64).max:
+            raise ValueError(f"{name} must be <= {np.iinfo(np.int64).max}, got {int(a.max())}")
+    return a.astype(np.int64)
+
+
 def to_unit(x: np.ndarray) -> np.ndarray:
     """uint8 -> float64 in [0, 1] (the reference's ``np.array(x) / 255.``)."""
     return x.astype(np.float64) / 255.0

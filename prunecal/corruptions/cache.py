@@ -1,8 +1,11 @@
 """On-disk cache of corrupted image sets, safe against killed runs and concurrent writers.
 
 Layout: ``root/<corruption>/s<severity>/<key>.npy`` where ``key`` hashes the data
-fingerprint (sha256 of the array bytes and shape), corruption, severity, seed and
-:data:`CODE_VERSION`. A sidecar ``<key>.sha256`` holds the sha256 of the array bytes; a
+fingerprint (sha256 of the array bytes and shape), corruption, severity, seed,
+:data:`CODE_VERSION` and, when ``indices`` other than ``0 .. N-1`` are given, the sha256 of the
+indices (so the same images under different index sets never share an entry of a stochastic
+corruption, while ``indices=arange(N)`` and deterministic corruptions, whose output is that of
+no indices, share the plain entry). A sidecar ``<key>.sha256`` holds the sha256 of the array bytes; a
 file that fails to load, has the wrong shape/dtype or a wrong checksum is regenerated.
 Writes go to a temporary file in the same folder, are fsynced, then ``os.replace``-d into
 place (atomic on POSIX and Windows), so readers never see a half-written file and two
@@ -19,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from . import CORRUPTIONS, corrupt
-from ._common import check_images, check_int
+from ._common import check_images, check_indices, check_int
 
 CODE_VERSION = "1"
 """Bump whenever any corruption's output changes: it is part of every cache key."""
@@ -31,6 +34,15 @@ def fingerprint(images: np.ndarray) -> str:
     h.update(f"{images.dtype.str}{images.shape}".encode())
     h.update(np.ascontiguousarray(images).data)
     return h.hexdigest()
+
+
+def _indices_tag(name: str, idx: np.ndarray | None) -> str:
+    """The key suffix of validated int64 ``indices``: empty for None, ``0 .. N-1`` or a
+    deterministic corruption (all three give the output of no indices), else
+    ``|idx=<sha256 of the int64 little-endian bytes>``."""
+    if idx is None or not CORRUPTIONS.get(name).stochastic or np.array_equal(idx, np.arange(idx.shape[0])):
+        return ""
+    return "|idx=" + hashlib.sha256(np.ascontiguousarray(idx, dtype="<i8").data).hexdigest()
 
 
 _UMASK = os.umask(0)
@@ -67,13 +79,15 @@ class CorruptionCache:
         self.hits = 0
         self.misses = 0
 
-    def path(self, images: np.ndarray, name: str, severity: int, seed: int = 0) -> Path:
+    def path(self, images: np.ndarray, name: str, severity: int, seed: int = 0, *,
+             indices: np.ndarray | None = None) -> Path:
         """Where the entry for these arguments lives (it may not exist)."""
         x, _ = check_images(images)
-        return self._path(fingerprint(x), name, severity, seed)
+        idx = None if indices is None else check_indices(indices, x.shape[0])
+        return self._path(fingerprint(x), name, severity, seed, _indices_tag(name, idx))
 
-    def _path(self, fp: str, name: str, severity: int, seed: int) -> Path:
-        key = hashlib.sha256(f"{fp}|{name}|{severity}|{seed}|v{CODE_VERSION}".encode()).hexdigest()[:32]
+    def _path(self, fp: str, name: str, severity: int, seed: int, idx_tag: str = "") -> Path:
+        key = hashlib.sha256(f"{fp}|{name}|{severity}|{seed}|v{CODE_VERSION}{idx_tag}".encode()).hexdigest()[:32]
         return self.root / name / f"s{severity}" / f"{key}.npy"
 
     def _load(self, path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -89,8 +103,14 @@ class CorruptionCache:
             return None
         return arr
 
-    def get(self, images: np.ndarray, name: str, severity: int, seed: int = 0) -> np.ndarray:
-        """``corrupt(images, name, severity, seed)``, from disk when a valid entry exists.
+    def get(self, images: np.ndarray, name: str, severity: int, seed: int = 0, *,
+            indices: np.ndarray | None = None) -> np.ndarray:
+        """``corrupt(images, name, severity, seed, indices=indices)``, from disk when a valid
+        entry exists.
+
+        Args:
+            indices: optional per-image indices (see :func:`~prunecal.corruptions.corrupt`);
+                part of the key unless they are ``0 .. N-1``.
 
         Returns:
             uint8 array of ``images``' shape (a fresh array, safe to modify).
@@ -99,14 +119,18 @@ class CorruptionCache:
         check_int(severity, "severity", 1, 5)
         check_int(seed, "seed", 0)
         x, _ = check_images(images)
+        idx = None if indices is None else check_indices(indices, x.shape[0])
         images = np.asarray(images)
-        path = self._path(fingerprint(x), name, int(severity), int(seed))
+        path = self._path(fingerprint(x), name, int(severity), int(seed), _indices_tag(name, idx))
         got = self._load(path, images.shape)
         if got is not None:
             self.hits += 1
             return got
         self.misses += 1
-        out = corrupt(images, name, severity, seed)
+        if idx is None:
+            out = corrupt(images, name, severity, seed)
+        else:
+            out = corrupt(images, name, severity, seed, indices=idx)
         path.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256(np.ascontiguousarray(out).data).hexdigest()
         # Checksum first: a reader that sees the new .npy with the old sidecar just regenerates.

@@ -5,6 +5,10 @@ Data split: the first ``limit`` images of ``data`` are split once, by a permutat
 ``seed``, into a calibration part (``calib_fraction``, default 0.2, clean images only: the
 temperature of each pruned model is fitted there) and the evaluation part (the rest; clean and
 corrupted units use only these images). So the temperature never sees an evaluation image.
+Generated corruptions key each image's randomness by its index in the loaded data
+(``Prepared.eval_index``, the official test-set order), not by its position among the
+evaluation images: an evaluation image gets the same corruption whatever the subset, equal to its
+row of ``python -m prunecal.corruptions`` on the same data and seed.
 
 Sparsity 0 is evaluated once, as method ``"none"`` (the unpruned network); the report shows it
 as the starting point of every method.
@@ -128,6 +132,18 @@ def fingerprint(*arrays: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
+def generated_source() -> str:
+    """The ``corruption_source`` of the config hash for corruptions generated in the sweep.
+
+    Names the corruption code version and that randomness is keyed by each image's test-set
+    index (older sweeps keyed it by position among the evaluation images and stored
+    ``"generated"``), so a study resumed with this code never mixes units of the two keyings.
+    """
+    from prunecal.corruptions.cache import CODE_VERSION
+
+    return f"generated:v{CODE_VERSION}:test-index"
+
+
 def _cifar10c_source(path: str) -> str:
     p = Path(path)
     if not p.exists():
@@ -171,7 +187,7 @@ def prepare(cfg: C.StudyConfig) -> Prepared:
         raise ValueError(f"calib_fraction {cfg.calib_fraction} leaves no evaluation image of {n}")
     cal_idx, ev_idx = np.sort(perm[:n_cal]), np.sort(perm[n_cal:])
     data_fp = fingerprint(images, labels)
-    source = "generated" if cfg.cifar10c is None else _cifar10c_source(cfg.cifar10c)
+    source = generated_source() if cfg.cifar10c is None else _cifar10c_source(cfg.cifar10c)
     chash = C.results_hash(cfg, weights_sha256=weights_sha, data_fingerprint=data_fp,
                            corruption_source=source)
     if cfg.cifar10c is not None and cfg.corruptions:
@@ -408,8 +424,11 @@ class Sweep:
         else:
             from prunecal.corruptions import CorruptionCache
 
+            # randomness keyed by each image's index in the loaded data (= the test set), not
+            # by its position among the evaluation images: a subset gets exactly the rows of
+            # corrupting the whole set (and of `python -m prunecal.corruptions`)
             imgs = np.asarray(CorruptionCache(self.corruption_root).get(
-                p.eval_images, corruption, severity, seed=self.cfg.seed))
+                p.eval_images, corruption, severity, seed=self.cfg.seed, indices=p.eval_index))
         # units run condition by condition (plan()), so only the current condition is kept
         self._corr_mem = {key: imgs}
         return imgs, p.eval_labels
