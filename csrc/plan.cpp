@@ -33,47 +33,100 @@ double thread_seconds() {
 }
 
 constexpr int64_t kAlignFloats = 16;  // 64 bytes
+int64_t round_up(int64_t n) { return (n + kAlignFloats - 1) / kAlignFloats * kAlignFloats; }
 // per-op split by output rows only when each thread gets this many slots (8x8 images: by
 // channels; bands of 4 rows measured slower, their tiles are too small)
 constexpr int kMinBandSlots = 8;
 
-// Barrier of a fixed team of threads: one counter per thread on its own cache line, so a
-// crossing costs each thread one store and one read of the other counters (no shared
-// read-modify-write). Spins with pause, then yields (an oversubscribed machine still moves on).
-class SpinBarrier {
+// Steps of a team of threads (per-op mode): every member walks the same numbered steps (one
+// per op of each image); a step has one task slot per member. A member claims its own slot
+// first and, when a slot's owner has not claimed it after a short spin (the owner is
+// descheduled: an oversubscribed machine), claims and runs it too, so the team never waits for
+// a thread that does not run; a step ends when every slot is done. Each slot (claim + done
+// counters) sits on its own cache line: a step costs each member about one read of the
+// others' lines, no shared read-modify-write in the common case.
+class TeamSteps {
  public:
-  explicit SpinBarrier(int n) : flags_(size_t(n)) {}
-  void wait(int tid) {
-    const uint64_t e = flags_[size_t(tid)].v.load(std::memory_order_relaxed) + 1;
-    flags_[size_t(tid)].v.store(e, std::memory_order_release);
-    for (size_t t = 0; t < flags_.size(); ++t) {
-      if (int(t) == tid) continue;
-      for (int k = 0; flags_[t].v.load(std::memory_order_acquire) < e; ++k) {
-        if (k < 8192) pause();
-        else std::this_thread::yield();
+  explicit TeamSteps(int n) : slots_(size_t(n)) {}
+  int size() const { return int(slots_.size()); }
+
+  // Runs fn(slot) for the slots of step `seq` this member claims; returns when all are done.
+  template <class F>
+  void step(int tid, int64_t seq, bool& stealing, F&& fn) {
+    const int n = size();
+    slots_[size_t(tid)].present.store(seq, std::memory_order_release);
+    if (claim(tid, seq)) run(tid, seq, fn);
+    for (int k = 1; k < n; ++k) {
+      Slot& o = slots_[size_t((tid + k) % n)];
+      for (int spin = 0; o.claimed.load(std::memory_order_acquire) < seq; ++spin) {
+        if (o.present.load(std::memory_order_acquire) >= seq) {  // its owner is here and will claim it
+          stealing = false;
+          wait(spin);
+          continue;
+        }
+        if (stealing || spin > kClaimSpins) {  // its owner has not come: take the slot
+          if (claim(int(&o - slots_.data()), seq)) {
+            run(int(&o - slots_.data()), seq, fn);
+            stealing = true;
+          }
+          break;
+        }
+        pause();
       }
     }
+    for (const Slot& o : slots_)
+      for (int spin = 0; o.done.load(std::memory_order_acquire) < seq; ++spin) wait(spin);
   }
+  // The first exception a task threw (tasks of later steps are skipped once one has).
+  std::exception_ptr error() const { return error_; }
 
  private:
+  static constexpr int kClaimSpins = 2000;  // pauses (~20-50 us) before taking an absent owner's slot
   static void pause() {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
   }
-  struct alignas(64) Flag {
-    std::atomic<uint64_t> v{0};
+  static void wait(int spin) {  // spin briefly, then let a descheduled teammate have the core
+    if (spin < 256) pause();
+    else std::this_thread::yield();
+  }
+  bool claim(int t, int64_t seq) {
+    int64_t expected = seq - 1;
+    return slots_[size_t(t)].claimed.compare_exchange_strong(expected, seq, std::memory_order_acq_rel);
+  }
+  template <class F>
+  void run(int t, int64_t seq, F& fn) {
+    if (!failed_.load(std::memory_order_relaxed)) {
+      try {
+        fn(t);
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(error_mutex_);
+        if (!error_) error_ = std::current_exception();
+        failed_.store(true);
+      }
+    }
+    slots_[size_t(t)].done.store(seq, std::memory_order_release);
+  }
+  struct alignas(64) Slot {
+    std::atomic<int64_t> present{-1}, claimed{-1}, done{-1};
   };
-  std::vector<Flag> flags_;
+  std::vector<Slot> slots_;
+  std::atomic<bool> failed_{false};
+  std::mutex error_mutex_;
+  std::exception_ptr error_;
 };
-int64_t round_up(int64_t n) { return (n + kAlignFloats - 1) / kAlignFloats * kAlignFloats; }
 
 }  // namespace
 
 struct PlanTeam {
   int tid = 0, n = 1;
-  SpinBarrier* barrier = nullptr;
-  void sync() const { barrier->wait(tid); }
+  TeamSteps* steps = nullptr;
+  mutable int64_t seq = 0;        // this member's next step
+  mutable bool stealing = false;  // the last slot we waited for had no owner: take slots at once
+  // fn(slot) for each slot of the next step this member runs (usually its own, tid)
+  template <class F>
+  void step(F&& fn) const { steps->step(tid, seq++, stealing, fn); }
 };
 
 BufSpec BufSpec::make(int C, int H, int W, int P, bool aligned) {
@@ -402,11 +455,15 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
   const float* src = a.buf[size_t(op.in0)];
   if (team) threads = team->n;
   if (!op.direct) {
-    if (!team || team->tid == 0) op_gather_planes(src, bufs_[size_t(op.in0)], g, a.scratch);
-    if (team) team->sync();
+    const BufSpec& si = bufs_[size_t(op.in0)];
+    if (team) {  // a range of channels per slot
+      team->step([&](int t) { op_gather_planes(src, si, g, a.scratch, si.C * t / team->n, si.C * (t + 1) / team->n); });
+    } else {
+      op_gather_planes(src, si, g, a.scratch, 0, si.C);
+    }
     src = a.scratch;
   }
-  if (dense) op.pw->ensure_dense(g);
+  if (dense && !team) op.pw->ensure_dense(g);
   const PackedWeight& w = *op.pw;
   const int Cg = w.cin_per_group(), Co = w.rows(), Cog = Co / op.groups, r = op.block_rows;
   const bool bsr = op.use_bsr && !dense;
@@ -456,10 +513,13 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
     for (int grp = 0; grp < op.groups; ++grp) compute(grp, 0, U, 0, S);
     return;
   }
-  // tasks: a team member runs every team->n-th task itself; otherwise the pool hands them out
+  // tasks: in a team, slot t of one step runs tasks t, t + n, ...; otherwise the pool hands them out
   auto run_tasks = [&](int64_t n_tasks, const std::function<void(int64_t)>& fn) {
     if (team) {
-      for (int64_t t = team->tid; t < n_tasks; t += team->n) fn(t);
+      team->step([&](int slot) {
+        if (dense) op.pw->ensure_dense(g);  // (inside the step: an exception cannot strand a teammate)
+        for (int64_t t = slot; t < n_tasks; t += team->n) fn(t);
+      });
     } else {
       parallel_for(threads, n_tasks, [&](int64_t t, int) { fn(t); });
     }
@@ -484,11 +544,17 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
         compute(0, 0, U, a, b);
       });
     } else {
-      const int upt = (U + threads - 1) / threads;
+      // bands of output channels (units) with about equal nonzeros: pruned rows differ a lot
+      const int32_t* ip = dense ? g.dense_indptr.data() : op.indptr.data();  // over units (rows / block rows)
+      auto bound = [&](int64_t task) {
+        if (task <= 0) return 0;
+        if (task >= threads) return U;
+        const int64_t want = int64_t(ip[U]) * task / threads;
+        return int(std::lower_bound(ip, ip + U + 1, int32_t(want)) - ip);
+      };
       run_tasks(threads, [&](int64_t task) {
-        const int a = int(task) * upt, b = std::min(U, a + upt);
-        if (a >= b) return;
-        compute(0, a, b, 0, S);
+        const int a = bound(task), b = bound(task + 1);
+        if (a < b) compute(0, a, b, 0, S);
       });
     }
     return;
@@ -549,7 +615,6 @@ void Plan::run_linear(const PlanOp& op, Arena& a, bool dense) {
 
 void Plan::run_image(const float* x, float* y, Arena& a, int threads, bool dense, const KernelSet& k,
                      double* times, const PlanTeam* team) {
-  const bool lead = !team || team->tid == 0;  // runs everything but the convs' other shares
   double t0 = times ? thread_seconds() : 0.0;
   auto tick = [&](size_t i) {
     if (!times) return;
@@ -557,58 +622,69 @@ void Plan::run_image(const float* x, float* y, Arena& a, int threads, bool dense
     times[i] += t1 - t0;
     t0 = t1;
   };
-  if (lead) {
+  // one step for work that is not split (a team: slot 0 runs it)
+  auto whole = [&](const std::function<void()>& fn) {
+    if (team) team->step([&](int t) { if (t == 0) fn(); });
+    else fn();
+  };
+  whole([&] {
     op_load(x, a.buf[size_t(input_)], bufs_[size_t(input_)]);
-    op_replicate(a.buf[size_t(input_)], bufs_[size_t(input_)]);
-  }
-  if (team) team->sync();
+    op_replicate(a.buf[size_t(input_)], bufs_[size_t(input_)], 0, bufs_[size_t(input_)].C);
+  });
   tick(ops_.size());
   for (size_t i = 0; i < ops_.size(); ++i) {
     const PlanOp& op = ops_[i];
     const BufSpec& so = bufs_[size_t(op.out)];
     float* out = a.buf[size_t(op.out)];
-    if (op.kind == OpKind::Conv) {
-      run_conv(op, a, threads, dense, k, team);
-      if (team) team->sync();
-      tick(i);
-      continue;
-    }
-    if (!lead) {
-      team->sync();
-      continue;
-    }
+    const float* in0 = op.in0 >= 0 ? a.buf[size_t(op.in0)] : nullptr;
+    const BufSpec& si = bufs_[size_t(op.in0 >= 0 ? op.in0 : op.out)];
     switch (op.kind) {
       case OpKind::Conv:
+        run_conv(op, a, threads, dense, k, team);
         break;
+      case OpKind::Shortcut: {  // a data movement worth sharing: by output channels
+        auto part = [&](int c0, int c1) {
+          op_shortcut(in0, si, out, so, op.sc_stride, op.sc_left, c0, c1);
+          op_replicate(out, so, c0, c1);
+        };
+        if (team) team->step([&](int t) { part(so.C * t / team->n, so.C * (t + 1) / team->n); });
+        else part(0, so.C);
+        break;
+      }
       case OpKind::Linear:
-        run_linear(op, a, dense);
+        whole([&] { run_linear(op, a, dense); });
         break;
       case OpKind::Add:
-        op_add(a.buf[size_t(op.in0)], bufs_[size_t(op.in0)], a.buf[size_t(op.in1)], bufs_[size_t(op.in1)], out, so,
-               op.relu);
+        whole([&] {
+          op_add(in0, si, a.buf[size_t(op.in1)], bufs_[size_t(op.in1)], out, so, op.relu);
+          op_replicate(out, so, 0, so.C);
+        });
         break;
       case OpKind::Relu:
-        op_relu(a.buf[size_t(op.in0)], bufs_[size_t(op.in0)], out, so);
-        break;
-      case OpKind::Shortcut:
-        op_shortcut(a.buf[size_t(op.in0)], bufs_[size_t(op.in0)], out, so, op.sc_stride, op.sc_left);
+        whole([&] {
+          op_relu(in0, si, out, so);
+          op_replicate(out, so, 0, so.C);
+        });
         break;
       case OpKind::AvgPool:
-        op_avgpool(a.buf[size_t(op.in0)], bufs_[size_t(op.in0)], out, so);
+        whole([&] { op_avgpool(in0, si, out, so); });
         break;
       case OpKind::MaxPool:
-        op_maxpool(a.buf[size_t(op.in0)], bufs_[size_t(op.in0)], out, so, op.pool_k, op.stride, op.pad);
+        whole([&] {
+          op_maxpool(in0, si, out, so, op.pool_k, op.stride, op.pad);
+          op_replicate(out, so, 0, so.C);
+        });
         break;
       case OpKind::Clamp:
-        op_clamp(a.buf[size_t(op.in0)], bufs_[size_t(op.in0)], out, so, op.lo, op.hi);
+        whole([&] {
+          op_clamp(in0, si, out, so, op.lo, op.hi);
+          op_replicate(out, so, 0, so.C);
+        });
         break;
     }
-    op_replicate(out, so);  // (convs write their copies in their epilogue)
-    if (team) team->sync();
     tick(i);
   }
-  if (lead) op_store(a.buf[size_t(output_)], bufs_[size_t(output_)], y);
-  if (team) team->sync();  // every member sees y (the caller checks it for overflow)
+  whole([&] { op_store(a.buf[size_t(output_)], bufs_[size_t(output_)], y); });
   tick(ops_.size() + 1);
 }
 
@@ -649,19 +725,19 @@ void Plan::run(const float* x, int64_t N, float* y, int threads, int mode, const
     for (int64_t n = 0; n < N; ++n) one(n, a, 1);
     return;
   }
-  // per op: a team of `threads` runs each image together, one spin barrier per op (a pool job
-  // per conv costs several cross-core round trips; measured slower on small convs)
-  SpinBarrier barrier(threads);
+  // per op: a team of `threads` runs each image together, one step per op (see TeamSteps; a pool
+  // job per conv costs several cross-core round trips, measured slower on small convs). Images
+  // whose output overflows are re-run afterwards with the dense weights.
+  TeamSteps steps(threads);
+  std::vector<char> nonfinite_in(static_cast<size_t>(N));
+  for (int64_t n = 0; n < N; ++n) nonfinite_in[size_t(n)] = k.nonfinite(x + n * fin, fin);
   parallel_for(threads, threads, [&](int64_t task, int) {
-    const PlanTeam team{int(task), threads, &barrier};
-    for (int64_t n = 0; n < N; ++n) {
-      const float* xi = x + n * fin;
-      float* yi = y + n * fout;
-      const bool bad = k.nonfinite(xi, fin);  // the same answer in every member
-      run_image(xi, yi, a, threads, bad, k, nullptr, &team);
-      if (!bad && k.nonfinite(yi, fout)) run_image(xi, yi, a, threads, true, k, nullptr, &team);
-    }
+    const PlanTeam team{int(task), threads, &steps};
+    for (int64_t n = 0; n < N; ++n) run_image(x + n * fin, y + n * fout, a, threads, nonfinite_in[size_t(n)], k, nullptr, &team);
   });
+  if (steps.error()) std::rethrow_exception(steps.error());
+  for (int64_t n = 0; n < N; ++n)
+    if (!nonfinite_in[size_t(n)] && k.nonfinite(y + n * fout, fout)) run_image(x + n * fin, y + n * fout, a, threads, true, k);
 }
 
 }  // namespace prunecal

@@ -95,7 +95,8 @@ struct PlanOp {
 void op_add(const float* a, const BufSpec& sa, const float* b, const BufSpec& sb, float* y,
             const BufSpec& sy, bool relu);
 void op_relu(const float* a, const BufSpec& sa, float* y, const BufSpec& sy);
-void op_shortcut(const float* x, const BufSpec& sx, float* y, const BufSpec& sy, int stride, int left);
+// (output channels [c0, c1))
+void op_shortcut(const float* x, const BufSpec& sx, float* y, const BufSpec& sy, int stride, int left, int c0, int c1);
 void op_avgpool(const float* x, const BufSpec& sx, float* y, const BufSpec& sy);
 // Max over k x k windows (stride, implicit -inf padding pad); NaN in a window gives NaN.
 void op_maxpool(const float* x, const BufSpec& sx, float* y, const BufSpec& sy, int k, int stride, int pad);
@@ -117,14 +118,16 @@ void plan_csr_fast(int shape, const ConvTask& t, int row0, int row1, int s0, int
 // True when plan_csr_fast uses its AVX-512F tiles (CPU has avx512f and the environment variable
 // PRUNECAL_NO_AVX512 is unset or "0"; read once per process).
 bool plan_avx512_active();
-// Rewrite the shifted copies of a whole buffer with copies == 3 (copy 0 at x - copy_floats holds
-// position i at i + 1, copy 2 at x + copy_floats holds it at i - 1); no-op otherwise.
-void op_replicate(float* x, const BufSpec& sx);
+// Rewrite the shifted copies of channels [c0, c1) of a buffer with copies == 3 (copy 0 at
+// x - copy_floats holds position i at i + 1, copy 2 at x + copy_floats holds it at i - 1); no-op
+// otherwise. Disjoint channel ranges write disjoint positions.
+void op_replicate(float* x, const BufSpec& sx, int c0, int c1);
 // Prefetch (into this core's caches) input rows [y0, y1) of every channel and copy of x: the
 // rows a thread's band of a conv reads but another thread wrote.
 void op_prefetch_rows(const float* x, const BufSpec& sx, int y0, int y1);
-// Gather the interior of x into the phase planes of geometry g (C planes), plus kSlack zeros.
-void op_gather_planes(const float* x, const BufSpec& sx, const Geometry& g, float* planes);
+// Gather channels [c0, c1) of the interior of x into the phase planes of geometry g, plus kSlack
+// zeros after the last channel (written with the range that ends at sx.C).
+void op_gather_planes(const float* x, const BufSpec& sx, const Geometry& g, float* planes, int c0, int c1);
 // Copy a dense (C, H, W) image into the interior of y / the interior of x into (C, H, W).
 void op_load(const float* img, float* y, const BufSpec& sy);
 void op_store(const float* x, const BufSpec& sx, float* img);

@@ -52,8 +52,9 @@ void op_relu(const float* a, const BufSpec& sa, float* y, const BufSpec& sy) {
     }
 }
 
-void op_shortcut(const float* x, const BufSpec& sx, float* y, const BufSpec& sy, int stride, int left) {
-  for (int c = 0; c < sy.C; ++c) {
+void op_shortcut(const float* x, const BufSpec& sx, float* y, const BufSpec& sy, int stride, int left, int c0,
+                 int c1) {
+  for (int c = c0; c < c1; ++c) {
     const int ci = c - left;
     for (int r = 0; r < sy.H; ++r) {
       float* py = interior(y, sy, c, r);
@@ -171,19 +172,24 @@ void op_prefetch_rows(const float* x, const BufSpec& sx, int y0, int y1) {
     }
 }
 
-void op_replicate(float* x, const BufSpec& sx) {
-  if (sx.copies != 3) return;
-  const int64_t n = sx.floats(), cf = sx.copy_floats();
+void op_replicate(float* x, const BufSpec& sx, int c0, int c1) {
+  if (sx.copies != 3 || c0 >= c1) return;
+  const int64_t cf = sx.copy_floats(), i0 = c0 * sx.plane(), i1 = c1 * sx.plane();
   float* lo = x - cf;  // lo[i + 1] = x[i]
   float* hi = x + cf;  // hi[i - 1] = x[i]
-  std::memcpy(lo + 1, x, sizeof(float) * size_t(n - 1));
-  lo[0] = 0.f;
-  std::memcpy(hi, x + 1, sizeof(float) * size_t(n - 1));
+  // positions i0 + 1 .. i1 of lo and i0 - 1 .. i1 - 2 of hi (position -1 of hi does not exist)
+  std::memcpy(lo + i0 + 1, x + i0, sizeof(float) * size_t(i1 - i0));
+  if (i0 == 0) {
+    lo[0] = 0.f;
+    std::memcpy(hi, x + 1, sizeof(float) * size_t(i1 - 1));
+  } else {
+    std::memcpy(hi + i0 - 1, x + i0, sizeof(float) * size_t(i1 - i0));
+  }
 }
 
-void op_gather_planes(const float* x, const BufSpec& sx, const Geometry& g, float* planes) {
+void op_gather_planes(const float* x, const BufSpec& sx, const Geometry& g, float* planes, int c0, int c1) {
   const int s = g.stride, p = g.pad, Hq = g.Hq, Wq = g.Wq;
-  for (int c = 0; c < sx.C; ++c) {
+  for (int c = c0; c < c1; ++c) {
     float* P0 = planes + c * g.chan_floats;
     for (int py = 0; py < s; ++py)
       for (int px = 0; px < s; ++px) {
@@ -218,7 +224,7 @@ void op_gather_planes(const float* x, const BufSpec& sx, const Geometry& g, floa
         }
       }
   }
-  std::memset(planes + sx.C * g.chan_floats, 0, sizeof(float) * kSlack);
+  if (c1 == sx.C) std::memset(planes + sx.C * g.chan_floats, 0, sizeof(float) * kSlack);
 }
 
 void op_load(const float* img, float* y, const BufSpec& sy) {
