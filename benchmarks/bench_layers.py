@@ -110,5 +110,46 @@ def table(path: str) -> str:
     return "\n".join(out)
 
 
+def overhead(seconds: float = 0.5) -> str:
+    """Fixed cost of one batch-1 ``sparse_conv2d`` call, 1 thread: a weight with a single
+    nonzero (so almost no arithmetic) per shape, the whole call and its native part alone
+    (fastest call over ``seconds``)."""
+    import time
+
+    import numpy as np
+
+    from prunecal.sparse.formats import CSRWeight
+    from prunecal.sparse.ops import sparse_conv2d
+
+    torch.set_num_threads(1)
+
+    def fastest(fn) -> float:
+        for _ in range(20):
+            fn()
+        best, end = float("inf"), time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+        return best * 1e6
+
+    lines = ["| shape | whole call | native call | Python side |", "|---|---|---|---|"]
+    for name, (c_in, c_out, h, stride) in SHAPES.items():
+        w = torch.zeros(c_out, c_in, 3, 3)
+        w[0, 0, 1, 1] = 1.0
+        sw = CSRWeight.from_dense(w)
+        x = torch.randn(1, c_in, h, h)
+        packed, xn = sw.packed(), x.numpy()
+        ho = (h + 2 - 3) // stride + 1
+        out = np.empty((1, c_out, ho, ho), np.float32)
+        whole = fastest(lambda: sparse_conv2d(x, sw, None, stride, 1, threads=1))
+        native = fastest(lambda: packed.conv2d(xn, out, None, stride, 1, 1, 1, False, 1, "auto"))
+        lines.append(f"| {name} | {whole:.1f} us | {native:.1f} us | {whole - native:.1f} us |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print(table(sys.argv[1] if len(sys.argv) > 1 else "bench.json"))
+    if sys.argv[1:2] == ["--overhead"]:
+        print(overhead())
+    else:
+        print(table(sys.argv[1] if len(sys.argv) > 1 else "bench.json"))

@@ -20,7 +20,7 @@ the target measuring time per case.
 Against the issue's targets (torch eager dense, DeepSparse 1.8 when its venv exists, the plan),
 one loop for every runtime, sweeps interleaved and repeated, best sweep per cell::
 
-    python benchmarks/bench_plan.py --compare [--seconds 2] [--repeats 2] [--json out.json]
+    python benchmarks/bench_plan.py --compare [--seconds 2] [--repeats 2] [--plain-layout] [--busy-core]
 """
 from __future__ import annotations
 
@@ -97,11 +97,13 @@ def test_plan_network(benchmark, net, sparsity, runner, batch, threads):
 
 
 # ---- table ------------------------------------------------------------------------------
-def table(json_path: str) -> str:
-    """Markdown table: images/s (median) and the ratio to eager at the same batch and threads."""
-    data = json.loads(Path(json_path).read_text())
+def table(*json_paths: str) -> str:
+    """Markdown table: images/s (median) and the ratio to eager at the same batch and threads,
+    from one or more pytest-benchmark json files (e.g. one run per thread count)."""
+    datas = [json.loads(Path(p).read_text()) for p in json_paths]
+    data = datas[-1]
     res: dict[tuple, dict[str, float]] = {}
-    for b in data["benchmarks"]:
+    for b in (b for d in datas for b in d["benchmarks"]):
         e = b["extra_info"]
         res.setdefault((e["net"], e["sparsity"], e["batch"], e["threads"]), {})[e["runner"]] = e["batch"] / b["stats"]["median"]
     cols = [c for c in RUNNERS if any(c in v for v in res.values())]
@@ -114,24 +116,56 @@ def table(json_path: str) -> str:
                  else f"{r[c]:,.0f} ({r[c] / base:.2f}x)" for c in cols]
         lines.append(f"| {key[0]} | {int(key[1] * 100)} % | {key[2]} | {key[3]} | " + " | ".join(cells) + " |")
     m = data.get("machine_info", {})
-    lines += ["", f"Machine: {m.get('cpu', {}).get('brand_raw', '?')}; {data.get('datetime', '')}"]
+    when = ", ".join(d.get("datetime", "") for d in datas)
+    lines += ["", f"Machine: {m.get('cpu', {}).get('brand_raw', '?')}; {when}"]
     return "\n".join(lines)
 
 
 # ---- one-loop comparison with the issue's peers ---------------------------------------------
+def _compile(model, runtime: str, threads: int):
+    """``plan-csr`` / ``plan-auto``; ``plan-csr-plain``: the plain row layout (PRUNECAL_PLAN_PLAIN_LAYOUT)."""
+    from prunecal.sparse.plan import compile_plan
+
+    parts = runtime.split("-")
+    old = os.environ.get("PRUNECAL_PLAN_PLAIN_LAYOUT")
+    if parts[-1] == "plain":
+        os.environ["PRUNECAL_PLAN_PLAIN_LAYOUT"] = "1"
+    try:
+        return compile_plan(model, parts[1], threads=threads)
+    finally:
+        if old is None:
+            os.environ.pop("PRUNECAL_PLAN_PLAIN_LAYOUT", None)
+        else:
+            os.environ["PRUNECAL_PLAN_PLAIN_LAYOUT"] = old
+
+
 def compare(net: str = "resnet56", seconds: float = 2.0, repeats: int = 2,
-            configs=((1, 2), (64, 2), (1, 1)), sparsities=(0.9, 0.95)) -> str:
+            configs=((1, 2), (64, 2), (1, 1)), sparsities=(0.9, 0.95), plain_layout: bool = False,
+            busy_core: bool = False) -> str:
     """Markdown: images/s (median call) of torch eager dense, DeepSparse (if its venv exists)
     and the plan, each cell the best of ``repeats`` interleaved sweeps; ratios to torch dense
     and to DeepSparse at the same sparsity, batch and threads. Models: ``benchmarks/peers.py``
-    (every conv except the stem pruned, classifier dense), the same for every runtime."""
+    (every conv except the stem pruned, classifier dense), the same for every runtime.
+    ``plain_layout`` adds the plan with the plain row layout; ``busy_core`` keeps one core busy
+    with another process during the whole run (an oversubscribed machine)."""
+    import subprocess
+
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy_core else None
+    try:
+        return _compare(net, seconds, repeats, configs, sparsities, plain_layout, busy_core)
+    finally:
+        if hog is not None:
+            hog.kill()
+            hog.wait()
+
+
+def _compare(net, seconds, repeats, configs, sparsities, plain_layout, busy_core) -> str:
     import subprocess
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import peers
     from deepsparse_runner import measure
 
-    from prunecal.sparse.plan import compile_plan
 
     have_ds = peers.deepsparse_python() is not None
     best: dict[tuple, float] = {}
@@ -139,8 +173,9 @@ def compare(net: str = "resnet56", seconds: float = 2.0, repeats: int = 2,
     for _ in range(repeats):
         for batch, threads in configs:
             x = peers.sample_input(batch)
+            plans = ("plan-csr", "plan-auto") + (("plan-csr-plain",) if plain_layout else ())
             cells = [("torch dense", 0.0)] + [(r, s) for s in sparsities for r in
-                                              (("deepsparse",) if have_ds else ()) + ("plan-csr", "plan-auto")]
+                                              (("deepsparse",) if have_ds else ()) + plans]
             for runtime, sp in cells:
                 model = peers.pruned_model(net, sp)
                 if runtime == "torch dense":
@@ -148,7 +183,7 @@ def compare(net: str = "resnet56", seconds: float = 2.0, repeats: int = 2,
                 elif runtime == "deepsparse":
                     r = peers.run_deepsparse(model, batch, threads, seconds)["images_per_s"]
                 else:
-                    pm = compile_plan(model, runtime.split("-")[1], threads=threads)
+                    pm = _compile(model, runtime, threads)
                     with torch.inference_mode():
                         assert float((pm(x) - model(x)).abs().max()) < 1e-3
                         r = measure(lambda: pm(x), batch, seconds)["images_per_s"]
@@ -156,7 +191,7 @@ def compare(net: str = "resnet56", seconds: float = 2.0, repeats: int = 2,
                 best[key] = max(best.get(key, 0.0), r)
     up.append(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     lines = [f"{net}, images/s (median call, best of {repeats} sweeps; x torch dense / x DeepSparse at the same "
-             "sparsity, batch and threads)", "",
+             "sparsity, batch and threads)" + ("; one core kept busy by another process" if busy_core else ""), "",
              "| runtime | sparsity | " + " | ".join(f"batch {b}, {t} thr" for b, t in configs) + " |",
              "|---|---|" + "---|" * len(configs)]
     for (runtime, sp) in dict.fromkeys((k[0], k[1]) for k in best):
@@ -173,19 +208,64 @@ def compare(net: str = "resnet56", seconds: float = 2.0, repeats: int = 2,
     return "\n".join(lines)
 
 
+def profile(net: str = "resnet56", sparsity: float = 0.9, images: int = 8, reps: int = 20) -> str:
+    """Markdown: where one image's time goes in the plan (``Plan.profile``: CPU time of one
+    thread, per op, summed by stage), with the multiply-add rate of the convs in 16-lane FMAs
+    per ns (nonzeros x output pixels / 16 / time)."""
+    import re
+
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import peers
+
+    from prunecal.sparse.plan import compile_plan
+
+    p = compile_plan(peers.pruned_model(net, sparsity), "csr", threads=1).plan_for((3, 32, 32))
+    x = np.random.default_rng(0).standard_normal((images, 3, 32, 32)).astype(np.float32)
+    per_image = np.array(p.profile(x, reps)) / (images * reps)
+    stages: dict[str, list] = {}
+    for line, sec in zip(p.describe(), per_image):
+        kind = line.split()[0]
+        out = re.search(r"-> b\d+\((\d+)x(\d+)x(\d+)", line)
+        key = f"{kind} -> {out.group(1)}x{out.group(2)}x{out.group(3)}" + (" s2" if " s2 " in line else "")
+        st = stages.setdefault(key, [0.0, 0, 0.0])
+        st[0] += sec
+        st[1] += 1
+        dens = re.search(r"density ([\d.e-]+)", line)
+        inp = re.search(r"b\d+\((\d+)x", line)
+        if kind == "conv" and dens:
+            co, ho, wo = (int(v) for v in out.groups())
+            k = 9 if " 3x3 " in line else 1
+            st[2] += float(dens.group(1)) * co * int(inp.group(1)) * k * ho * wo / 16
+    total = per_image.sum()
+    lines = [f"{net} {int(sparsity * 100)} %, 1 thread: {total * 1e6:.0f} us per image "
+             f"(input load {per_image[-2] * 1e6:.1f} us, output store {per_image[-1] * 1e6:.1f} us)", "",
+             "| ops | count | us per image | share | 16-lane FMA / ns |", "|---|---|---|---|---|"]
+    for key, (sec, n, fmas) in stages.items():
+        rate = f"{fmas / (sec * 1e9):.2f}" if fmas else "-"
+        lines.append(f"| {key} | {n} | {sec * 1e6:.1f} | {sec / total:.0%} | {rate} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("json", nargs="?", help="pytest-benchmark json to tabulate")
+    ap.add_argument("json", nargs="*", help="pytest-benchmark json file(s) to tabulate")
     ap.add_argument("--compare", action="store_true", help="one-loop comparison with torch / DeepSparse")
     ap.add_argument("--net", default="resnet56")
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--plain-layout", action="store_true", help="also the plan with the plain row layout")
+    ap.add_argument("--busy-core", action="store_true", help="keep one core busy with another process")
+    ap.add_argument("--profile", action="store_true", help="per-stage time of one image (1 thread, 90 %%)")
     a = ap.parse_args()
-    if a.compare:
-        print(compare(a.net, a.seconds, a.repeats))
+    if a.profile:
+        print(profile(a.net))
+    elif a.compare:
+        print(compare(a.net, a.seconds, a.repeats, plain_layout=a.plain_layout, busy_core=a.busy_core))
     elif a.json:
-        print(table(a.json))
+        print(table(*a.json))
     else:
         ap.error("give a benchmark json or --compare")
