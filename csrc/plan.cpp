@@ -463,7 +463,7 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
     }
     src = a.scratch;
   }
-  if (dense && !team) op.pw->ensure_dense(g);
+  if (dense && !team) op.pw->ensure_dense(g);  // (a team's caller built them before the team started)
   const PackedWeight& w = *op.pw;
   const int Cg = w.cin_per_group(), Co = w.rows(), Cog = Co / op.groups, r = op.block_rows;
   const bool bsr = op.use_bsr && !dense;
@@ -517,7 +517,6 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
   auto run_tasks = [&](int64_t n_tasks, const std::function<void(int64_t)>& fn) {
     if (team) {
       team->step([&](int slot) {
-        if (dense) op.pw->ensure_dense(g);  // (inside the step: an exception cannot strand a teammate)
         for (int64_t t = slot; t < n_tasks; t += team->n) fn(t);
       });
     } else {
@@ -730,7 +729,14 @@ void Plan::run(const float* x, int64_t N, float* y, int threads, int mode, const
   // whose output overflows are re-run afterwards with the dense weights.
   TeamSteps steps(threads);
   std::vector<char> nonfinite_in(static_cast<size_t>(N));
-  for (int64_t n = 0; n < N; ++n) nonfinite_in[size_t(n)] = k.nonfinite(x + n * fin, fin);
+  bool any_nonfinite = false;
+  for (int64_t n = 0; n < N; ++n) {
+    nonfinite_in[size_t(n)] = k.nonfinite(x + n * fin, fin);
+    any_nonfinite = any_nonfinite || nonfinite_in[size_t(n)];
+  }
+  if (any_nonfinite)  // the dense forms, built here so that their errors reach the caller
+    for (const PlanOp& op : ops_)
+      if (op.kind == OpKind::Conv) op.pw->ensure_dense(*op.geom);
   parallel_for(threads, threads, [&](int64_t task, int) {
     const PlanTeam team{int(task), threads, &steps};
     for (int64_t n = 0; n < N; ++n) run_image(x + n * fin, y + n * fout, a, threads, nonfinite_in[size_t(n)], k, nullptr, &team);

@@ -495,3 +495,18 @@ def test_plain_and_aligned_layouts_agree(pruned_r20, monkeypatch):
             assert torch.isnan(ya[2]).all() and torch.isnan(ya[4]).all()
             fin = torch.isfinite(ya[0]).all()
             assert fin and _rel(ya[[0, 1, 3, 5]], yp[[0, 1, 3, 5]]) < 1e-6
+
+
+def test_more_team_members_than_cores(pruned_r20):
+    """Per-op mode with more threads than cores: members that do not get a core have their
+    slots taken by the others (TeamSteps); the result must not change."""
+    x = torch.randn(3, 3, 32, 32)
+    x[1, 0, 3, 3] = float("nan")
+    with torch.no_grad():
+        ref = pruned_r20(x)
+        pm = compile_plan(pruned_r20, "csr", threads=8)
+        pm.mode = "op"
+        for _ in range(3):
+            y = pm(x)
+            assert torch.isnan(y[1]).all()
+            assert _rel(y[[0, 2]], ref[[0, 2]]) < 1e-4
