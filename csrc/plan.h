@@ -45,7 +45,7 @@ struct BufSpec {
   int C = 0, H = 0, W = 0, P = 0;
   int pitch = 0;   // floats per row: W + 2P (plain layout) or a multiple of `align`
   int lead = 0;    // column of x = 0 inside a row: P (plain) or a multiple of `align`
-  int align = 0;   // 0: plain layout; 8 / 16: rows and their interior start on 8 / 16 floats
+  int align = 0;   // 0: plain layout; 16: rows and their interior start on 16 floats
   int copies = 1;  // 3: two more copies, shifted by -1 / +1 float, at -/+ copy_floats()
   // Plain: (H + 2P) x (W + 2P) planes. Aligned: rows of `pitch` floats whose zero gap
   // (pitch - W >= 2P floats) is the right padding of one row and the left padding of the next.

@@ -1,10 +1,13 @@
-// Plan-specific AVX2 CSR conv kernel for the common CIFAR shapes: output rows of exactly
-// SPR full 8-lane slots and input planes of width WQ known at compile time, so every slot of a
-// tile is at a constant displacement from ONE base pointer. That frees the general kernel's
-// per-slot base registers and allows 12-slot tiles (12 accumulators: more FMAs per weight
-// broadcast and per offset load, and more independent FMA chains).
-// Compiled for AVX2+FMA with a function attribute; called only when the AVX2 kernel set is the
-// active one (so the module still loads and runs on CPUs without AVX2).
+// Plan-specific CSR conv kernels for the common CIFAR shapes: output rows of exactly SPR full
+// 8-lane slots and input planes of width WQ known at compile time, so every slot of a tile is at
+// a constant displacement from ONE base pointer. That frees the general kernel's per-slot base
+// registers and allows 12-slot tiles (more FMAs per weight broadcast, more independent FMA
+// chains). AVX2+FMA tiles, plus AVX-512F tiles (one zmm = two adjacent slots) picked at run time;
+// the AVX-512 tiles also serve the plan's aligned layout (WQ 48 / 32) and write the shifted
+// copies of their output from registers. Each tile applies the whole epilogue (bias, residual,
+// ReLU, copies); slots left to the general kernel get it from op_epilogue.
+// Compiled with function attributes; called only when the AVX2 kernel set is the active one (so
+// the module still loads and runs on CPUs without AVX2).
 #include "plan.h"
 
 #include <cstdlib>
@@ -168,7 +171,7 @@ int plan_fast_shape(int Wo, int Wq, int stride, int dil) {
   if (stride == 1 && Wo == 8 && Wq == 10) return 3;   // stage 3
   if (stride == 2 && Wo == 16 && Wq == 17) return 4;  // 32x32 -> 16x16 (phase planes 17 wide)
   if (stride == 2 && Wo == 8 && Wq == 9) return 5;    // 16x16 -> 8x8
-  // aligned layout (plan.h): rows of 48 / 32 floats, every load aligned
+  // aligned layout (plan.h; only with the AVX-512 tiles): rows of 48 / 32 floats, aligned loads
   if (stride == 1 && Wo == 32 && Wq == 48) return 6;
   if (stride == 1 && Wo == 16 && Wq == 32) return 7;
   return 0;
@@ -197,8 +200,6 @@ void plan_csr_fast(int shape, const ConvTask& t, int row0, int row1, int s0, int
     case 3: rows<8, 1, 10>(t, row0, row1, s0, s1, rest); break;
     case 4: rows<12, 2, 17>(t, row0, row1, s0, s1, rest); break;
     case 5: rows<8, 1, 9>(t, row0, row1, s0, s1, rest); break;
-    case 6: rows<12, 4, 48>(t, row0, row1, s0, s1, rest); break;
-    case 7: rows<12, 2, 32>(t, row0, row1, s0, s1, rest); break;
     default:
       rest(t, row0, row1, s0, s1);
       op_epilogue(t, row0, row1, s0, s1);

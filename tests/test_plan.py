@@ -271,6 +271,18 @@ def test_other_families_compile_or_raise_cleanly(name):
         assert _rel(pm(x), m(x)) < 1e-4
 
 
+def _check_against_torch(m: nn.Module, density: float, backend: str, threads: int, shape: tuple) -> None:
+    """Zero a random (1 - density) of every conv weight of m, then plan output == torch output."""
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.Conv2d):
+                mod.weight.mul_((torch.rand_like(mod.weight) < density).float())
+        x = torch.randn(*shape)
+        ref = m(x).flatten(1)
+        y = compile_plan(m, backend, threads=threads, input_size=shape[1:])(x).flatten(1)
+    assert torch.allclose(y, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max().clamp_min(1)))
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     cin=st.integers(1, 6), cout=st.sampled_from([1, 3, 4, 8, 12]), k=st.sampled_from([1, 3, 5]),
@@ -287,16 +299,7 @@ def test_random_conv_stacks(cin, cout, k, stride, pad, dil, h, w, bn, relu, dens
     if relu:
         layers.append(nn.ReLU(inplace=True))
     layers += [nn.Conv2d(cout, cout, 3, 1, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cout, 3)]
-    m = _randomise_bn(nn.Sequential(*layers))
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, nn.Conv2d):
-                mod.weight.mul_((torch.rand_like(mod.weight) < density).float())
-    x = torch.randn(n, cin, h, w)
-    with torch.no_grad():
-        ref = m(x)
-        y = compile_plan(m, backend, threads=threads, input_size=(cin, h, w))(x)
-    assert torch.allclose(y, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max().clamp_min(1)))
+    _check_against_torch(_randomise_bn(nn.Sequential(*layers)), density, backend, threads, (n, cin, h, w))
 
 
 def test_maxpool_and_clamp_with_nan():
@@ -460,16 +463,7 @@ def test_aligned_layout_blocks(c, w, h, k, pad, stride, density, backend, thread
     """Widths that take the aligned layout (rows of 16 floats, shifted copies, fused residual)."""
     if h + 2 * pad < k or w + 2 * pad < k:
         return
-    m = _Block(c, k, pad, stride).eval()
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, nn.Conv2d):
-                mod.weight.mul_((torch.rand_like(mod.weight) < density).float())
-    x = torch.randn(n, c, h, w)
-    with torch.no_grad():
-        ref = m(x).flatten(1)
-        y = compile_plan(m, backend, threads=threads, input_size=(c, h, w))(x).flatten(1)
-    assert torch.allclose(y, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max().clamp_min(1)))
+    _check_against_torch(_Block(c, k, pad, stride).eval(), density, backend, threads, (n, c, h, w))
 
 
 def test_plain_and_aligned_layouts_agree(pruned_r20, monkeypatch):
