@@ -279,9 +279,10 @@ def _speed_table(v: StudyView) -> Table:
            f"{v.config.get('threads')} threads); "
            + (f"speed-up relative to the unpruned network on '{ref[0]}'. " if ref else
               "no speed-up column: the unpruned network (sparsity 0) is not in the study. ")
-           + "Every backend runs the BN-folded inference model of "
-           "prunecal.sparse.sparsify; 'stored' counts packed sparse weights. One timing per unit on "
-           "a possibly shared machine: treat small differences as noise.")
+           + "Every backend runs the BN-folded, ReLU-fused inference model (csr / bsr: the whole "
+           "network as one native call, prunecal.sparse.compile_plan, where the graph compiles; "
+           "otherwise and for dense / torch: prunecal.sparse.sparsify); 'stored' counts packed sparse "
+           "weights. One timing per unit on a possibly shared machine: treat small differences as noise.")
     return Table(head, rows, cap)
 
 
