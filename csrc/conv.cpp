@@ -33,6 +33,22 @@ inline void gather_row(float* dst, const float* src, int n, int s) {
   for (; j < n; ++j) dst[j] = src[int64_t(j) * s];
 }
 
+// even[k] = x[2k], odd[k] = x[2k + 1] for the n values of x.
+inline void deinterleave_row(const float* x, int n, float* even, float* odd) {
+  int k = 0;
+#if defined(__SSE2__) || defined(_M_X64)
+  for (; 2 * k + 8 <= n; k += 4) {
+    const __m128 a = _mm_loadu_ps(x + 2 * k), b = _mm_loadu_ps(x + 2 * k + 4);
+    _mm_storeu_ps(even + k, _mm_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)));
+    _mm_storeu_ps(odd + k, _mm_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+  }
+#endif
+  for (; 2 * k < n; ++k) {
+    even[k] = x[2 * k];
+    if (2 * k + 1 < n) odd[k] = x[2 * k + 1];
+  }
+}
+
 // Copy one image (C, H, W) into C x stride^2 phase planes of Hq x Wq with zero padding,
 // followed by kSlack zeros. With zero_borders == false the padding positions of `buf` are
 // known to be zero already (same layout as the previous image packed into it) and only the
@@ -45,6 +61,16 @@ void pack_planes(const float* x, int C, int H, int W, const Geometry& g, float* 
     float* P0 = buf + c * g.chan_floats;
     if (s == 1) {
       for (int y = 0; y < H; ++y) copy_row(P0 + int64_t(y + p) * Wq + p, X + int64_t(y) * W, W);
+      continue;
+    }
+    if (s == 2) {  // one pass per input row: even columns to one phase, odd to the other
+      const int pe = p & 1, je = p >> 1, jo = (p + 1) >> 1;  // phase / first column of x = 0 and x = 1
+      for (int yy = 0; yy < H; ++yy) {
+        const int py = (yy + p) & 1, i = (yy + p) >> 1;
+        float* even = P0 + int64_t(py * 2 + pe) * Hq * Wq + int64_t(i) * Wq + je;
+        float* odd = P0 + int64_t(py * 2 + (1 - pe)) * Hq * Wq + int64_t(i) * Wq + jo;
+        deinterleave_row(X + int64_t(yy) * W, W, even, odd);
+      }
       continue;
     }
     for (int py = 0; py < s; ++py)

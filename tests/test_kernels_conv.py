@@ -1,6 +1,8 @@
 """Native sparse conv2d vs torch.nn.functional.conv2d on random shapes, sparsities and settings."""
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -203,3 +205,17 @@ def test_weight_object_reused_across_geometries():
         x = torch.randn(2, 4, h, h + 1)
         torch.testing.assert_close(sparse_conv2d(x, W, None, s, p, d), F.conv2d(x, w, None, s, p, d),
                                    rtol=1e-4, atol=1e-5)
+
+
+def test_stride2_phase_split_grid():
+    """Stride 2 packs each input row in one pass (even / odd columns to two phase planes): every
+    width parity, padding 0-3 and dilation 1-2 against torch."""
+    torch.manual_seed(0)
+    for width, height, pad, dil, k in itertools.product([1, 2, 5, 8, 9, 16, 17], [1, 3, 8], [0, 1, 2, 3], [1, 2], [1, 3]):
+        if height + 2 * pad < dil * (k - 1) + 1 or width + 2 * pad < dil * (k - 1) + 1:
+            continue
+        w = torch.randn(5, 3, k, k)
+        w[torch.rand(w.shape) < 0.5] = 0
+        x = torch.randn(2, 3, height, width)
+        y = sparse_conv2d(x, CSRWeight.from_dense(w), None, 2, pad, dil, threads=1)
+        torch.testing.assert_close(y, F.conv2d(x, w, None, 2, pad, dil), rtol=1e-4, atol=1e-4)

@@ -25,6 +25,8 @@ IntPair = Union[int, tuple[int, int]]
 
 def _pair(v: IntPair, name: str) -> int:
     """The single int a (square) conv parameter may hold; a non-square pair -> ValueError."""
+    if type(v) is int:
+        return v
     if isinstance(v, (tuple, list)):
         if len(v) != 2 or v[0] != v[1]:
             raise ValueError(f"{name}: only square values are supported, got {v!r}")
@@ -92,36 +94,37 @@ def sparse_conv2d(x: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor] 
     unbatched = x.dim() == 3
     if unbatched:
         x = x.unsqueeze(0)
-    if x.dim() != 4:
-        raise ValueError(f"x: expected a 4-D (N, C, H, W) or 3-D (C, H, W) tensor, got shape {tuple(x.shape)}")
+    shape = tuple(x.shape)
+    if len(shape) != 4:
+        raise ValueError(f"x: expected a 4-D (N, C, H, W) or 3-D (C, H, W) tensor, got shape {shape}")
     s, p, d = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
-    if isinstance(groups, bool) or not isinstance(groups, int):
+    if type(groups) is not int:
         raise TypeError(f"groups: expected an int, got {type(groups).__name__}")
     packed = weight.packed()
-    c_out = weight.shape[0]
+    c_out, c_in_per_group = weight.shape[0], weight.shape[1]
     if groups < 1 or c_out % groups:
         raise ValueError(f"groups: {groups} must be >= 1 and divide C_out={c_out}")
-    if x.shape[1] != weight.shape[1] * groups:
+    if shape[1] != c_in_per_group * groups:
         raise ValueError(
-            f"x: expected {weight.shape[1] * groups} input channels (C_in/groups={weight.shape[1]}"
-            f" x groups={groups}), got {x.shape[1]}")
+            f"x: expected {c_in_per_group * groups} input channels (C_in/groups={c_in_per_group}"
+            f" x groups={groups}), got {shape[1]}")
     if s < 1 or p < 0 or d < 1:
         raise ValueError(f"stride/padding/dilation: need stride >= 1, padding >= 0, dilation >= 1; "
                          f"got {s}, {p}, {d}")
     # output size per input geometry, cached on the weight (output_hw also validates the geometry)
     cache = weight.__dict__.setdefault("_output_hw", {})
-    key = (x.shape[2], x.shape[3], s, p, d)
+    key = (shape[2], shape[3], s, p, d)
     hw = cache.get(key)
     if hw is None:
         hw = packed.output_hw(*key)
         if len(cache) < 64:
             cache[key] = hw
-    ho, wo = hw
     # numpy-allocated output (cheaper than torch.empty), handed to torch without a copy
-    out = np.empty((x.shape[0], c_out, ho, wo), dtype=np.float32)
-    b = _bias(bias, c_out)
-    if x.shape[0]:
-        packed.conv2d(x.numpy(), out, b, s, p, d, groups, bool(relu), default_threads(threads), isa)
+    out = np.empty((shape[0], c_out, hw[0], hw[1]), dtype=np.float32)
+    b = None if bias is None else _bias(bias, c_out)
+    if shape[0]:
+        packed.conv2d(x.numpy(), out, b, s, p, d, groups, bool(relu),
+                      threads if type(threads) is int and threads > 0 else default_threads(threads), isa)
     y = torch.from_numpy(out)
     return y[0] if unbatched else y
 
