@@ -15,10 +15,33 @@
 namespace prunecal {
 namespace {
 
-inline void copy_row(float* d, const float* s, int n) {
+// Whether any value passed through was NaN or +-Inf (v * 0 is NaN exactly for those): lets the
+// packing copy, which reads every input value once, replace a separate scan of the image.
+struct NonfiniteScan {
+#if defined(__SSE2__) || defined(_M_X64)
+  __m128 acc = _mm_setzero_ps();
+  void add4(__m128 v) { acc = _mm_or_ps(acc, _mm_mul_ps(v, _mm_setzero_ps())); }
+#endif
+  bool scalar = false;
+  void add(float v) { scalar = scalar || !(v - v == 0.f); }
+  bool any() const {
+#if defined(__SSE2__) || defined(_M_X64)
+    if (_mm_movemask_ps(_mm_cmpunord_ps(acc, acc))) return true;
+#endif
+    return scalar;
+  }
+};
+
+inline void copy_row(float* d, const float* s, int n, NonfiniteScan& scan) {
   int i = 0;
-  for (; i + 8 <= n; i += 8) std::memcpy(d + i, s + i, 32);  // fixed size: inlined vector moves
-  for (; i < n; ++i) d[i] = s[i];
+#if defined(__SSE2__) || defined(_M_X64)
+  for (; i + 4 <= n; i += 4) {
+    const __m128 v = _mm_loadu_ps(s + i);
+    scan.add4(v);
+    _mm_storeu_ps(d + i, v);
+  }
+#endif
+  for (; i < n; ++i) scan.add(d[i] = s[i]);
 }
 
 // dst[j] = src[s * j] for j < n (the phase-split copy of one row).
@@ -34,33 +57,38 @@ inline void gather_row(float* dst, const float* src, int n, int s) {
 }
 
 // even[k] = x[2k], odd[k] = x[2k + 1] for the n values of x.
-inline void deinterleave_row(const float* x, int n, float* even, float* odd) {
+inline void deinterleave_row(const float* x, int n, float* even, float* odd, NonfiniteScan& scan) {
   int k = 0;
 #if defined(__SSE2__) || defined(_M_X64)
   for (; 2 * k + 8 <= n; k += 4) {
     const __m128 a = _mm_loadu_ps(x + 2 * k), b = _mm_loadu_ps(x + 2 * k + 4);
+    scan.add4(a);
+    scan.add4(b);
     _mm_storeu_ps(even + k, _mm_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)));
     _mm_storeu_ps(odd + k, _mm_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
   }
 #endif
   for (; 2 * k < n; ++k) {
-    even[k] = x[2 * k];
-    if (2 * k + 1 < n) odd[k] = x[2 * k + 1];
+    scan.add(even[k] = x[2 * k]);
+    if (2 * k + 1 < n) scan.add(odd[k] = x[2 * k + 1]);
   }
 }
 
 // Copy one image (C, H, W) into C x stride^2 phase planes of Hq x Wq with zero padding,
 // followed by kSlack zeros. With zero_borders == false the padding positions of `buf` are
 // known to be zero already (same layout as the previous image packed into it) and only the
-// image itself is copied.
-void pack_planes(const float* x, int C, int H, int W, const Geometry& g, float* buf, bool zero_borders) {
+// image itself is copied. Returns whether the image holds NaN or Inf.
+bool pack_planes(const float* x, int C, int H, int W, const Geometry& g, float* buf, bool zero_borders,
+                 const KernelSet& k) {
   const int s = g.stride, p = g.pad, Hq = g.Hq, Wq = g.Wq;
+  NonfiniteScan scan;
+  if (s > 2) scan.scalar = k.nonfinite(x, int64_t(C) * H * W);  // (the copy below skips nothing, but has no scan)
   if (zero_borders) std::memset(buf, 0, sizeof(float) * size_t(C * g.chan_floats + kSlack));
   for (int c = 0; c < C; ++c) {
     const float* X = x + int64_t(c) * H * W;
     float* P0 = buf + c * g.chan_floats;
     if (s == 1) {
-      for (int y = 0; y < H; ++y) copy_row(P0 + int64_t(y + p) * Wq + p, X + int64_t(y) * W, W);
+      for (int y = 0; y < H; ++y) copy_row(P0 + int64_t(y + p) * Wq + p, X + int64_t(y) * W, W, scan);
       continue;
     }
     if (s == 2) {  // one pass per input row: even columns to one phase, odd to the other
@@ -69,7 +97,7 @@ void pack_planes(const float* x, int C, int H, int W, const Geometry& g, float* 
         const int py = (yy + p) & 1, i = (yy + p) >> 1;
         float* even = P0 + int64_t(py * 2 + pe) * Hq * Wq + int64_t(i) * Wq + je;
         float* odd = P0 + int64_t(py * 2 + (1 - pe)) * Hq * Wq + int64_t(i) * Wq + jo;
-        deinterleave_row(X + int64_t(yy) * W, W, even, odd);
+        deinterleave_row(X + int64_t(yy) * W, W, even, odd, scan);
       }
       continue;
     }
@@ -89,6 +117,7 @@ void pack_planes(const float* x, int C, int H, int W, const Geometry& g, float* 
         }
       }
   }
+  return scan.any();
 }
 
 // Per-thread plane buffer, reused across calls; remembers the layout whose zero borders it holds.
@@ -160,10 +189,8 @@ void PackedWeight::conv2d(const float* x, int N, int C, int H, int W, float* y, 
     }
   };
   auto pack = [&](int64_t n, float* buf, bool zero_borders) {
-    const float* xi = x + n * img_in;
-    const bool bad = k.nonfinite(xi, img_in);
+    const bool bad = pack_planes(x + n * img_in, C, H, W, g, buf, zero_borders, k);  // (scans while copying)
     if (bad) ensure_dense(g);
-    pack_planes(xi, C, H, W, g, buf, zero_borders);
     return bad;
   };
 

@@ -219,3 +219,19 @@ def test_stride2_phase_split_grid():
         x = torch.randn(2, 3, height, width)
         y = sparse_conv2d(x, CSRWeight.from_dense(w), None, 2, pad, dil, threads=1)
         torch.testing.assert_close(y, F.conv2d(x, w, None, 2, pad, dil), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("width", [7, 8, 10, 17])
+def test_nonfinite_found_anywhere_in_the_row(stride, width):
+    """The NaN/Inf check runs while the image is copied into its planes (vector body and scalar
+    tail of each row, both column parities at stride 2): a bad value at any column is seen."""
+    w = sparse_weight((4, 3, 3, 3), 0.8)
+    for col in sorted({0, 1, width // 2, width - 2, width - 1}):
+        for bad in (float("nan"), float("inf")):
+            x = torch.randn(2, 3, 6, width)
+            x[1, 2, 5, col] = bad
+            y = sparse_conv2d(x, make(w, "csr"), None, stride, 1, threads=1)
+            ref = F.conv2d(x, w, None, stride, 1)
+            assert torch.equal(torch.isnan(y), torch.isnan(ref)), (col, bad)
+            assert torch.isfinite(y[0]).all()
