@@ -122,7 +122,12 @@ std::shared_ptr<Geometry> PackedWeight::geometry(int H, int W, int stride, int p
 std::shared_ptr<Geometry> PackedWeight::geometry_from(std::shared_ptr<Geometry> g) const {
   const int taps = kh() * kw();
   if (int(g->tap.size()) != taps) throw std::invalid_argument("geometry: tap table has the wrong size");
-  auto off_of = [&](int32_t col) { return int32_t((col / taps) * g->chan_floats + g->tap[col % taps]); };
+  auto off_of = [&](int32_t col) {
+    const int64_t off = int64_t(col / taps) * g->chan_floats + g->tap[col % taps];
+    if (off >= (int64_t(1) << 31) || off < -(int64_t(1) << 31))
+      throw std::invalid_argument("input: image too large for 32-bit offsets");
+    return int32_t(off);
+  };
   g->csr_off.resize(c_cols_.size());
   for (size_t j = 0; j < c_cols_.size(); ++j) g->csr_off[j] = off_of(c_cols_[j]);
   g->bsr_off.resize(b_cols_.size());

@@ -59,8 +59,8 @@ class TeamSteps {
     for (int k = 1; k < n; ++k) {
       Slot& o = slots_[size_t((tid + k) % n)];
       for (int spin = 0; o.claimed.load(std::memory_order_acquire) < seq; ++spin) {
-        if (o.present.load(std::memory_order_acquire) >= seq) {  // its owner is here and will claim it
-          stealing = false;
+        if (o.present.load(std::memory_order_acquire) >= seq && spin <= kPresentSpins) {
+          stealing = false;  // its owner is here and about to claim it (unless descheduled right now)
           wait(spin);
           continue;
         }
@@ -82,6 +82,7 @@ class TeamSteps {
 
  private:
   static constexpr int kClaimSpins = 2000;  // pauses (~20-50 us) before taking an absent owner's slot
+  static constexpr int kPresentSpins = 8000;  // waits (pauses, then yields) for a present owner's claim
   static void pause() {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
@@ -209,7 +210,9 @@ void Plan::add_conv(const std::string& name, const std::string& kind, std::vecto
   if (op.direct) {
     // 3x3 / pad 1 on an aligned buffer: read tap kx from the copy shifted by kx - 1, so that
     // every vector load of the kernels is aligned
-    const bool shifted = si.align == 16 && kw == 3 && pad == 1 && dil == 1;
+    // (offsets reach about two copies: int32 must hold them)
+    const bool shifted = si.align == 16 && kw == 3 && pad == 1 && dil == 1 &&
+                         3 * si.copy_floats() + si.pitch < (int64_t(1) << 31);
     if (shifted && bufs_[size_t(in)].copies != 3) {
       bufs_[size_t(in)].copies = 3;
       arenas_.clear();

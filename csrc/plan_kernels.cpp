@@ -50,7 +50,7 @@ PLAN_AVX2 inline void tile(const ConvTask& t, int row, const Slot* sl) {
   const __m256 b = _mm256_set1_ps(t.bias ? t.bias[row] : 0.f);
   float* out = t.out + row * t.out_stride;
   const float* res = t.res ? t.res + row * t.res_stride : nullptr;
-  const int32_t* rq = t.res_q + (sl - t.slots);
+  const int32_t* rq = res ? t.res_q + (sl - t.slots) : nullptr;
   const bool relu = res ? t.res_relu : t.relu;
   const int64_t cf = t.copy_floats;
 #pragma GCC unroll 16
@@ -107,7 +107,7 @@ PLAN_AVX512 inline void tile512(const ConvTask& t, int row, const Slot* sl) {
   const __m512 b = _mm512_set1_ps(t.bias ? t.bias[row] : 0.f);
   float* out = t.out + row * t.out_stride;
   const float* res = t.res ? t.res + row * t.res_stride : nullptr;
-  const int32_t* rq = t.res_q + (sl - t.slots);
+  const int32_t* rq = res ? t.res_q + (sl - t.slots) : nullptr;
   const bool relu = res ? t.res_relu : t.relu;
   const int64_t cf = t.copy_floats;
   __m512 v[NZ];
