@@ -208,6 +208,39 @@ def _compare(net, seconds, repeats, configs, sparsities, plain_layout, busy_core
     return "\n".join(lines)
 
 
+def stability(net: str = "resnet56", sparsity: float = 0.9, stretches: int = 8, calls: int = 3000) -> str:
+    """Median call time of ``stretches`` consecutive stretches of ``calls`` back-to-back batch-1
+    calls of the csr plan on 2 threads, then on 1 thread: how much the rate moves over time."""
+    import time
+
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import peers
+
+    from prunecal.sparse.plan import compile_plan
+
+    model = peers.pruned_model(net, sparsity)
+    x = peers.sample_input(1)
+    lines = ["| threads | median us per call, stretch by stretch |", "|---|---|"]
+    for threads in (2, 1):
+        torch.set_num_threads(threads)
+        pm = compile_plan(model, "csr", threads=threads)
+        meds = []
+        with torch.inference_mode():
+            for _ in range(100):
+                pm(x)
+            for _ in range(stretches):
+                ts = np.empty(calls)
+                for i in range(calls):
+                    t0 = time.perf_counter()
+                    pm(x)
+                    ts[i] = time.perf_counter() - t0
+                meds.append(np.median(ts) * 1e6)
+        lines.append(f"| {threads} | " + ", ".join(f"{m:.0f}" for m in meds) + " |")
+    return "\n".join(lines)
+
+
 def profile(net: str = "resnet56", sparsity: float = 0.9, images: int = 8, reps: int = 20) -> str:
     """Markdown: where one image's time goes in the plan (``Plan.profile``: CPU time of one
     thread, per op, summed by stage), with the multiply-add rate of the convs in 16-lane FMAs
@@ -260,9 +293,12 @@ if __name__ == "__main__":
     ap.add_argument("--plain-layout", action="store_true", help="also the plan with the plain row layout")
     ap.add_argument("--busy-core", action="store_true", help="keep one core busy with another process")
     ap.add_argument("--profile", action="store_true", help="per-stage time of one image (1 thread, 90 %%)")
+    ap.add_argument("--stability", action="store_true", help="batch-1 call time over consecutive stretches")
     a = ap.parse_args()
     if a.profile:
         print(profile(a.net))
+    elif a.stability:
+        print(stability(a.net))
     elif a.compare:
         print(compare(a.net, a.seconds, a.repeats, plain_layout=a.plain_layout, busy_core=a.busy_core))
     elif a.json:
