@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
+
+from prunecal._atomic import atomic_write
 
 from . import CORRUPTIONS, corrupt
 from ._common import check_images, check_indices, check_int
@@ -43,28 +43,6 @@ def _indices_tag(name: str, idx: np.ndarray | None) -> str:
     if idx is None or not CORRUPTIONS.get(name).stochastic or np.array_equal(idx, np.arange(idx.shape[0])):
         return ""
     return "|idx=" + hashlib.sha256(np.ascontiguousarray(idx, dtype="<i8").data).hexdigest()
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def _atomic_write(path: Path, write: Callable[[object], None]) -> None:
-    """Write ``path`` via a temp file in the same folder, fsync, then ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 class CorruptionCache:
@@ -134,8 +112,8 @@ class CorruptionCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256(np.ascontiguousarray(out).data).hexdigest()
         # Checksum first: a reader that sees the new .npy with the old sidecar just regenerates.
-        _atomic_write(path.with_suffix(".sha256"), lambda f: f.write(digest.encode()))
-        _atomic_write(path, lambda f: np.save(f, out, allow_pickle=False))
+        atomic_write(path.with_suffix(".sha256"), lambda f: f.write(digest.encode()))
+        atomic_write(path, lambda f: np.save(f, out, allow_pickle=False))
         return out
 
     def clear(self) -> int:

@@ -19,7 +19,9 @@ import numpy as np
 
 from . import CORRUPTIONS, SEVERITIES, available, iter_suite
 from ._common import check_images, check_int
-from .cache import CODE_VERSION, _atomic_write, fingerprint
+from prunecal._atomic import atomic_write
+
+from .cache import CODE_VERSION, fingerprint
 
 MANIFEST = "manifest.json"
 
@@ -89,7 +91,7 @@ def write_cifar10c(
     tiled = np.tile(y.astype(np.uint8), len(SEVERITIES))
     lpath = out / "labels.npy"
     if not (lpath.is_file() and _valid_labels(lpath, tiled)):
-        _atomic_write(lpath, lambda f: np.save(f, tiled, allow_pickle=False))
+        atomic_write(lpath, lambda f: np.save(f, tiled, allow_pickle=False))
 
     buf: dict[str, np.ndarray] = {}
     for name, sev, arr in iter_suite(x, todo, SEVERITIES, sd, workers=workers):
@@ -99,12 +101,12 @@ def write_cifar10c(
         buf[name][(sev - 1) * n:sev * n] = arr
         if sev == SEVERITIES[-1]:
             data = buf.pop(name)
-            _atomic_write(out / f"{name}.npy", lambda f, d=data: np.save(f, d, allow_pickle=False))
+            atomic_write(out / f"{name}.npy", lambda f, d=data: np.save(f, d, allow_pickle=False))
             spec = CORRUPTIONS.get(name)
             manifest["corruptions"][name] = {"family": spec.family, "stochastic": spec.stochastic,
                                              "faithful_to_published": spec.faithful}
             text = json.dumps(manifest, indent=1, sort_keys=True)
-            _atomic_write(mpath, lambda f, t=text: f.write(t.encode()))
+            atomic_write(mpath, lambda f, t=text: f.write(t.encode()))
     return [out / f"{n}.npy" for n in todo_names]
 
 

@@ -5,33 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+from prunecal._atomic import atomic_write as _atomic_write  # (the sweep and the CLI write through it too)
 
 
 def model_key(model: str, weights_sha256: str, method: str, sparsity: float, seed: int) -> str:
@@ -67,7 +47,7 @@ class ModelCache:
             except Exception:
                 pass
         m = build()
-        _atomic_write(p, lambda t: torch.save(m, t))
+        _atomic_write(p, lambda f: torch.save(m, f))
         return m.eval(), False
 
     def get_json(self, key: str) -> dict[str, Any] | None:
@@ -79,7 +59,7 @@ class ModelCache:
 
     def put_json(self, key: str, value: dict[str, Any]) -> None:
         p = self.root / "models" / f"{key}.json"
-        _atomic_write(p, lambda t: t.write_text(json.dumps(value)))
+        _atomic_write(p, lambda f: f.write(json.dumps(value).encode()))
 
 
 __all__ = ["ModelCache", "model_key"]

@@ -156,7 +156,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         text = (C.to_toml(cfg) + "\n# what the results depend on beside [study]\n[provenance]\n"
                 f'config_hash = "{prep.config_hash}"\nweights_sha256 = "{prep.weights_sha256}"\n'
                 f'data_fingerprint = "{prep.data_fingerprint}"\n')
-        _atomic_write(out / "config.resolved.toml", lambda t: t.write_text(text))
+        _atomic_write(out / "config.resolved.toml", lambda f: f.write(text.encode()))
         from .progress import make_progress
 
         sweep = Sweep(cfg, store, progress=make_progress(cfg.quiet))

@@ -8,9 +8,11 @@ elsewhere). Reliability bins stay in the store (JSON) and are not exported.
 from __future__ import annotations
 
 import csv
-import os
+import io
 from pathlib import Path
 from typing import Any, Iterable
+
+from prunecal._atomic import atomic_write
 
 from .store import JSON_COLUMNS, UNIT_COLUMNS
 
@@ -33,15 +35,11 @@ def write_csv(units: Iterable[dict[str, Any]], path: str | Path) -> Path:
     cols: list[str] = []
     for r in rows:
         cols += [c for c in r if c not in cols]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp_{path.name}")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
-    return path
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=cols, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    return atomic_write(path, lambda f: f.write(text.getvalue().encode()))
 
 
 __all__ = ["flatten", "write_csv"]

@@ -515,10 +515,7 @@ class Sweep:
         name = f"{p.config_hash}_{u.method}_{u.sparsity:g}_{u.corruption}_{u.severity}_{u.backend}.npz"
         path = self.out / "logits" / name
 
-        def write(t: Path) -> None:
-            with open(t, "wb") as f:
-                np.savez_compressed(f, logits=logits, labels=labels, index=p.eval_index)
-        _atomic_write(path, write)
+        _atomic_write(path, lambda f: np.savez_compressed(f, logits=logits, labels=labels, index=p.eval_index))
         return str(path.relative_to(self.out))
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from prunecal._atomic import atomic_write
 
 __all__ = ["load_checkpoint", "save_checkpoint", "read_state_dict", "file_sha256"]
 
@@ -174,23 +175,8 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, **meta: Any) -> P
     info = getattr(model, "prune_info", None)
     if isinstance(info, Mapping) and "prune_info" not in meta:
         meta["prune_info"] = _plain(info)
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     payload = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **meta}
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return p
+    return atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def file_sha256(path: str | os.PathLike, *, chunk_size: int = 1 << 20) -> str:
