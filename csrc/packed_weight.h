@@ -44,6 +44,10 @@ class PackedWeight {
   int64_t cols() const { return int64_t(shape_[1]) * shape_[2] * shape_[3]; }
   int block_rows() const { return block_rows_; }
   int64_t nnz() const { return int64_t(c_val_.size()); }
+  // The stored form the kernels read: CSR values / row pointers, or BSR blocks (block_rows values
+  // each) / block-row pointers.
+  const float* stored_values() const { return kind_ == "bsr" ? b_val_.data() : c_val_.data(); }
+  const int32_t* stored_indptr() const { return kind_ == "bsr" ? b_indptr_.data() : c_indptr_.data(); }
 
   // Geometry for an input of H x W with the given conv parameters (cached).
   std::shared_ptr<Geometry> geometry(int H, int W, int stride, int pad, int dil);

@@ -159,6 +159,16 @@ void Plan::check_buf(int i, const char* what) const {
     throw std::invalid_argument(std::string(what) + ": no buffer " + std::to_string(i));
 }
 
+PlanOp Plan::new_op(OpKind kind, const std::string& what, const std::string& name, int in, int out) const {
+  check_buf(in, (what + " input").c_str());
+  check_buf(out, (what + " output").c_str());
+  PlanOp op;
+  op.kind = kind;
+  op.name = name;
+  op.in0 = in, op.out = out;
+  return op;
+}
+
 int Plan::add_buffer(int C, int H, int W, int P) {
   if (C <= 0 || H <= 0 || W <= 0 || P < 0 || P > 16)
     throw std::invalid_argument("buffer: need C, H, W > 0 and 0 <= P <= 16");
@@ -180,20 +190,12 @@ void Plan::add_conv(const std::string& name, const std::string& kind, std::vecto
                     std::vector<int32_t> indptr, std::vector<int32_t> indices, std::array<int, 4> shape,
                     int block_rows, std::vector<float> bias, int stride, int pad, int dil, int groups,
                     bool relu, int in, int out, int residual) {
-  check_buf(in, "conv input");
-  check_buf(out, "conv output");
+  PlanOp op = new_op(OpKind::Conv, "conv", name, in, out);
   if (in == out) throw std::invalid_argument("conv: input and output buffers must differ");
   if (stride < 1 || pad < 0 || dil < 1 || groups < 1) throw std::invalid_argument("conv: bad stride/pad/dil/groups");
-  PlanOp op;
-  op.kind = OpKind::Conv;
-  op.name = name;
-  op.in0 = in, op.out = out, op.relu = relu;
-  op.wkind = kind;
-  op.val = values;
-  op.indptr = indptr;
+  op.relu = relu;
   op.pw = std::make_shared<PackedWeight>(kind, std::move(values), std::move(indptr), std::move(indices), shape,
                                          block_rows);
-  op.block_rows = op.pw->block_rows();
   const BufSpec &si = bufs_[size_t(in)], &so = bufs_[size_t(out)];
   const int Co = op.pw->rows();
   if (Co % groups) throw std::invalid_argument("conv " + name + ": groups must divide C_out");
@@ -240,7 +242,7 @@ void Plan::add_conv(const std::string& name, const std::string& kind, std::vecto
     throw std::invalid_argument("conv " + name + ": output buffer " + spec_str(out, so) + " does not match (" +
                                 std::to_string(Co) + "x" + std::to_string(g.Ho) + "x" + std::to_string(g.Wo) + ")");
   op.use_bsr = kind == "bsr";
-  if (op.use_bsr && groups > 1 && (Co / groups) % op.block_rows)
+  if (op.use_bsr && groups > 1 && (Co / groups) % op.pw->block_rows())
     throw std::invalid_argument("conv " + name + ": BSR blocks must not straddle groups; use CSR");
   const int in_pitch = op.direct ? si.pitch : g.Wq;
   if (!op.use_bsr) op.fast = plan_fast_shape(g.Wo, in_pitch, stride, dil);
@@ -265,8 +267,7 @@ void Plan::add_conv(const std::string& name, const std::string& kind, std::vecto
 void Plan::add_linear(const std::string& name, const std::string& kind, std::vector<float> values,
                       std::vector<int32_t> indptr, std::vector<int32_t> indices, int out_features,
                       int in_features, int block_rows, std::vector<float> bias, bool relu, int in, int out) {
-  check_buf(in, "linear input");
-  check_buf(out, "linear output");
+  PlanOp op = new_op(OpKind::Linear, "linear", name, in, out);
   if (kind != "csr") throw std::invalid_argument("linear " + name + ": only CSR weights are supported");
   const BufSpec &si = bufs_[size_t(in)], &so = bufs_[size_t(out)];
   if (si.P != 0 || so.P != 0) throw std::invalid_argument("linear " + name + ": buffers must have P = 0");
@@ -274,83 +275,52 @@ void Plan::add_linear(const std::string& name, const std::string& kind, std::vec
     throw std::invalid_argument("linear " + name + ": buffer sizes do not match the weight");
   if (!bias.empty() && int(bias.size()) != out_features)
     throw std::invalid_argument("linear " + name + ": bias length != out_features");
-  PlanOp op;
-  op.kind = OpKind::Linear;
-  op.name = name;
-  op.in0 = in, op.out = out, op.relu = relu;
-  op.wkind = kind;
-  op.val = values;
-  op.indptr = indptr;
-  std::vector<int32_t> cols = indices;
+  op.relu = relu;
   op.pw = std::make_shared<PackedWeight>(kind, std::move(values), std::move(indptr), std::move(indices),
                                          std::array<int, 4>{out_features, in_features, 1, 1}, 1);  // validates
-  op.lin_in = in_features, op.lin_out = out_features;
-  op.dense.assign(size_t(out_features) * in_features, 0.f);
-  for (int r = 0; r < out_features; ++r)
-    for (int32_t j = op.indptr[r]; j < op.indptr[r + 1]; ++j) op.dense[size_t(r) * in_features + cols[j]] = op.val[j];
-  op.cols = std::move(cols);
   op.bias = std::move(bias);
   ops_.push_back(std::move(op));
 }
 
 void Plan::add_add(const std::string& name, int a, int b, int out, bool relu) {
-  check_buf(a, "add input");
+  PlanOp op = new_op(OpKind::Add, "add", name, a, out);
   check_buf(b, "add input");
-  check_buf(out, "add output");
   const BufSpec &sa = bufs_[size_t(a)], &sb = bufs_[size_t(b)], &so = bufs_[size_t(out)];
   for (const BufSpec* s : {&sa, &sb})
     if (s->C != so.C || s->H != so.H || s->W != so.W)
       throw std::invalid_argument("add " + name + ": operand shapes differ");
-  PlanOp op;
-  op.kind = OpKind::Add;
-  op.name = name;
-  op.in0 = a, op.in1 = b, op.out = out, op.relu = relu;
+  op.in1 = b, op.relu = relu;
   ops_.push_back(std::move(op));
 }
 
 void Plan::add_relu(const std::string& name, int in, int out) {
-  check_buf(in, "relu input");
-  check_buf(out, "relu output");
+  PlanOp op = new_op(OpKind::Relu, "relu", name, in, out);
   const BufSpec &si = bufs_[size_t(in)], &so = bufs_[size_t(out)];
   if (si.C != so.C || si.H != so.H || si.W != so.W) throw std::invalid_argument("relu " + name + ": shapes differ");
-  PlanOp op;
-  op.kind = OpKind::Relu;
-  op.name = name;
-  op.in0 = in, op.out = out, op.relu = true;
+  op.relu = true;
   ops_.push_back(std::move(op));
 }
 
 void Plan::add_shortcut(const std::string& name, int in, int out, int stride, int left) {
-  check_buf(in, "shortcut input");
-  check_buf(out, "shortcut output");
+  PlanOp op = new_op(OpKind::Shortcut, "shortcut", name, in, out);
   if (in == out) throw std::invalid_argument("shortcut: input and output buffers must differ");
   const BufSpec &si = bufs_[size_t(in)], &so = bufs_[size_t(out)];
   if (stride < 1 || left < 0) throw std::invalid_argument("shortcut " + name + ": bad stride / left pad");
   if (so.H != (si.H + stride - 1) / stride || so.W != (si.W + stride - 1) / stride || so.C < si.C + left)
     throw std::invalid_argument("shortcut " + name + ": output buffer does not match");
-  PlanOp op;
-  op.kind = OpKind::Shortcut;
-  op.name = name;
-  op.in0 = in, op.out = out;
   op.sc_stride = stride, op.sc_left = left;
   ops_.push_back(std::move(op));
 }
 
 void Plan::add_avgpool(const std::string& name, int in, int out) {
-  check_buf(in, "avgpool input");
-  check_buf(out, "avgpool output");
+  PlanOp op = new_op(OpKind::AvgPool, "avgpool", name, in, out);
   const BufSpec &si = bufs_[size_t(in)], &so = bufs_[size_t(out)];
   if (so.C != si.C || so.H != 1 || so.W != 1) throw std::invalid_argument("avgpool " + name + ": output must be (C, 1, 1)");
-  PlanOp op;
-  op.kind = OpKind::AvgPool;
-  op.name = name;
-  op.in0 = in, op.out = out;
   ops_.push_back(std::move(op));
 }
 
 void Plan::add_maxpool(const std::string& name, int in, int out, int k, int stride, int pad) {
-  check_buf(in, "maxpool input");
-  check_buf(out, "maxpool output");
+  PlanOp op = new_op(OpKind::MaxPool, "maxpool", name, in, out);
   if (in == out) throw std::invalid_argument("maxpool: input and output buffers must differ");
   const BufSpec &si = bufs_[size_t(in)], &so = bufs_[size_t(out)];
   if (k < 1 || stride < 1 || pad < 0 || 2 * pad > k)
@@ -358,24 +328,15 @@ void Plan::add_maxpool(const std::string& name, int in, int out, int k, int stri
   const int Ho = (si.H + 2 * pad - k) / stride + 1, Wo = (si.W + 2 * pad - k) / stride + 1;
   if (si.H + 2 * pad < k || si.W + 2 * pad < k || so.C != si.C || so.H != Ho || so.W != Wo)
     throw std::invalid_argument("maxpool " + name + ": output buffer does not match");
-  PlanOp op;
-  op.kind = OpKind::MaxPool;
-  op.name = name;
-  op.in0 = in, op.out = out;
   op.pool_k = k, op.stride = stride, op.pad = pad;
   ops_.push_back(std::move(op));
 }
 
 void Plan::add_clamp(const std::string& name, int in, int out, float lo, float hi) {
-  check_buf(in, "clamp input");
-  check_buf(out, "clamp output");
+  PlanOp op = new_op(OpKind::Clamp, "clamp", name, in, out);
   const BufSpec &si = bufs_[size_t(in)], &so = bufs_[size_t(out)];
   if (si.C != so.C || si.H != so.H || si.W != so.W) throw std::invalid_argument("clamp " + name + ": shapes differ");
   if (!(lo <= hi)) throw std::invalid_argument("clamp " + name + ": need lo <= hi");
-  PlanOp op;
-  op.kind = OpKind::Clamp;
-  op.name = name;
-  op.in0 = in, op.out = out;
   op.lo = lo, op.hi = hi;
   ops_.push_back(std::move(op));
 }
@@ -388,7 +349,7 @@ std::vector<std::string> Plan::describe() const {
       case OpKind::Conv: {
         const int64_t numel = int64_t(op.pw->rows()) * op.pw->cols();
         o << "conv     " << op.name << ": " << spec_str(op.in0, bufs_[op.in0]) << " -> " << spec_str(op.out, bufs_[op.out])
-          << " " << op.wkind << (op.use_bsr ? std::to_string(op.block_rows) : "") << " " << op.pw->kh() << "x"
+          << " " << op.pw->kind() << (op.use_bsr ? std::to_string(op.pw->block_rows()) : "") << " " << op.pw->kh() << "x"
           << op.pw->kw() << " s" << op.stride << " p" << op.pad << (op.dil != 1 ? " d" + std::to_string(op.dil) : "")
           << (op.groups != 1 ? " g" + std::to_string(op.groups) : "") << " density "
           << (double(op.pw->nnz()) / double(numel)) << (op.bias.empty() ? "" : " +bias") << (op.relu ? " +relu" : "")
@@ -397,8 +358,8 @@ std::vector<std::string> Plan::describe() const {
       }
       case OpKind::Linear:
         o << "linear   " << op.name << ": " << spec_str(op.in0, bufs_[op.in0]) << " -> " << spec_str(op.out, bufs_[op.out])
-          << " csr " << op.lin_out << "x" << op.lin_in << " density "
-          << (double(op.val.size()) / double(op.lin_out * op.lin_in)) << (op.bias.empty() ? "" : " +bias")
+          << " csr " << op.pw->rows() << "x" << op.pw->cols() << " density "
+          << (double(op.pw->nnz()) / double(op.pw->rows() * op.pw->cols())) << (op.bias.empty() ? "" : " +bias")
           << (op.relu ? " +relu" : "");
         break;
       case OpKind::Add:
@@ -468,7 +429,7 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
   }
   if (dense && !team) op.pw->ensure_dense(g);  // (a team's caller built them before the team started)
   const PackedWeight& w = *op.pw;
-  const int Cg = w.cin_per_group(), Co = w.rows(), Cog = Co / op.groups, r = op.block_rows;
+  const int Cg = w.cin_per_group(), Co = w.rows(), Cog = Co / op.groups, r = w.block_rows();
   const bool bsr = op.use_bsr && !dense;
   const int S = int(op.slots.size());
   float* out = a.buf[size_t(op.out)];
@@ -495,12 +456,12 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
       r0 = grp * Cog + u0, r1 = grp * Cog + u1;
       k.csr(t, r0, r1, s0, s1);
     } else if (bsr) {
-      t.indptr = op.indptr.data(), t.off = g.bsr_off.data(), t.val = op.val.data();
+      t.indptr = w.stored_indptr(), t.off = g.bsr_off.data(), t.val = w.stored_values();
       const int base = op.groups == 1 ? 0 : grp * (Cog / r);
       r0 = (base + u0) * r, r1 = std::min(Co, (base + u1) * r);
       k.bsr(t, r, base + u0, base + u1, s0, s1);
     } else {
-      t.indptr = op.indptr.data(), t.off = g.csr_off.data(), t.val = op.val.data();
+      t.indptr = w.stored_indptr(), t.off = g.csr_off.data(), t.val = w.stored_values();
       r0 = grp * Cog + u0, r1 = grp * Cog + u1;
       if (fast) {  // the fixed-shape kernels apply the epilogue themselves
         plan_csr_fast(op.fast, t, r0, r1, s0, s1, k.csr);
@@ -547,7 +508,7 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
       });
     } else {
       // bands of output channels (units) with about equal nonzeros: pruned rows differ a lot
-      const int32_t* ip = dense ? g.dense_indptr.data() : op.indptr.data();  // over units (rows / block rows)
+      const int32_t* ip = dense ? g.dense_indptr.data() : w.stored_indptr();  // over units (rows / block rows)
       auto bound = [&](int64_t task) {
         if (task <= 0) return 0;
         if (task >= threads) return U;
@@ -580,39 +541,6 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
     const int grp = int(rt / nub), u0 = int(rt % nub) * ub;
     compute(grp, u0, std::min(U, u0 + ub), si * sc, std::min(S, si * sc + sc));
   });
-}
-
-void Plan::run_linear(const PlanOp& op, Arena& a, bool dense) {
-  const float* x = a.buf[size_t(op.in0)];
-  float* y = a.buf[size_t(op.out)];
-  const std::vector<int32_t>& cols = op.cols;
-  const int64_t K = op.lin_in;
-  for (int64_t r = 0; r < op.lin_out; ++r) {
-    float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
-    if (dense) {
-      const float* w = op.dense.data() + r * K;
-      int64_t i = 0;
-      for (; i + 4 <= K; i += 4) {
-        s0 += w[i] * x[i];
-        s1 += w[i + 1] * x[i + 1];
-        s2 += w[i + 2] * x[i + 2];
-        s3 += w[i + 3] * x[i + 3];
-      }
-      for (; i < K; ++i) s0 += w[i] * x[i];
-    } else {
-      int32_t j = op.indptr[size_t(r)];
-      const int32_t j1 = op.indptr[size_t(r) + 1];
-      for (; j + 4 <= j1; j += 4) {
-        s0 += op.val[j] * x[cols[j]];
-        s1 += op.val[j + 1] * x[cols[j + 1]];
-        s2 += op.val[j + 2] * x[cols[j + 2]];
-        s3 += op.val[j + 3] * x[cols[j + 3]];
-      }
-      for (; j < j1; ++j) s0 += op.val[j] * x[cols[j]];
-    }
-    float v = (s0 + s1) + (s2 + s3) + (op.bias.empty() ? 0.f : op.bias[size_t(r)]);
-    y[r] = (op.relu && v < 0.f) ? 0.f : v;
-  }
 }
 
 void Plan::run_image(const float* x, float* y, Arena& a, int threads, bool dense, const KernelSet& k,
@@ -653,8 +581,8 @@ void Plan::run_image(const float* x, float* y, Arena& a, int threads, bool dense
         else part(0, so.C);
         break;
       }
-      case OpKind::Linear:
-        whole([&] { run_linear(op, a, dense); });
+      case OpKind::Linear:  // (the layer's own NaN/Inf check picks the dense weights)
+        whole([&] { op.pw->linear(in0, 1, out, op.bias.empty() ? nullptr : op.bias.data(), op.relu, 1, k); });
         break;
       case OpKind::Add:
         whole([&] {

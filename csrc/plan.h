@@ -65,12 +65,8 @@ struct PlanOp {
   int in0 = -1, in1 = -1, out = -1;
   bool relu = false;
   std::string name;
-  // conv / linear
+  // conv / linear: the weight (kind, shape, values: see PackedWeight)
   std::shared_ptr<PackedWeight> pw;
-  std::string wkind;  // "csr" / "bsr"
-  int block_rows = 1;
-  std::vector<float> val;
-  std::vector<int32_t> indptr;
   std::vector<float> bias;  // empty: no bias
   int stride = 1, pad = 0, dil = 1, groups = 1;
   std::shared_ptr<Geometry> geom;
@@ -78,12 +74,8 @@ struct PlanOp {
   bool direct = false;      // reads the input buffer as it is (stride 1, pad == P)
   int res = -1;             // fused residual: out = relu?(conv + bias + buffer res)
   std::vector<int32_t> res_q;  // per slot: position of lane 0 in the residual buffer's plane
-  bool use_bsr = false;
+  bool use_bsr = false;     // pw is BSR (the kernels read its blocks)
   int fast = 0;             // plan_fast_shape() id for the AVX2 fixed-shape CSR kernel, 0: none
-  // linear: dense weight (out, in) for the non-finite path
-  std::vector<float> dense;
-  std::vector<int32_t> cols;  // linear: CSR column indices
-  int64_t lin_in = 0, lin_out = 0;
   // shortcut
   int sc_stride = 1, sc_left = 0;
   // maxpool (kernel k, stride, pad in stride/pad) and clamp bounds
@@ -185,7 +177,8 @@ class Plan {
   void run_image(const float* x, float* y, Arena& a, int threads, bool dense, const KernelSet& k,
                  double* times = nullptr, const PlanTeam* team = nullptr);
   void run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const KernelSet& k, const PlanTeam* team);
-  void run_linear(const PlanOp& op, Arena& a, bool dense);
+  // One op reading `in` and writing `out` (both checked; `what` names the op in errors).
+  PlanOp new_op(OpKind kind, const std::string& what, const std::string& name, int in, int out) const;
 
   std::vector<BufSpec> bufs_;
   std::vector<PlanOp> ops_;
