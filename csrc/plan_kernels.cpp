@@ -52,23 +52,23 @@ PLAN_AVX2 inline void tile(const ConvTask& t, int row, const Slot* sl) {
   const float* res = t.res ? t.res + row * t.res_stride : nullptr;
   const int32_t* rq = res ? t.res_q + (sl - t.slots) : nullptr;
   const bool relu = res ? t.res_relu : t.relu;
-  const int64_t cf = t.copy_floats;
+  // (no shifted copies here: outputs with copies exist only where the AVX-512 tiles run)
 #pragma GCC unroll 16
   for (int i = 0; i < NT; ++i) {
     __m256 v = _mm256_add_ps(acc[i], b);
     if (res) v = _mm256_add_ps(v, _mm256_loadu_ps(res + rq[i]));
     if (relu) v = _mm256_max_ps(_mm256_setzero_ps(), v);  // max(0, v) returns v when v is NaN, like torch.relu
-    float* o = out + sl[i].out_q;
-    _mm256_storeu_ps(o, v);
-    if (cf) {  // the shifted copies of an aligned-layout output
-      _mm256_storeu_ps(o - cf + 1, v);
-      _mm256_storeu_ps(o + cf - 1, v);
-    }
+    _mm256_storeu_ps(out + sl[i].out_q, v);
   }
 }
 
 template <int NT, int SPR, int WQ>
 PLAN_AVX2 void rows(const ConvTask& t, int row0, int row1, int s0, int s1, CsrFn rest) {
+  if (t.copy_floats) {  // (never with the current layouts) the ymm tiles do not write copies
+    rest(t, row0, row1, s0, s1);
+    op_epilogue(t, row0, row1, s0, s1);
+    return;
+  }
   // rows in blocks of about kBlockNnz nonzeros (weights stay in L1 across the slot tiles)
   while (row0 < row1) {
     int r = row0 + 1;
