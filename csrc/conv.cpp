@@ -8,6 +8,7 @@
 #include <emmintrin.h>
 #endif
 
+#include "pack_fixed.h"
 #include "packed_weight.h"
 #include "plan.h"  // the fixed-shape CSR tiles (plan_csr_fast)
 #include "thread_pool.h"
@@ -84,6 +85,8 @@ bool pack_planes(const float* x, int C, int H, int W, const Geometry& g, float* 
   NonfiniteScan scan;
   if (s > 2) scan.scalar = k.nonfinite(x, int64_t(C) * H * W);  // (the copy below skips nothing, but has no scan)
   if (zero_borders) std::memset(buf, 0, sizeof(float) * size_t(C * g.chan_floats + kSlack));
+  const int fixed = pack_planes_fixed(x, C, H, W, g, buf);  // whole-row AVX-512 copies for the CIFAR shapes
+  if (fixed >= 0) return fixed == 1;
   for (int c = 0; c < C; ++c) {
     const float* X = x + int64_t(c) * H * W;
     float* P0 = buf + c * g.chan_floats;

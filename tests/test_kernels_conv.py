@@ -235,3 +235,72 @@ def test_nonfinite_found_anywhere_in_the_row(stride, width):
             ref = F.conv2d(x, w, None, stride, 1)
             assert torch.equal(torch.isnan(y), torch.isnan(ref)), (col, bad)
             assert torch.isfinite(y[0]).all()
+
+
+FIXED_PACK_SHAPES = [  # (stride, H, W) with a fixed-shape AVX-512 image packer (csrc/pack_fixed.cpp)
+    (1, 8, 8), (1, 7, 8), (1, 5, 16), (1, 3, 32), (2, 6, 16), (2, 4, 32),
+]
+
+
+@pytest.mark.parametrize("stride,h,width", FIXED_PACK_SHAPES)
+def test_fixed_packer_sees_nonfinite_everywhere(stride, h, width):
+    """The fixed-shape packers (two 8-wide rows per vector, phase splits by permutes) check every
+    value: NaN/Inf at each row and column gives torch's NaN pattern, the other image stays finite."""
+    w = sparse_weight((4, 3, 3, 3), 0.8)
+    W = make(w, "csr")
+    for row in range(h):
+        for col in range(width):
+            x = torch.randn(2, 3, h, width)
+            x[1, (row + col) % 3, row, col] = float("nan") if (row + col) % 2 else float("inf")
+            y = sparse_conv2d(x, W, None, stride, 1, threads=1)
+            ref = F.conv2d(x, w, None, stride, 1)
+            assert torch.equal(torch.isnan(y), torch.isnan(ref)), (row, col)
+            assert torch.isfinite(y[0]).all()
+
+
+_GENERAL_PACK_SCRIPT = """
+import sys, numpy as np, torch
+from prunecal import _C
+from prunecal.sparse.formats import CSRWeight
+from prunecal.sparse.ops import sparse_conv2d
+assert not _C.plan_avx512_active()
+d = np.load(sys.argv[1])
+for key in sorted(k for k in d.files if k.startswith("x")):
+    i = key[1:]
+    y = sparse_conv2d(torch.from_numpy(d[key]), CSRWeight.from_dense(torch.from_numpy(d["w" + i])), None,
+                      int(d["s" + i]), 1, threads=1)
+    np.save(sys.argv[2] + "_" + i + ".npy", y.numpy())
+"""
+
+
+def test_fixed_packer_matches_general_packer(tmp_path):
+    """The same outputs with the fixed-shape packers and with the row-by-row packing
+    (PRUNECAL_NO_AVX512=1 in another process turns the fixed ones off)."""
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    import prunecal
+    from prunecal import _C
+
+    if not _C.plan_avx512_active():
+        pytest.skip("this CPU (or PRUNECAL_NO_AVX512) does not use the AVX-512 packers")
+    g = torch.Generator().manual_seed(3)
+    arrays = {}
+    for i, (s, h, width) in enumerate(FIXED_PACK_SHAPES):
+        arrays[f"x{i}"] = torch.randn(3, 5, h, width, generator=g).numpy()
+        arrays[f"w{i}"] = sparse_weight((6, 5, 3, 3), 0.7, g).numpy()
+        arrays[f"s{i}"] = np.array(s)
+    np.savez(tmp_path / "in.npz", **arrays)
+    env = dict(os.environ, PRUNECAL_NO_AVX512="1",
+               PYTHONPATH=os.path.dirname(os.path.dirname(prunecal.__file__)))
+    subprocess.run([sys.executable, "-c", _GENERAL_PACK_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "y")],
+                   env=env, check=True, timeout=120, cwd=tmp_path)
+    for i, (s, _, _) in enumerate(FIXED_PACK_SHAPES):
+        # the convolution kernels differ too (AVX2 vs AVX-512 tiles): equal up to float rounding
+        y = sparse_conv2d(torch.from_numpy(arrays[f"x{i}"]), CSRWeight.from_dense(torch.from_numpy(arrays[f"w{i}"])),
+                          None, s, 1, threads=1)
+        ref = torch.from_numpy(np.load(tmp_path / f"y_{i}.npy"))
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
