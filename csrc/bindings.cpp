@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common.h"
+#include "jit_conv.h"
 #include "packed_weight.h"
 
 namespace py = pybind11;
@@ -155,6 +156,17 @@ PYBIND11_MODULE(_C, m) {
              return py::make_tuple(g->Ho, g->Wo);
            },
            py::arg("H"), py::arg("W"), py::arg("stride") = 1, py::arg("padding") = 0, py::arg("dilation") = 1)
+      .def("jit_kernels",
+           [](PackedWeight& w, int H, int W, int stride, int padding, int dilation) {
+             if (stride < 1 || padding < 0 || dilation < 1) value_error("bad stride/padding/dilation");
+             if (H <= 0 || W <= 0) value_error("input: H and W must be positive");
+             auto g = w.geometry(H, W, stride, padding, dilation);
+             const prunecal::JitConv* j = w.kind() == "csr" ? w.jit(*g) : nullptr;
+             return j ? py::make_tuple(j->n_groups(), j->vec()) : py::make_tuple(0, 0);
+           },
+           py::arg("H"), py::arg("W"), py::arg("stride") = 1, py::arg("padding") = 0, py::arg("dilation") = 1,
+           "(channel groups, outputs per tile) of the generated conv kernels conv2d uses for this input "
+           "geometry (groups=1, CSR, isa 'avx2'), (0, 0) where it uses the fixed kernels.")
       .def("linear",
            [](PackedWeight& w, const py::array& x, py::array out, const py::object& bias, bool relu,
               int threads, const std::string& isa) {

@@ -8,6 +8,7 @@
 #include <emmintrin.h>
 #endif
 
+#include "jit_conv.h"
 #include "pack_fixed.h"
 #include "packed_weight.h"
 #include "plan.h"  // the fixed-shape CSR tiles (plan_csr_fast)
@@ -191,6 +192,16 @@ void PackedWeight::conv2d(const float* x, int N, int C, int H, int W, float* y, 
       else k.csr(t, grp * Cog + u0, grp * Cog + u1, s0, s1);
     }
   };
+  // generated kernels (CSR, one group): one call per (channel group, tile of 8 / 16 outputs)
+  const JitConv* jit = (!use_bsr && groups == 1 && std::strcmp(k.name, "avx2") == 0) ? this->jit(g) : nullptr;
+  const int n_tiles = jit ? S / g.jit_tile : 0;
+  auto compute_jit = [&](const float* buf, float* yi, int k0, int k1, int t0, int t1) {
+    for (int kk = k0; kk < k1; ++kk)
+      for (int t = t0; t < t1; ++t) {
+        const Slot& sl = g.slots[size_t(t) * g.jit_tile];
+        jit->run(kk, buf + sl.in_q, yi + sl.out_q, bias, relu);
+      }
+  };
   auto pack = [&](int64_t n, float* buf, bool zero_borders) {
     const bool bad = pack_planes(x + n * img_in, C, H, W, g, buf, zero_borders, k);  // (scans while copying)
     if (bad) ensure_dense(g);
@@ -203,6 +214,10 @@ void PackedWeight::conv2d(const float* x, int N, int C, int H, int W, float* y, 
       bool zero;
       float* buf = planes(buf_floats, gp, C, &zero);
       const bool bad = pack(n, buf, zero);
+      if (jit && !bad) {
+        compute_jit(buf, y + n * img_out, 0, jit->n_groups(), 0, n_tiles);
+        return;
+      }
       for (int grp = 0; grp < groups; ++grp) compute(buf, y + n * img_out, bad, grp, 0, units(bad), 0, S);
     });
     return;
@@ -213,6 +228,16 @@ void PackedWeight::conv2d(const float* x, int N, int C, int H, int W, float* y, 
   for (int64_t n = 0; n < N; ++n) {
     const bool bad = pack(n, buf, zero);
     zero = false;
+    if (jit && !bad) {  // tasks: (channel group, run of tiles)
+      const int ng = jit->n_groups();
+      const int chunks = std::max(1, std::min(n_tiles, (4 * threads + ng - 1) / ng));
+      float* yi = y + n * img_out;
+      parallel_for(threads, int64_t(ng) * chunks, [&](int64_t task, int) {
+        const int kk = int(task / chunks), c = int(task % chunks);
+        compute_jit(buf, yi, kk, kk + 1, int(int64_t(n_tiles) * c / chunks), int(int64_t(n_tiles) * (c + 1) / chunks));
+      });
+      continue;
+    }
     const int U = units(bad);
     const int ub = (use_bsr && !bad) ? 1 : std::max(1, std::min(8, U / (2 * threads)));
     const int nub = (U + ub - 1) / ub;

@@ -1,5 +1,7 @@
 #include "packed_weight.h"
 
+#include "jit_conv.h"
+
 #include <stdexcept>
 
 namespace prunecal {
@@ -133,6 +135,26 @@ std::shared_ptr<Geometry> PackedWeight::geometry_from(std::shared_ptr<Geometry> 
   g->bsr_off.resize(b_cols_.size());
   for (size_t j = 0; j < b_cols_.size(); ++j) g->bsr_off[j] = off_of(b_cols_[j]);
   return g;
+}
+
+const JitConv* PackedWeight::jit(Geometry& g) const {
+  std::call_once(g.jit_once, [&] {
+    if (!JitConv::available() || g.slots.empty()) return;
+    const auto& sl = g.slots;
+    for (const Slot& s : sl)
+      if (s.n != kLanes) return;
+    // 16-lane tiles: pairs of slots with consecutive outputs whose inputs lie the same distance
+    // apart (8: consecutive; two 8-wide output rows: one padded input row)
+    bool pairs = sl.size() % 2 == 0;
+    const int32_t step = sl.size() > 1 ? sl[1].in_q - sl[0].in_q : 0;
+    for (size_t i = 0; pairs && i < sl.size(); i += 2)
+      pairs = sl[i + 1].in_q == sl[i].in_q + step && sl[i + 1].out_q == sl[i].out_q + kLanes;
+    const int vec = pairs && step >= kLanes ? 16 : 8;
+    g.jit = JitConv::build(c_indptr_.data(), c_cols_.data(), c_val_.data(), g.csr_off.data(), rows(), vec,
+                           vec == 16 ? step : kLanes, int64_t(g.Ho) * g.Wo);
+    g.jit_tile = vec / kLanes;
+  });
+  return g.jit.get();
 }
 
 void PackedWeight::ensure_dense(Geometry& g) const {

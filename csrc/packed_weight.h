@@ -14,6 +14,8 @@
 
 namespace prunecal {
 
+class JitConv;
+
 struct Geometry {
   int H = 0, W = 0, stride = 1, pad = 0, dil = 1;
   int Hq = 0, Wq = 0, Ho = 0, Wo = 0;
@@ -27,6 +29,11 @@ struct Geometry {
   std::once_flag dense_once;
   std::vector<int32_t> dense_indptr, dense_off;
   std::vector<float> dense_val;
+  // Generated kernels for this weight and geometry (CSR, csrc/jit_conv.h), built on first use;
+  // null where none can be made. jit_tile: slots per tile (vec / 8).
+  std::once_flag jit_once;
+  std::shared_ptr<JitConv> jit;
+  int jit_tile = 0;
 };
 
 class PackedWeight {
@@ -55,6 +62,9 @@ class PackedWeight {
   // plan reading its buffers in place): fills the per-nonzero offsets. Not cached.
   std::shared_ptr<Geometry> geometry_from(std::shared_ptr<Geometry> g) const;
   void ensure_dense(Geometry& g) const;
+  // The generated kernels for g (CSR rows, output planes of g.Ho * g.Wo), built on first use;
+  // nullptr where there are none (see JitConv::build; slots must be full 8-lane runs).
+  const JitConv* jit(Geometry& g) const;
 
   // y = conv2d(x); x (N, C, H, W), y (N, C_out, Ho, Wo), both C-contiguous float32.
   void conv2d(const float* x, int N, int C, int H, int W, float* y, const float* bias, int stride,
