@@ -123,7 +123,9 @@ def table(*json_paths: str) -> str:
 
 # ---- one-loop comparison with the issue's peers ---------------------------------------------
 def _compile(model, runtime: str, threads: int):
-    """``plan-csr`` / ``plan-auto``; ``plan-csr-plain``: the plain row layout (PRUNECAL_PLAN_PLAIN_LAYOUT)."""
+    """``plan-csr`` / ``plan-auto``; ``plan-csr-fixed``: no generated kernels (``jit=False``: the
+    fixed kernels, aligned layout on AVX-512 CPUs); ``plan-csr-plain``: the fixed kernels in the
+    plain row layout (PRUNECAL_PLAN_PLAIN_LAYOUT)."""
     from prunecal.sparse.plan import compile_plan
 
     parts = runtime.split("-")
@@ -131,7 +133,7 @@ def _compile(model, runtime: str, threads: int):
     if parts[-1] == "plain":
         os.environ["PRUNECAL_PLAN_PLAIN_LAYOUT"] = "1"
     try:
-        return compile_plan(model, parts[1], threads=threads)
+        return compile_plan(model, parts[1], threads=threads, jit=parts[-1] not in ("fixed", "plain"))
     finally:
         if old is None:
             os.environ.pop("PRUNECAL_PLAN_PLAIN_LAYOUT", None)
@@ -141,25 +143,26 @@ def _compile(model, runtime: str, threads: int):
 
 def compare(net: str = "resnet56", seconds: float = 2.0, repeats: int = 2,
             configs=((1, 2), (64, 2), (1, 1)), sparsities=(0.9, 0.95), plain_layout: bool = False,
-            busy_core: bool = False) -> str:
+            busy_core: bool = False, fixed_kernels: bool = False) -> str:
     """Markdown: images/s (median call) of torch eager dense, DeepSparse (if its venv exists)
     and the plan, each cell the best of ``repeats`` interleaved sweeps; ratios to torch dense
     and to DeepSparse at the same sparsity, batch and threads. Models: ``benchmarks/peers.py``
     (every conv except the stem pruned, classifier dense), the same for every runtime.
     ``plain_layout`` adds the plan with the plain row layout; ``busy_core`` keeps one core busy
-    with another process during the whole run (an oversubscribed machine)."""
+    with another process during the whole run (an oversubscribed machine); ``fixed_kernels`` adds
+    the plan without generated kernels (``compile_plan(jit=False)``)."""
     import subprocess
 
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy_core else None
     try:
-        return _compare(net, seconds, repeats, configs, sparsities, plain_layout, busy_core)
+        return _compare(net, seconds, repeats, configs, sparsities, plain_layout, busy_core, fixed_kernels)
     finally:
         if hog is not None:
             hog.kill()
             hog.wait()
 
 
-def _compare(net, seconds, repeats, configs, sparsities, plain_layout, busy_core) -> str:
+def _compare(net, seconds, repeats, configs, sparsities, plain_layout, busy_core, fixed_kernels) -> str:
     import subprocess
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -173,7 +176,8 @@ def _compare(net, seconds, repeats, configs, sparsities, plain_layout, busy_core
     for _ in range(repeats):
         for batch, threads in configs:
             x = peers.sample_input(batch)
-            plans = ("plan-csr", "plan-auto") + (("plan-csr-plain",) if plain_layout else ())
+            plans = (("plan-csr", "plan-auto") + (("plan-csr-plain",) if plain_layout else ())
+                     + (("plan-csr-fixed",) if fixed_kernels else ()))
             cells = [("torch dense", 0.0)] + [(r, s) for s in sparsities for r in
                                               (("deepsparse",) if have_ds else ()) + plans]
             for runtime, sp in cells:
@@ -292,6 +296,7 @@ if __name__ == "__main__":
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--plain-layout", action="store_true", help="also the plan with the plain row layout")
     ap.add_argument("--busy-core", action="store_true", help="keep one core busy with another process")
+    ap.add_argument("--fixed-kernels", action="store_true", help="also the plan without generated kernels")
     ap.add_argument("--profile", action="store_true", help="per-stage time of one image (1 thread, 90 %%)")
     ap.add_argument("--stability", action="store_true", help="batch-1 call time over consecutive stretches")
     a = ap.parse_args()
@@ -300,7 +305,8 @@ if __name__ == "__main__":
     elif a.stability:
         print(stability(a.net))
     elif a.compare:
-        print(compare(a.net, a.seconds, a.repeats, plain_layout=a.plain_layout, busy_core=a.busy_core))
+        print(compare(a.net, a.seconds, a.repeats, plain_layout=a.plain_layout, busy_core=a.busy_core,
+                      fixed_kernels=a.fixed_kernels))
     elif a.json:
         print(table(*a.json))
     else:

@@ -91,6 +91,8 @@ PYBIND11_MODULE(_C, m) {
     d["isa"] = prunecal::select_kernels("auto").name;
     return d;
   }, "CPU features seen at run time and the kernel set 'auto' picks ('avx2' or 'generic').");
+  m.def("jit_available", [] { return prunecal::JitConv::available(); },
+        "Whether generated conv kernels are used (x86-64 with AVX-512F/VL, PRUNECAL_NO_JIT unset or '0').");
   m.def("isa", [] { return std::string(prunecal::select_kernels("auto").name); },
         "Name of the kernel set used by default ('avx2' or 'generic').");
 

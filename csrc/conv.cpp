@@ -194,11 +194,11 @@ void PackedWeight::conv2d(const float* x, int N, int C, int H, int W, float* y, 
   };
   // generated kernels (CSR, one group): one call per (channel group, tile of 8 / 16 outputs)
   const JitConv* jit = (!use_bsr && groups == 1 && std::strcmp(k.name, "avx2") == 0) ? this->jit(g) : nullptr;
-  const int n_tiles = jit ? S / g.jit_tile : 0;
+  const int n_tiles = jit ? S / jit->slots_per_tile() : 0;
   auto compute_jit = [&](const float* buf, float* yi, int k0, int k1, int t0, int t1) {
     for (int kk = k0; kk < k1; ++kk)
       for (int t = t0; t < t1; ++t) {
-        const Slot& sl = g.slots[size_t(t) * g.jit_tile];
+        const Slot& sl = g.slots[size_t(t) * jit->slots_per_tile()];
         jit->run(kk, buf + sl.in_q, yi + sl.out_q, bias, relu);
       }
   };

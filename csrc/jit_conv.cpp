@@ -15,21 +15,50 @@
 namespace prunecal {
 
 namespace {
-constexpr int kMaxGroup = 30;                 // accumulators; zmm30 = zero (ReLU), zmm31 = input
-constexpr int64_t kMaxCodeBytes = 8 << 20;    // per weight and geometry
+constexpr int kMaxGroup = 30;               // accumulators; zmm30 = zero (ReLU) / residual, zmm31 = input
+constexpr int64_t kMaxCodeBytes = 8 << 20;  // per weight and geometry
+constexpr int64_t kDisp = int64_t(1) << 31;
 }  // namespace
+
+bool JitConv::tile_layout(const std::vector<Slot>& sl, const int32_t* rq, JitLayout* L) {
+  if (sl.empty()) return false;
+  for (const Slot& s : sl)
+    if (s.n != kLanes) return false;
+  bool pairs = sl.size() % 2 == 0 && sl.size() > 1;
+  const int32_t si = pairs ? sl[1].in_q - sl[0].in_q : 0, so = pairs ? sl[1].out_q - sl[0].out_q : 0;
+  const int32_t sr = pairs && rq ? rq[1] - rq[0] : kLanes;
+  pairs = pairs && si >= kLanes && so >= kLanes && sr >= kLanes;
+  for (size_t i = 0; pairs && i < sl.size(); i += 2)
+    pairs = sl[i + 1].in_q - sl[i].in_q == si && sl[i + 1].out_q - sl[i].out_q == so &&
+            (!rq || rq[i + 1] - rq[i] == sr);
+  L->vec = pairs ? 16 : 8;
+  L->in_step = pairs ? si : kLanes;
+  L->out_step = pairs ? so : kLanes;
+  L->res_step = pairs ? sr : kLanes;
+  return true;
+}
 
 #ifdef PRUNECAL_JIT
 
 struct JitConv::Code : Xbyak::CodeGenerator {
   // One group: rows [r0, r1) of the CSR weight; appends the weights it reads to `w`.
-  Code(const int32_t* indptr, const int32_t* cols, const float* values, const int32_t* off, int r0, int r1, int vec,
-       int in_step, int64_t out_plane, size_t bytes, std::vector<float>& w)
+  Code(const int32_t* indptr, const int32_t* cols, const float* values, const int32_t* off, int r0, int r1,
+       const JitLayout& lay, size_t bytes, std::vector<float>& w)
       : Xbyak::CodeGenerator(bytes, Xbyak::DontSetProtectRWE) {
     using namespace Xbyak;
     const int G = r1 - r0;
-    auto acc = [&](int i) -> Xmm { return vec == 16 ? Xmm(Zmm(i)) : Xmm(Ymm(i)); };
-    const Xmm x = vec == 16 ? Xmm(zmm31) : Xmm(ymm31), zero = vec == 16 ? Xmm(zmm30) : Xmm(ymm30);
+    const bool wide = lay.vec == 16;
+    auto acc = [&](int i) -> Xmm { return wide ? Xmm(Zmm(i)) : Xmm(Ymm(i)); };
+    const Xmm x = wide ? Xmm(zmm31) : Xmm(ymm31), t30 = wide ? Xmm(zmm30) : Xmm(ymm30);
+    // a 16-lane vector from two 8-lane halves `step` floats apart (one load when consecutive)
+    auto load = [&](const Xmm& dst, const Reg64& base, int64_t pos, int step) {
+      if (wide && step != kLanes) {
+        vmovups(Ymm(dst.getIdx()), ptr[base + pos * 4]);
+        vinsertf64x4(Zmm(dst.getIdx()), Zmm(dst.getIdx()), ptr[base + (pos + step) * 4], 1);
+      } else {
+        vmovups(dst, ptr[base + pos * 4]);
+      }
+    };
     // the taps any row of the group uses, in column order, each with its input offset and the
     // (row, value) pairs that read it: every row's FMAs then run in its CSR order (columns
     // sorted within a row)
@@ -46,12 +75,7 @@ struct JitConv::Code : Xbyak::CodeGenerator {
       }
     for (int i = 0; i < G; ++i) vxorps(acc(i), acc(i), acc(i));
     for (const auto& [col, t] : taps) {
-      if (vec == 16 && in_step != 8) {  // lanes 8..15 from in_step floats further (the next output row)
-        vmovups(ymm31, ptr[rdi + int64_t(t.off) * 4]);
-        vinsertf64x4(zmm31, zmm31, ptr[rdi + (int64_t(t.off) + in_step) * 4], 1);
-      } else {
-        vmovups(x, ptr[rdi + int64_t(t.off) * 4]);
-      }
+      load(x, rdi, t.off, lay.in_step);
       for (const auto& [i, v] : t.uses) {
         const int64_t idx = int64_t(w.size());
         w.push_back(v);
@@ -59,13 +83,31 @@ struct JitConv::Code : Xbyak::CodeGenerator {
       }
     }
     for (int i = 0; i < G; ++i) vaddps(acc(i), acc(i), ptr_b[rcx + int64_t(r0 + i) * 4]);
+    if (lay.res_plane > 0) {
+      Label no_res;
+      test(r9, r9);
+      jz(no_res, T_NEAR);
+      for (int i = 0; i < G; ++i) {
+        load(t30, r9, int64_t(r0 + i) * lay.res_plane, lay.res_step);
+        vaddps(acc(i), acc(i), t30);
+      }
+      L(no_res);
+    }
     Label store;
     test(r8, r8);
     jz(store, T_NEAR);
-    vxorps(zero, zero, zero);
-    for (int i = 0; i < G; ++i) vmaxps(acc(i), zero, acc(i));  // NaN stays NaN (second operand)
+    vxorps(t30, t30, t30);
+    for (int i = 0; i < G; ++i) vmaxps(acc(i), t30, acc(i));  // NaN stays NaN (second operand)
     L(store);
-    for (int i = 0; i < G; ++i) vmovups(ptr[rsi + int64_t(r0 + i) * out_plane * 4], acc(i));
+    for (int i = 0; i < G; ++i) {
+      const int64_t pos = int64_t(r0 + i) * lay.out_plane;
+      if (wide && lay.out_step != kLanes) {
+        vmovups(ptr[rsi + pos * 4], Ymm(i));
+        vextractf64x4(ptr[rsi + (pos + lay.out_step) * 4], Zmm(i), 1);
+      } else {
+        vmovups(ptr[rsi + pos * 4], acc(i));
+      }
+    }
     vzeroupper();
     ret();
     setProtectModeRE();
@@ -81,19 +123,22 @@ bool JitConv::available() {
 }
 
 std::unique_ptr<JitConv> JitConv::build(const int32_t* indptr, const int32_t* cols, const float* values,
-                                        const int32_t* off, int rows, int vec, int in_step, int64_t out_plane) {
-  if (!available() || rows <= 0 || (vec != 8 && vec != 16) || in_step < 8) return nullptr;
-  if (int64_t(rows) * out_plane * 4 >= (int64_t(1) << 31)) return nullptr;  // store displacements
+                                        const int32_t* off, int rows, const JitLayout& L) {
+  if (!available() || rows <= 0 || (L.vec != 8 && L.vec != 16) || L.in_step < kLanes || L.out_step < kLanes ||
+      L.res_step < kLanes || L.out_plane <= 0 || L.res_plane < 0)
+    return nullptr;
+  // every displacement in the code must fit 32 bits (bytes)
+  if ((int64_t(rows) * L.out_plane + L.out_step) * 4 >= kDisp) return nullptr;
+  if ((int64_t(rows) * L.res_plane + L.res_step) * 4 >= kDisp) return nullptr;
   const int64_t nnz = indptr[rows];
   if (nnz > 0) {
     const auto [lo, hi] = std::minmax_element(off, off + nnz);
-    if (int64_t(*lo) * 4 <= -(int64_t(1) << 31) || (int64_t(*hi) + in_step) * 4 >= (int64_t(1) << 31)) return nullptr;
+    if (int64_t(*lo) * 4 <= -kDisp || (int64_t(*hi) + L.in_step) * 4 >= kDisp) return nullptr;
   }
   // about 11 bytes per instruction: one FMA per nonzero, at most one load per nonzero
-  const int64_t bytes = 4096 + 24 * nnz + 32 * int64_t(rows);
-  if (bytes > kMaxCodeBytes) return nullptr;
+  if (4096 + 24 * nnz + 64 * int64_t(rows) > kMaxCodeBytes) return nullptr;
   std::unique_ptr<JitConv> j(new JitConv());
-  j->vec_ = vec;
+  j->layout_ = L;
   j->zeros_.assign(size_t(rows), 0.f);
   const int n_groups = (rows + kMaxGroup - 1) / kMaxGroup;
   try {
@@ -102,8 +147,8 @@ std::unique_ptr<JitConv> JitConv::build(const int32_t* indptr, const int32_t* co
       g.row0 = int(int64_t(rows) * k / n_groups);
       g.row1 = int(int64_t(rows) * (k + 1) / n_groups);
       const int64_t gnnz = indptr[g.row1] - indptr[g.row0];
-      j->code_.push_back(std::make_unique<Code>(indptr, cols, values, off, g.row0, g.row1, j->vec_, in_step, out_plane,
-                                                size_t(4096 + 24 * gnnz + 32 * (g.row1 - g.row0)), g.weights));
+      j->code_.push_back(std::make_unique<Code>(indptr, cols, values, off, g.row0, g.row1, L,
+                                                size_t(4096 + 24 * gnnz + 64 * (g.row1 - g.row0)), g.weights));
       g.fn = j->code_.back()->getCode<Fn>();
       j->groups_.push_back(std::move(g));
     }
@@ -117,8 +162,8 @@ std::unique_ptr<JitConv> JitConv::build(const int32_t* indptr, const int32_t* co
 
 struct JitConv::Code {};
 bool JitConv::available() { return false; }
-std::unique_ptr<JitConv> JitConv::build(const int32_t*, const int32_t*, const float*, const int32_t*, int, int, int,
-                                        int64_t) {
+std::unique_ptr<JitConv> JitConv::build(const int32_t*, const int32_t*, const float*, const int32_t*, int,
+                                        const JitLayout&) {
   return nullptr;
 }
 

@@ -137,23 +137,17 @@ std::shared_ptr<Geometry> PackedWeight::geometry_from(std::shared_ptr<Geometry> 
   return g;
 }
 
+std::shared_ptr<JitConv> PackedWeight::make_jit(const Geometry& g, const std::vector<Slot>& slots, int64_t out_plane,
+                                                const int32_t* res_q, int64_t res_plane) const {
+  JitLayout L;
+  if (kind_ != "csr" || !JitConv::available() || !JitConv::tile_layout(slots, res_q, &L)) return nullptr;
+  L.out_plane = out_plane;
+  L.res_plane = res_q ? res_plane : 0;
+  return JitConv::build(c_indptr_.data(), c_cols_.data(), c_val_.data(), g.csr_off.data(), rows(), L);
+}
+
 const JitConv* PackedWeight::jit(Geometry& g) const {
-  std::call_once(g.jit_once, [&] {
-    if (!JitConv::available() || g.slots.empty()) return;
-    const auto& sl = g.slots;
-    for (const Slot& s : sl)
-      if (s.n != kLanes) return;
-    // 16-lane tiles: pairs of slots with consecutive outputs whose inputs lie the same distance
-    // apart (8: consecutive; two 8-wide output rows: one padded input row)
-    bool pairs = sl.size() % 2 == 0;
-    const int32_t step = sl.size() > 1 ? sl[1].in_q - sl[0].in_q : 0;
-    for (size_t i = 0; pairs && i < sl.size(); i += 2)
-      pairs = sl[i + 1].in_q == sl[i].in_q + step && sl[i + 1].out_q == sl[i].out_q + kLanes;
-    const int vec = pairs && step >= kLanes ? 16 : 8;
-    g.jit = JitConv::build(c_indptr_.data(), c_cols_.data(), c_val_.data(), g.csr_off.data(), rows(), vec,
-                           vec == 16 ? step : kLanes, int64_t(g.Ho) * g.Wo);
-    g.jit_tile = vec / kLanes;
-  });
+  std::call_once(g.jit_once, [&] { g.jit = make_jit(g, g.slots, int64_t(g.Ho) * g.Wo, nullptr, 0); });
   return g.jit.get();
 }
 

@@ -30,10 +30,9 @@ struct Geometry {
   std::vector<int32_t> dense_indptr, dense_off;
   std::vector<float> dense_val;
   // Generated kernels for this weight and geometry (CSR, csrc/jit_conv.h), built on first use;
-  // null where none can be made. jit_tile: slots per tile (vec / 8).
+  // null where none can be made.
   std::once_flag jit_once;
   std::shared_ptr<JitConv> jit;
-  int jit_tile = 0;
 };
 
 class PackedWeight {
@@ -65,6 +64,11 @@ class PackedWeight {
   // The generated kernels for g (CSR rows, output planes of g.Ho * g.Wo), built on first use;
   // nullptr where there are none (see JitConv::build; slots must be full 8-lane runs).
   const JitConv* jit(Geometry& g) const;
+  // Generated kernels reading g's offsets over `slots` (out_q: positions in output planes of
+  // out_plane floats; res_q: per slot position in residual planes of res_plane floats, or
+  // nullptr); nullptr where none can be made (BSR weight, CPU, slots, sizes).
+  std::shared_ptr<JitConv> make_jit(const Geometry& g, const std::vector<Slot>& slots, int64_t out_plane,
+                                    const int32_t* res_q, int64_t res_plane) const;
 
   // y = conv2d(x); x (N, C, H, W), y (N, C_out, Ho, Wo), both C-contiguous float32.
   void conv2d(const float* x, int N, int C, int H, int W, float* y, const float* bias, int stride,

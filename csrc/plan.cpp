@@ -147,11 +147,11 @@ BufSpec BufSpec::make(int C, int H, int W, int P, bool aligned) {
   return s;
 }
 
-Plan::Plan() {
+Plan::Plan(bool jit) : jit_(jit && JitConv::available()) {
   // the aligned layout pays for its shifted copies only with the AVX-512 tiles (measured with the
   // AVX2 tiles alone: ResNet-56 at 90 %, 1 thread, 8 % slower than the plain layout)
   const char* e = std::getenv("PRUNECAL_PLAN_PLAIN_LAYOUT");
-  aligned_ = !(e && e[0] && e[0] != '0') && plan_avx512_active();
+  aligned_ = !(e && e[0] && e[0] != '0') && plan_avx512_active() && !jit_;
 }
 
 void Plan::check_buf(int i, const char* what) const {
@@ -261,6 +261,9 @@ void Plan::add_conv(const std::string& name, const std::string& kind, std::vecto
     for (int oy = 0; oy < g.Ho; ++oy)
       for (int ox = 0; ox < g.Wo; ox += kLanes) op.res_q.push_back(int32_t(sr.pos(oy, ox)));
   }
+  if (jit_ && !op.use_bsr && groups == 1 && so.copies == 1)
+    op.jit = op.pw->make_jit(g, op.slots, so.plane(), op.res >= 0 ? op.res_q.data() : nullptr,
+                             op.res >= 0 ? bufs_[size_t(op.res)].plane() : 0);
   ops_.push_back(std::move(op));
 }
 
@@ -353,7 +356,8 @@ std::vector<std::string> Plan::describe() const {
           << op.pw->kw() << " s" << op.stride << " p" << op.pad << (op.dil != 1 ? " d" + std::to_string(op.dil) : "")
           << (op.groups != 1 ? " g" + std::to_string(op.groups) : "") << " density "
           << (double(op.pw->nnz()) / double(numel)) << (op.bias.empty() ? "" : " +bias") << (op.relu ? " +relu" : "")
-          << (op.res >= 0 ? " +residual " + spec_str(op.res, bufs_[op.res]) : "") << (op.direct ? " (direct)" : " (gather)");
+          << (op.res >= 0 ? " +residual " + spec_str(op.res, bufs_[op.res]) : "") << (op.direct ? " (direct)" : " (gather)")
+          << (op.jit ? " jit " + std::to_string(op.jit->n_groups()) + "x" + std::to_string(op.jit->vec()) : "");
         break;
       }
       case OpKind::Linear:
@@ -473,6 +477,41 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
   };
   const int U = bsr ? (op.groups == 1 ? (Co + r - 1) / r : Cog / r) : Cog;
   const int spr = (g.Wo + kLanes - 1) / kLanes;  // slots per output row
+  if (op.jit && !dense && std::strcmp(k.name, "avx2") == 0) {  // generated kernels: (channel group, tile) calls
+    const JitConv& j = *op.jit;
+    const int spt = j.slots_per_tile(), T = S / spt, ng = j.n_groups();
+    auto tiles = [&](int t0, int t1) {
+      for (int kk = 0; kk < ng; ++kk)
+        for (int t = t0; t < t1; ++t) {
+          const int s = t * spt;
+          const Slot& sl = op.slots[size_t(s)];
+          j.run(kk, src + sl.in_q, out + sl.out_q, bias, op.relu, res ? res + op.res_q[size_t(s)] : nullptr);
+        }
+    };
+    if (threads <= 1) {
+      tiles(0, T);
+      return;
+    }
+    // a band of tiles per thread (task t usually on worker t: it reads mostly what it wrote)
+    auto band = [&](int64_t task) {
+      const int a = int(T * task / threads), b = int(T * (task + 1) / threads);
+      if (a >= b) return;
+      if (op.direct) {  // the halo rows come from the other threads' caches: ask for them first
+        const BufSpec& si = bufs_[size_t(op.in0)];
+        const int oy0 = a * spt / spr, oy1 = (b * spt + spr - 1) / spr, lo = oy0 - op.pad;
+        const int hi = oy1 - 1 + (op.pw->kh() - 1) * op.dil - op.pad + 1;
+        op_prefetch_rows(src, si, lo, oy0);
+        op_prefetch_rows(src, si, oy1, hi);
+      }
+      tiles(a, b);
+    };
+    if (team) {
+      team->step([&](int slot) { band(slot); });
+    } else {
+      parallel_for(threads, threads, [&](int64_t t, int) { band(t); });
+    }
+    return;
+  }
   if (threads <= 1) {
     for (int grp = 0; grp < op.groups; ++grp) compute(grp, 0, U, 0, S);
     return;

@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "common.h"
+#include "jit_conv.h"
 #include "packed_weight.h"
 
 namespace prunecal {
@@ -76,6 +77,7 @@ struct PlanOp {
   std::vector<int32_t> res_q;  // per slot: position of lane 0 in the residual buffer's plane
   bool use_bsr = false;     // pw is BSR (the kernels read its blocks)
   int fast = 0;             // plan_fast_shape() id for the AVX2 fixed-shape CSR kernel, 0: none
+  std::shared_ptr<JitConv> jit;  // generated kernels (CSR, groups 1; csrc/jit_conv.h), or null
   // shortcut
   int sc_stride = 1, sc_left = 0;
   // maxpool (kernel k, stride, pad in stride/pad) and clamp bounds
@@ -128,9 +130,11 @@ struct PlanTeam;
 
 class Plan {
  public:
-  // Buffers use the aligned layout when the AVX-512 tiles are active, unless
-  // PRUNECAL_PLAN_PLAIN_LAYOUT is set (and not "0").
-  Plan();
+  // jit: use generated conv kernels where JitConv can make them (CSR, groups 1; the plain
+  // layout then, they need no aligned loads). Buffers use the aligned layout when the AVX-512
+  // tiles are active and generated kernels are not, unless PRUNECAL_PLAN_PLAIN_LAYOUT is set
+  // (and not "0").
+  explicit Plan(bool jit = true);
 
   int add_buffer(int C, int H, int W, int P);
   void set_io(int input, int output);
@@ -185,6 +189,7 @@ class Plan {
   int input_ = -1, output_ = -1;
   int64_t scratch_floats_ = 0;
   bool aligned_ = true;
+  bool jit_ = true;
   std::mutex run_mutex_;
   std::vector<std::unique_ptr<Arena>> arenas_;
 };

@@ -53,7 +53,8 @@ void bind_plan(py::module_& m) {
                    "Native execution plan of a whole network: ops over numbered per-image activation "
                    "buffers (padded-plane layout), run as one call per batch. Built by "
                    "prunecal.sparse.plan.compile_plan.")
-      .def(py::init<>())
+      .def(py::init<bool>(), py::arg("jit") = true,
+           "jit: use generated conv kernels where the CPU allows (AVX-512F/VL, PRUNECAL_NO_JIT unset).")
       .def("add_buffer", [](Plan& p, int C, int H, int W, int P) { return wrap([&] { return p.add_buffer(C, H, W, P); }); },
            py::arg("C"), py::arg("H"), py::arg("W"), py::arg("P") = 0,
            "A new activation buffer (C, H, W) with a P-wide zero border; returns its id.")

@@ -132,3 +132,54 @@ def test_generated_kernels_bitwise_equal_to_fixed_kernels(tmp_path):
         y = sparse_conv2d(torch.from_numpy(arrays[f"x{i}"]), CSRWeight.from_dense(w),
                           torch.from_numpy(arrays[f"b{i}"]), s, 1, relu=True, threads=1)
         assert torch.equal(y, torch.from_numpy(np.load(tmp_path / f"y_{i}.npy"))), (cin, cout, h, s)
+
+
+_PLAN_NO_JIT_SCRIPT = """
+import sys, numpy as np, torch
+from prunecal import models, _C
+from prunecal.prune import prune
+from prunecal.sparse.plan import compile_plan
+assert not _C.jit_available()
+torch.manual_seed(1)
+m = prune(models.create("resnet20"), "global_magnitude", 0.9, keep_first_conv=True).eval()
+x = torch.from_numpy(np.load(sys.argv[1]))
+with torch.no_grad():
+    p = compile_plan(m, "csr", threads=2)
+    layout = p.plan_for((3, 32, 32)).describe()
+    for threads, mode in ((1, "auto"), (2, "op"), (2, "image")):
+        p.threads, p.mode = threads, mode
+        np.save(f"{sys.argv[2]}_{threads}{mode}.npy", p(x).numpy())
+print("ALIGNED" if any(",A16" in line for line in layout) else "PLAIN")
+"""
+
+
+@needs_jit
+def test_plan_with_generated_kernels_bitwise_equal_to_fixed_kernels(tmp_path):
+    """A whole ResNet-20 plan: generated kernels (plain layout, residual and ReLU in the generated
+    epilogue) against the fixed AVX-512 tiles (aligned layout with shifted copies) in a
+    PRUNECAL_NO_JIT process; NaN / Inf images included, every run mode."""
+    from prunecal import models
+    from prunecal.prune import prune
+    from prunecal.sparse.plan import compile_plan
+
+    torch.manual_seed(1)
+    m = prune(models.create("resnet20"), "global_magnitude", 0.9, keep_first_conv=True).eval()
+    x = torch.randn(5, 3, 32, 32)
+    x[1, 2, 3, 4] = float("nan")
+    x[3, 0, 31, 31] = float("inf")
+    np.save(tmp_path / "x.npy", x.numpy())
+    env = dict(os.environ, PRUNECAL_NO_JIT="1", PYTHONPATH=os.path.dirname(os.path.dirname(prunecal.__file__)))
+    done = subprocess.run([sys.executable, "-c", _PLAN_NO_JIT_SCRIPT, str(tmp_path / "x.npy"), str(tmp_path / "y")],
+                          env=env, check=True, timeout=300, cwd=tmp_path, capture_output=True, text=True)
+    with torch.no_grad():
+        p = compile_plan(m, "csr", threads=2)
+        convs = [line for line in p.plan_for((3, 32, 32)).describe() if line.startswith("conv")]
+        assert convs and all("jit" in line for line in convs)
+        for threads, mode in ((1, "auto"), (2, "op"), (2, "image")):
+            p.threads, p.mode = threads, mode
+            y = p(x)
+            ref = torch.from_numpy(np.load(tmp_path / f"y_{threads}{mode}.npy"))
+            assert torch.equal(torch.isnan(y), torch.isnan(ref))
+            assert torch.isnan(y[1]).all() and torch.isnan(y[3]).all()
+            ok = [0, 2, 4]
+            assert torch.equal(y[ok], ref[ok]), (threads, mode, done.stdout)

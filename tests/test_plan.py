@@ -467,7 +467,8 @@ def test_aligned_layout_blocks(c, w, h, k, pad, stride, density, backend, thread
 
 
 def test_plain_and_aligned_layouts_agree(pruned_r20, monkeypatch):
-    """PRUNECAL_PLAN_PLAIN_LAYOUT=1 (the unpadded-row layout) gives the same logits, NaN images included."""
+    """Fixed kernels: PRUNECAL_PLAN_PLAIN_LAYOUT=1 (the unpadded-row layout) gives the same logits,
+    NaN images included."""
     from prunecal import _C
 
     if not _C.plan_avx512_active():
@@ -476,10 +477,10 @@ def test_plain_and_aligned_layouts_agree(pruned_r20, monkeypatch):
     x[2, 1, 5, 7] = float("nan")
     x[4, 0, 0, 0] = float("inf")
     with torch.no_grad():
-        aligned = compile_plan(pruned_r20, "csr", threads=2)
+        aligned = compile_plan(pruned_r20, "csr", threads=2, jit=False)  # (generated kernels: plain layout)
         assert any("A16x3" in line for line in aligned.plan_for((3, 32, 32)).describe())
         monkeypatch.setenv("PRUNECAL_PLAN_PLAIN_LAYOUT", "1")
-        plain = compile_plan(pruned_r20, "csr", threads=2)
+        plain = compile_plan(pruned_r20, "csr", threads=2, jit=False)
         assert not any(",A16" in line for line in plain.plan_for((3, 32, 32)).describe())
         for threads, mode in ((1, "auto"), (2, "op"), (2, "image")):
             aligned.threads = plain.threads = threads

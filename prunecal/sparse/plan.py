@@ -541,11 +541,12 @@ def _pack(w: torch.Tensor, backend: str, groups: int, block_rows: int) -> CSRWei
     return CSRWeight.from_dense(w)
 
 
-def _emit(ir: _IR, backend: str, block_rows: int, packed: Optional[dict[str, Any]] = None) -> Any:
+def _emit(ir: _IR, backend: str, block_rows: int, packed: Optional[dict[str, Any]] = None,
+          jit: bool = True) -> Any:
     """The native plan of ``ir``; ``packed`` (if given) receives each conv/linear op's packed
-    weight by op name."""
+    weight by op name; ``jit``: generated conv kernels where the CPU allows."""
     native = load_native()
-    plan = native.Plan()
+    plan = native.Plan(jit)
     buf, specs = _assign_buffers(ir)
     for c, h, w, p in specs:
         plan.add_buffer(c, h, w, p)
@@ -589,7 +590,8 @@ def _emit(ir: _IR, backend: str, block_rows: int, packed: Optional[dict[str, Any
 
 
 def _compile_native(gm: torch.fx.GraphModule, input_size: tuple[int, int, int], backend: str,
-                    block_rows: int, info: Optional[dict[str, Any]] = None) -> tuple[Any, tuple[int, ...]]:
+                    block_rows: int, info: Optional[dict[str, Any]] = None,
+                    jit: bool = True) -> tuple[Any, tuple[int, ...]]:
     """``(native plan, output shape)``; ``info`` (if given) receives the final ``ir`` and the
     ``packed`` weights by op name."""
     ir = _build_ir(gm, input_size)
@@ -600,7 +602,7 @@ def _compile_native(gm: torch.fx.GraphModule, input_size: tuple[int, int, int], 
     if ir.output == ir.input:
         raise PlanUnsupported("output", "identity", "the model returns its input")
     packed: dict[str, Any] = {}
-    plan = _emit(ir, backend, block_rows, packed)
+    plan = _emit(ir, backend, block_rows, packed, jit)
     if info is not None:
         info.update(ir=ir, packed=packed)
     return plan, ir.shapes[ir.output]
@@ -696,10 +698,11 @@ class PlanModule(nn.Module):
         threads: worker threads (``None``: ``torch.get_num_threads()`` at each call).
         mode: ``"auto"``, ``"image"`` or ``"op"`` (see :data:`PLAN_MODES`).
         isa: kernel set, ``"auto"``, ``"avx2"`` or ``"generic"``.
+        jit: generated conv kernels (fixed at compile time; see :func:`compile_plan`).
     """
 
     def __init__(self, model: nn.Module, backend: str, block_rows: int, input_size: tuple[int, int, int],
-                 threads: Optional[int], mode: str, isa: str) -> None:
+                 threads: Optional[int], mode: str, isa: str, jit: bool = True) -> None:
         super().__init__()
         # a private copy (in a list: not a submodule, so its parameters stay out of this
         # module's state); traced on demand, the trace and native plans are rebuilt after unpickling
@@ -707,10 +710,12 @@ class PlanModule(nn.Module):
         self._gm: list[torch.fx.GraphModule] = [_trace(model)]
         self.backend, self.block_rows = backend, block_rows
         self.threads, self.mode, self.isa = threads, mode, isa
+        self.jit = bool(jit)
         self._plans: dict[tuple[int, int, int], tuple[Any, tuple[int, ...]]] = {}
         self.input_size = tuple(int(s) for s in input_size)
         info: dict[str, Any] = {}
-        self._plans[self.input_size] = _compile_native(self._gm[0], self.input_size, backend, block_rows, info)
+        self._plans[self.input_size] = _compile_native(self._gm[0], self.input_size, backend, block_rows, info,
+                                                       self.jit)
         from .sparsify import _model_bytes
 
         stored = _stored_bytes(model, self._gm[0], info["ir"], info["packed"], backend)
@@ -730,7 +735,8 @@ class PlanModule(nn.Module):
                 self._plans.pop(next(iter(self._plans)))
             if not self._gm:
                 self._gm.append(_trace(self._model[0]))
-            self._plans[key] = _compile_native(self._gm[0], key, self.backend, self.block_rows)
+            self._plans[key] = _compile_native(self._gm[0], key, self.backend, self.block_rows,
+                                               jit=getattr(self, "jit", True))
         return self._plans[key][0]
 
     @property
@@ -804,7 +810,7 @@ class PlanModule(nn.Module):
 
 def compile_plan(model: nn.Module, backend: str = "csr", *, threads: Optional[int] = None,
                  input_size: tuple[int, int, int] = (3, 32, 32), block_rows: int = 4, mode: str = "auto",
-                 isa: str = "auto", fallback: bool = False) -> nn.Module:
+                 isa: str = "auto", fallback: bool = False, jit: bool = True) -> nn.Module:
     """Compile ``model`` into a :class:`PlanModule` running as one native call per batch.
 
     Args:
@@ -817,6 +823,10 @@ def compile_plan(model: nn.Module, backend: str = "csr", *, threads: Optional[in
         block_rows: BSR block height, 4 or 8.
         mode: ``"auto"``, ``"image"`` or ``"op"`` (see :data:`PLAN_MODES`).
         isa: ``"auto"``, ``"avx2"`` or ``"generic"`` kernels.
+        jit: generate conv kernels for this network's weights at compile time (x86-64 CPUs with
+            AVX-512F/VL; CSR convs with groups 1; ``PRUNECAL_NO_JIT=1`` turns them off for the
+            whole process). Same results bit for bit as the fixed kernels; ``False`` keeps to
+            the fixed (ahead-of-time compiled) kernels.
         fallback: instead of raising :class:`PlanUnsupported`, return
             ``sparsify(model, backend)`` (one native call per layer; ``"auto"`` -> ``"csr"``)
             with the reason in its ``plan_unsupported`` attribute.
@@ -851,7 +861,7 @@ def compile_plan(model: nn.Module, backend: str = "csr", *, threads: Optional[in
     work = _copy_model(model).eval()  # later edits of `model` do not reach plans compiled later
     _remove_pruning(work)
     try:
-        return PlanModule(work, backend, block_rows, size, threads, mode, isa)
+        return PlanModule(work, backend, block_rows, size, threads, mode, isa, bool(jit))
     except PlanUnsupported as e:
         if not fallback:
             raise
