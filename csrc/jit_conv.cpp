@@ -18,6 +18,10 @@ namespace {
 constexpr int kMaxGroup = 30;               // accumulators; zmm30 = zero (ReLU) / residual, zmm31 = input
 constexpr int64_t kMaxCodeBytes = 8 << 20;  // per weight and geometry
 constexpr int64_t kDisp = int64_t(1) << 31;
+
+// Code size bound: instructions are at most 11 bytes (EVEX, disp32, imm8); per nonzero one FMA
+// and at most one two-instruction load, per row at most 8 epilogue instructions.
+int64_t code_bytes(int64_t nnz, int64_t rows) { return 4096 + 36 * nnz + 96 * rows; }
 }  // namespace
 
 bool JitConv::tile_layout(const std::vector<Slot>& sl, const int32_t* rq, JitLayout* L) {
@@ -135,8 +139,7 @@ std::unique_ptr<JitConv> JitConv::build(const int32_t* indptr, const int32_t* co
     const auto [lo, hi] = std::minmax_element(off, off + nnz);
     if (int64_t(*lo) * 4 <= -kDisp || (int64_t(*hi) + L.in_step) * 4 >= kDisp) return nullptr;
   }
-  // about 11 bytes per instruction: one FMA per nonzero, at most one load per nonzero
-  if (4096 + 24 * nnz + 64 * int64_t(rows) > kMaxCodeBytes) return nullptr;
+  if (code_bytes(nnz, rows) > kMaxCodeBytes) return nullptr;
   std::unique_ptr<JitConv> j(new JitConv());
   j->layout_ = L;
   j->zeros_.assign(size_t(rows), 0.f);
@@ -148,7 +151,7 @@ std::unique_ptr<JitConv> JitConv::build(const int32_t* indptr, const int32_t* co
       g.row1 = int(int64_t(rows) * (k + 1) / n_groups);
       const int64_t gnnz = indptr[g.row1] - indptr[g.row0];
       j->code_.push_back(std::make_unique<Code>(indptr, cols, values, off, g.row0, g.row1, L,
-                                                size_t(4096 + 24 * gnnz + 64 * (g.row1 - g.row0)), g.weights));
+                                                size_t(code_bytes(gnnz, g.row1 - g.row0)), g.weights));
       g.fn = j->code_.back()->getCode<Fn>();
       j->groups_.push_back(std::move(g));
     }

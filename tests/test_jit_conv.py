@@ -183,3 +183,18 @@ def test_plan_with_generated_kernels_bitwise_equal_to_fixed_kernels(tmp_path):
             assert torch.isnan(y[1]).all() and torch.isnan(y[3]).all()
             ok = [0, 2, 4]
             assert torch.equal(y[ok], ref[ok]), (threads, mode, done.stdout)
+
+
+@needs_jit
+def test_generated_kernels_for_one_nonzero_per_tap_and_many_channels():
+    """The code-size bound holds in the worst case (every tap used by one channel only, two-half
+    loads of 8-wide rows, residual epilogue): kernels are made, results match torch."""
+    cout, cin = 30, 256  # one group of 2,304 nonzeros on 2,304 taps
+    w = torch.zeros(cout, cin, 3, 3)
+    for ci in range(cin):
+        for t in range(9):
+            w[(ci * 9 + t) % cout, ci, t // 3, t % 3] = float(ci + t) / 200 - 1
+    assert jit_kernels(w, 8, 8, 1, 1) == (1, 16)
+    x = torch.randn(2, cin, 8, 8)
+    y = sparse_conv2d(x, CSRWeight.from_dense(w), None, 1, 1, threads=1)
+    torch.testing.assert_close(y, F.conv2d(x, w, None, 1, 1), rtol=1e-4, atol=1e-4)
