@@ -15,7 +15,11 @@
 namespace prunecal {
 
 namespace {
-constexpr int kMaxGroup = 30;               // accumulators; zmm30 = zero (ReLU) / residual, zmm31 = input
+// Accumulators per group (zmm0..30); zmm31 holds the input vector, then serves the epilogue
+// (residual, zero for ReLU). Groups are filled in order (31, 31, ..., rest): measured faster
+// than balanced groups (CIFAR shapes, batch 64, 1 thread: 3-12 %), as larger groups share each
+// input load among more channels.
+constexpr int kMaxGroup = 31;
 constexpr int64_t kMaxCodeBytes = 8 << 20;  // per weight and geometry
 constexpr int64_t kDisp = int64_t(1) << 31;
 
@@ -53,7 +57,7 @@ struct JitConv::Code : Xbyak::CodeGenerator {
     const int G = r1 - r0;
     const bool wide = lay.vec == 16;
     auto acc = [&](int i) -> Xmm { return wide ? Xmm(Zmm(i)) : Xmm(Ymm(i)); };
-    const Xmm x = wide ? Xmm(zmm31) : Xmm(ymm31), t30 = wide ? Xmm(zmm30) : Xmm(ymm30);
+    const Xmm x = wide ? Xmm(zmm31) : Xmm(ymm31);
     // a 16-lane vector from two 8-lane halves `step` floats apart (one load when consecutive)
     auto load = [&](const Xmm& dst, const Reg64& base, int64_t pos, int step) {
       if (wide && step != kLanes) {
@@ -92,16 +96,16 @@ struct JitConv::Code : Xbyak::CodeGenerator {
       test(r9, r9);
       jz(no_res, T_NEAR);
       for (int i = 0; i < G; ++i) {
-        load(t30, r9, int64_t(r0 + i) * lay.res_plane, lay.res_step);
-        vaddps(acc(i), acc(i), t30);
+        load(x, r9, int64_t(r0 + i) * lay.res_plane, lay.res_step);
+        vaddps(acc(i), acc(i), x);
       }
       L(no_res);
     }
     Label store;
     test(r8, r8);
     jz(store, T_NEAR);
-    vxorps(t30, t30, t30);
-    for (int i = 0; i < G; ++i) vmaxps(acc(i), t30, acc(i));  // NaN stays NaN (second operand)
+    vxorps(x, x, x);
+    for (int i = 0; i < G; ++i) vmaxps(acc(i), x, acc(i));  // NaN stays NaN (second operand)
     L(store);
     for (int i = 0; i < G; ++i) {
       const int64_t pos = int64_t(r0 + i) * lay.out_plane;
@@ -147,8 +151,8 @@ std::unique_ptr<JitConv> JitConv::build(const int32_t* indptr, const int32_t* co
   try {
     for (int k = 0; k < n_groups; ++k) {
       Group g;
-      g.row0 = int(int64_t(rows) * k / n_groups);
-      g.row1 = int(int64_t(rows) * (k + 1) / n_groups);
+      g.row0 = k * kMaxGroup;
+      g.row1 = std::min(rows, (k + 1) * kMaxGroup);
       const int64_t gnnz = indptr[g.row1] - indptr[g.row0];
       j->code_.push_back(std::make_unique<Code>(indptr, cols, values, off, g.row0, g.row1, L,
                                                 size_t(code_bytes(gnnz, g.row1 - g.row0)), g.weights));

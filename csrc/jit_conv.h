@@ -4,7 +4,7 @@
 // The fixed kernels keep a tile of output pixels of ONE output channel in registers and load an
 // input vector for every nonzero: one load per multiply-add, the limit of a CSR scheme. A
 // generated kernel keeps one vector of 16 output pixels (or 8 where 16 do not fit) for a GROUP
-// of up to 30 output channels in registers and walks the input taps that any of them uses: each
+// of up to 31 output channels in registers and walks the input taps that any of them uses: each
 // input vector is loaded once and feeds the multiply-adds of every channel of the group with a
 // nonzero there, each weight a broadcast operand of its FMA. The code is specific to one weight
 // and one input / output geometry (offsets, values and strides are constants in it).

@@ -33,7 +33,7 @@ CIFAR = [(16, 16, 32, 1), (32, 32, 16, 1), (64, 64, 8, 1), (16, 32, 32, 2), (32,
 @pytest.mark.parametrize("cin,cout,h,s", CIFAR)
 def test_cifar_shapes_use_generated_kernels_of_16_lanes(cin, cout, h, s):
     groups, vec = jit_kernels(sparse_weight((cout, cin, 3, 3), 0.9), h, h, s, 1)
-    assert vec == 16 and groups == -(-cout // 30)
+    assert vec == 16 and groups == -(-cout // 31)
 
 
 @needs_jit
@@ -189,7 +189,7 @@ def test_plan_with_generated_kernels_bitwise_equal_to_fixed_kernels(tmp_path):
 def test_generated_kernels_for_one_nonzero_per_tap_and_many_channels():
     """The code-size bound holds in the worst case (every tap used by one channel only, two-half
     loads of 8-wide rows, residual epilogue): kernels are made, results match torch."""
-    cout, cin = 30, 256  # one group of 2,304 nonzeros on 2,304 taps
+    cout, cin = 31, 256  # one group of 2,304 nonzeros on 2,304 taps
     w = torch.zeros(cout, cin, 3, 3)
     for ci in range(cin):
         for t in range(9):
