@@ -7,7 +7,7 @@ stride-2 transitions), batch 1 and 64, unstructured random sparsity 0.5 / 0.7 / 
 ``-k``, e.g. ``-k "b1 and t1"`` or ``-k "16x32x32"``.
 
     python -m pytest benchmarks/bench_layers.py --benchmark-only --benchmark-json=bench.json
-    python benchmarks/bench_layers.py bench.json      # markdown table of times and speed-ups
+    python benchmarks/bench_layers.py bench.json [more.json ...]  # markdown table (min over runs)
 """
 from __future__ import annotations
 
@@ -82,15 +82,18 @@ def test_conv(benchmark, impl, shape, batch, sparsity, torch_threads):
     benchmark.pedantic(fn, args=(x,), rounds=rounds, iterations=iters, warmup_rounds=2)
 
 
-def table(path: str) -> str:
-    """Markdown table from a --benchmark-json file: time per call (the minimum over rounds, the
-    least disturbed figure on a shared machine) and the speed-up vs dense torch in the same run."""
-    with open(path) as f:
-        rows = [b for b in json.load(f)["benchmarks"] if "impl" in b.get("extra_info", {})]
-    t = {}
-    for b in rows:
-        e = b["extra_info"]
-        t[(e["shape"], e["batch"], e["threads"], e["sparsity"], e["impl"])] = b["stats"]["min"]
+def table(*paths: str) -> str:
+    """Markdown table from --benchmark-json file(s): time per call (the minimum over rounds, and
+    over the files when several runs are given: the least disturbed figure on a shared machine,
+    for every implementation alike) and the speed-up vs dense torch."""
+    t: dict[tuple, float] = {}
+    for path in paths:
+        with open(path) as f:
+            rows = [b for b in json.load(f)["benchmarks"] if "impl" in b.get("extra_info", {})]
+        for b in rows:
+            e = b["extra_info"]
+            key = (e["shape"], e["batch"], e["threads"], e["sparsity"], e["impl"])
+            t[key] = min(t.get(key, float("inf")), b["stats"]["min"])
     out = ["| shape (C x H x W, stride) | batch | threads | sparsity | dense torch | torch.sparse | csr | bsr4 |",
            "|---|---|---|---|---|---|---|---|"]
     keys = sorted({k[:4] for k in t}, key=lambda k: (k[2], k[1], list(SHAPES).index(k[0]), k[3]))
@@ -152,4 +155,4 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--overhead"]:
         print(overhead())
     else:
-        print(table(sys.argv[1] if len(sys.argv) > 1 else "bench.json"))
+        print(table(*(sys.argv[1:] or ["bench.json"])))
