@@ -59,20 +59,49 @@ const float* optional_bias(const py::object& bias, int rows) {
   return static_cast<const float*>(b.data());
 }
 
-void check_out(const py::array& out, const py::array& x, const std::vector<py::ssize_t>& shape) {
-  check_array<float>(out, "out", int(shape.size()));
-  if (!out.writeable()) value_error("out: array is read-only");
-  for (size_t i = 0; i < shape.size(); ++i)
-    if (out.shape(i) != shape[i]) value_error("out: wrong shape for this convolution / layer");
-  const char *o0 = static_cast<const char*>(out.data()), *x0 = static_cast<const char*>(x.data());
-  if (out.nbytes() && x.nbytes() && o0 < x0 + x.nbytes() && x0 < o0 + out.nbytes())
-    value_error("out: must not overlap x");
-}
-
 int check_threads(int threads) {
   if (threads < 1 || threads > 1024) value_error("threads: expected 1..1024, got " + std::to_string(threads));
   return threads;
 }
+
+// out: float32, C-contiguous, writeable, of `shape`, not overlapping the x_bytes at x0.
+void check_out(const py::array& out, const void* x, int64_t x_bytes, const std::vector<py::ssize_t>& shape) {
+  check_array<float>(out, "out", int(shape.size()));
+  if (!out.writeable()) value_error("out: array is read-only");
+  for (size_t i = 0; i < shape.size(); ++i)
+    if (out.shape(i) != shape[i]) value_error("out: wrong shape for this convolution / layer");
+  const char *o0 = static_cast<const char*>(out.data()), *x0 = static_cast<const char*>(x);
+  if (out.nbytes() && x_bytes && o0 < x0 + x_bytes && x0 < o0 + out.nbytes()) value_error("out: must not overlap x");
+}
+void check_out(const py::array& out, const py::array& x, const std::vector<py::ssize_t>& shape) {
+  check_out(out, x.data(), int64_t(x.nbytes()), shape);
+}
+
+// out[:] = conv2d(x) for x a C-contiguous float32 (N, C, H, W) buffer at xp; the checks every
+// conv2d entry shares, then the kernels with the GIL released.
+void conv2d_into(PackedWeight& w, const float* xp, py::ssize_t N, py::ssize_t C, py::ssize_t H, py::ssize_t W,
+                 py::array& out, const float* b, int stride, int padding, int dilation, int groups, bool relu,
+                 int threads, const std::string& isa) {
+  if (stride < 1) value_error("stride: must be >= 1, got " + std::to_string(stride));
+  if (padding < 0) value_error("padding: must be >= 0, got " + std::to_string(padding));
+  if (dilation < 1) value_error("dilation: must be >= 1, got " + std::to_string(dilation));
+  if (groups < 1 || w.rows() % groups)
+    value_error("groups: " + std::to_string(groups) + " must be >= 1 and divide C_out=" + std::to_string(w.rows()));
+  if (C != py::ssize_t(w.cin_per_group()) * groups)
+    value_error("x: expected " + std::to_string(int64_t(w.cin_per_group()) * groups) +
+                " input channels (C_in/groups=" + std::to_string(w.cin_per_group()) +
+                " x groups=" + std::to_string(groups) + "), got " + std::to_string(C));
+  if (N < 0 || H <= 0 || W <= 0 || H >= (1 << 20) || W >= (1 << 20) || N >= (int64_t(1) << 31))
+    value_error("x: bad spatial size or batch");
+  const prunecal::KernelSet& k = prunecal::select_kernels(isa.c_str());
+  threads = check_threads(threads);
+  auto g = w.geometry(int(H), int(W), stride, padding, dilation);  // validates geometry
+  check_out(out, xp, int64_t(N) * C * H * W * int64_t(sizeof(float)), {N, w.rows(), g->Ho, g->Wo});
+  float* yp = static_cast<float*>(out.mutable_data());
+  py::gil_scoped_release nogil;
+  w.conv2d(xp, int(N), int(C), int(H), int(W), yp, b, stride, padding, dilation, groups, relu, threads, k);
+}
+
 
 }  // namespace
 
@@ -123,33 +152,26 @@ PYBIND11_MODULE(_C, m) {
            [](PackedWeight& w, const py::array& x, py::array out, const py::object& bias, int stride,
               int padding, int dilation, int groups, bool relu, int threads, const std::string& isa) {
              check_array<float>(x, "x", 4);
-             if (stride < 1) value_error("stride: must be >= 1, got " + std::to_string(stride));
-             if (padding < 0) value_error("padding: must be >= 0, got " + std::to_string(padding));
-             if (dilation < 1) value_error("dilation: must be >= 1, got " + std::to_string(dilation));
-             if (groups < 1 || w.rows() % groups)
-               value_error("groups: " + std::to_string(groups) + " must be >= 1 and divide C_out=" +
-                           std::to_string(w.rows()));
-             const py::ssize_t N = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3);
-             if (C != py::ssize_t(w.cin_per_group()) * groups)
-               value_error("x: expected " + std::to_string(int64_t(w.cin_per_group()) * groups) +
-                           " input channels (C_in/groups=" + std::to_string(w.cin_per_group()) +
-                           " x groups=" + std::to_string(groups) + "), got " + std::to_string(C));
-             if (H <= 0 || W <= 0 || H >= (1 << 20) || W >= (1 << 20) || N >= (int64_t(1) << 31))
-               value_error("x: bad spatial size or batch");
-             const prunecal::KernelSet& k = prunecal::select_kernels(isa.c_str());
              const float* b = optional_bias(bias, w.rows());
-             threads = check_threads(threads);
-             auto g = w.geometry(int(H), int(W), stride, padding, dilation);  // validates geometry
-             check_out(out, x, {N, w.rows(), g->Ho, g->Wo});
-             const float* xp = static_cast<const float*>(x.data());
-             float* yp = static_cast<float*>(out.mutable_data());
-             py::gil_scoped_release nogil;
-             w.conv2d(xp, int(N), int(C), int(H), int(W), yp, b, stride, padding, dilation, groups, relu, threads, k);
+             conv2d_into(w, static_cast<const float*>(x.data()), x.shape(0), x.shape(1), x.shape(2), x.shape(3), out,
+                         b, stride, padding, dilation, groups, relu, threads, isa);
            },
            py::arg("x"), py::arg("out"), py::arg("bias") = py::none(), py::arg("stride") = 1,
            py::arg("padding") = 0, py::arg("dilation") = 1, py::arg("groups") = 1, py::arg("relu") = false,
            py::arg("threads") = 1, py::arg("isa") = "auto",
            "out[:] = conv2d(x) with x (N, C_in, H, W) and out (N, C_out, Ho, Wo) float32 C-contiguous.")
+      .def("_conv2d_ptr",
+           [](PackedWeight& w, uintptr_t x, const std::array<py::ssize_t, 4>& shape, py::array out, uintptr_t bias,
+              int stride, int padding, int dilation, int groups, bool relu, int threads, const std::string& isa) {
+             if (!x) value_error("x: null address");
+             conv2d_into(w, reinterpret_cast<const float*>(x), shape[0], shape[1], shape[2], shape[3], out,
+                         reinterpret_cast<const float*>(bias), stride, padding, dilation, groups, relu, threads, isa);
+           },
+           py::arg("x"), py::arg("shape"), py::arg("out"), py::arg("bias"), py::arg("stride"), py::arg("padding"),
+           py::arg("dilation"), py::arg("groups"), py::arg("relu"), py::arg("threads"), py::arg("isa"),
+           "Internal (prunecal.sparse.ops): conv2d with x and bias given as addresses (torch data_ptr(); "
+           "bias 0: none) of C-contiguous float32 buffers of `shape` (N, C_in, H, W) and (C_out,) that the "
+           "caller has checked and keeps alive during the call.")
       .def("output_hw",
            [](PackedWeight& w, int H, int W, int stride, int padding, int dilation) {
              if (stride < 1 || padding < 0 || dilation < 1) value_error("bad stride/padding/dilation");

@@ -304,3 +304,15 @@ def test_fixed_packer_matches_general_packer(tmp_path):
                           None, s, 1, threads=1)
         ref = torch.from_numpy(np.load(tmp_path / f"y_{i}.npy"))
         torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_non_contiguous_and_strided_bias():
+    """x and bias go to the kernels by address: a bias that needs a contiguous copy (strided view)
+    and an x that is a view with a storage offset must give torch's result."""
+    w = sparse_weight((6, 4, 3, 3), 0.5)
+    base = torch.randn(3, 4, 9, 9)
+    x = base[1:]  # storage offset
+    bias = torch.randn(12)[::2]  # non-contiguous
+    for _ in range(3):
+        y = sparse_conv2d(x, make(w, "csr"), bias, 1, 1, threads=2)
+        torch.testing.assert_close(y, F.conv2d(x, w, bias, 1, 1), rtol=1e-4, atol=1e-4)

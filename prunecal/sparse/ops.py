@@ -59,13 +59,16 @@ def _check_tensor(x: object, name: str) -> torch.Tensor:
     return x.detach().contiguous()
 
 
-def _bias(bias: Optional[torch.Tensor], rows: int):
-    if bias is None:
-        return None
+def _bias_tensor(bias: torch.Tensor, rows: int) -> torch.Tensor:
+    """``bias`` checked: a contiguous float32 CPU tensor of shape ``(rows,)`` (a copy if needed)."""
     b = _check_tensor(bias, "bias")
     if b.shape != (rows,):
         raise ValueError(f"bias: expected shape ({rows},), got {tuple(b.shape)}")
-    return b.numpy()
+    return b
+
+
+def _bias(bias: Optional[torch.Tensor], rows: int):
+    return None if bias is None else _bias_tensor(bias, rows).numpy()
 
 
 def sparse_conv2d(x: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor] = None,
@@ -119,12 +122,13 @@ def sparse_conv2d(x: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor] 
         hw = packed.output_hw(*key)
         if len(cache) < 64:
             cache[key] = hw
-    # numpy-allocated output (cheaper than torch.empty), handed to torch without a copy
+    # numpy-allocated output (cheaper than torch.empty), handed to torch without a copy; x and
+    # bias go by address (checked above / in _bias_tensor; cheaper than Tensor.numpy())
     out = np.empty((shape[0], c_out, hw[0], hw[1]), dtype=np.float32)
-    b = None if bias is None else _bias(bias, c_out)
+    b = None if bias is None else _bias_tensor(bias, c_out)  # (a reference: kept alive during the call)
     if shape[0]:
-        packed.conv2d(x.numpy(), out, b, s, p, d, groups, bool(relu),
-                      threads if type(threads) is int and threads > 0 else default_threads(threads), isa)
+        packed._conv2d_ptr(x.data_ptr(), shape, out, 0 if b is None else b.data_ptr(), s, p, d, groups, bool(relu),
+                           threads if type(threads) is int and threads > 0 else default_threads(threads), isa)
     y = torch.from_numpy(out)
     return y[0] if unbatched else y
 
