@@ -161,16 +161,17 @@ PYBIND11_MODULE(_C, m) {
            py::arg("threads") = 1, py::arg("isa") = "auto",
            "out[:] = conv2d(x) with x (N, C_in, H, W) and out (N, C_out, Ho, Wo) float32 C-contiguous.")
       .def("_conv2d_ptr",
-           [](PackedWeight& w, uintptr_t x, const std::array<py::ssize_t, 4>& shape, py::array out, uintptr_t bias,
-              int stride, int padding, int dilation, int groups, bool relu, int threads, const std::string& isa) {
+           [](PackedWeight& w, uintptr_t x, py::ssize_t N, py::ssize_t C, py::ssize_t H, py::ssize_t W, py::array out,
+              uintptr_t bias, int stride, int padding, int dilation, int groups, bool relu, int threads,
+              const std::string& isa) {
              if (!x) value_error("x: null address");
-             conv2d_into(w, reinterpret_cast<const float*>(x), shape[0], shape[1], shape[2], shape[3], out,
-                         reinterpret_cast<const float*>(bias), stride, padding, dilation, groups, relu, threads, isa);
+             conv2d_into(w, reinterpret_cast<const float*>(x), N, C, H, W, out, reinterpret_cast<const float*>(bias),
+                         stride, padding, dilation, groups, relu, threads, isa);
            },
-           py::arg("x"), py::arg("shape"), py::arg("out"), py::arg("bias"), py::arg("stride"), py::arg("padding"),
+           py::arg("x"), py::arg("N"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("out"), py::arg("bias"), py::arg("stride"), py::arg("padding"),
            py::arg("dilation"), py::arg("groups"), py::arg("relu"), py::arg("threads"), py::arg("isa"),
            "Internal (prunecal.sparse.ops): conv2d with x and bias given as addresses (torch data_ptr(); "
-           "bias 0: none) of C-contiguous float32 buffers of `shape` (N, C_in, H, W) and (C_out,) that the "
+           "bias 0: none) of C-contiguous float32 buffers of (N, C_in, H, W) and (C_out,) that the "
            "caller has checked and keeps alive during the call.")
       .def("output_hw",
            [](PackedWeight& w, int H, int W, int stride, int padding, int dilation) {

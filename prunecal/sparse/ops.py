@@ -127,7 +127,7 @@ def sparse_conv2d(x: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor] 
     out = np.empty((shape[0], c_out, hw[0], hw[1]), dtype=np.float32)
     b = None if bias is None else _bias_tensor(bias, c_out)  # (a reference: kept alive during the call)
     if shape[0]:
-        packed._conv2d_ptr(x.data_ptr(), shape, out, 0 if b is None else b.data_ptr(), s, p, d, groups, bool(relu),
+        packed._conv2d_ptr(x.data_ptr(), *shape, out, 0 if b is None else b.data_ptr(), s, p, d, groups, bool(relu),
                            threads if type(threads) is int and threads > 0 else default_threads(threads), isa)
     y = torch.from_numpy(out)
     return y[0] if unbatched else y
