@@ -31,7 +31,8 @@ const char* dtype_name<int32_t>() { return "int32"; }
 
 template <typename T>
 void check_array(const py::array& a, const char* name, int ndim) {
-  if (!py::isinstance<py::array_t<T>>(a) || !a.dtype().is(py::dtype::of<T>()))
+  // (isinstance compares dtypes by equivalence: an unpickled float32 dtype is not the same object)
+  if (!py::isinstance<py::array_t<T>>(a) || a.dtype().itemsize() != py::ssize_t(sizeof(T)))
     throw py::type_error(std::string(name) + ": expected dtype " + dtype_name<T>() + ", got " +
                          std::string(py::str(a.dtype())));
   if (ndim >= 0 && a.ndim() != ndim)

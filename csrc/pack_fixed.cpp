@@ -56,35 +56,40 @@ PACK_AVX512 bool pack_s1(const float* x, int C, int H, int64_t chan, float* buf)
 
 // Stride 2, padding 1 (H, W even): padded row yy + 1 has phase row py = (yy + 1) & 1, index
 // i = (yy + 1) >> 1; its even columns x = 2k go to phase (py, 1) at column k, its odd columns to
-// phase (py, 0) at column k + 1 (column 0 of that phase is the left padding).
+// phase (py, 0) at column k + 1 (column 0 of that phase is the left padding). So input row 2k
+// goes to row k of phases (1, 1) / (1, 0), input row 2k + 1 to row k + 1 of phases (0, 1) / (0, 0).
+template <int W>
+PACK_AVX512 inline void split_row(const float* r, float* even, float* odd, __m512& acc) {
+  if constexpr (W == 32) {
+    const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const __m512 a = _mm512_loadu_ps(r), b = _mm512_loadu_ps(r + 16);
+    scan(acc, a);
+    scan(acc, b);
+    _mm512_storeu_ps(even, _mm512_permutex2var_ps(a, ie, b));
+    _mm512_storeu_ps(odd, _mm512_permutex2var_ps(a, io, b));
+  } else {  // W == 16
+    const __m512i split = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    const __m512 a = _mm512_loadu_ps(r);
+    scan(acc, a);
+    const __m512 v = _mm512_permutexvar_ps(split, a);
+    _mm256_storeu_ps(even, _mm512_castps512_ps256(v));
+    _mm256_storeu_ps(odd, high_half(v));
+  }
+}
+
 template <int W>
 PACK_AVX512 bool pack_s2(const float* x, int C, int H, int Hq, int Wq, int64_t chan, float* buf) {
   const int64_t phase = int64_t(Hq) * Wq;
   __m512 acc = _mm512_setzero_ps();
-  const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-  const __m512i split = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
   for (int c = 0; c < C; ++c) {
-    const float* X = x + int64_t(c) * H * W;
-    float* P0 = buf + c * chan;
-    for (int yy = 0; yy < H; ++yy) {
-      const int py = (yy + 1) & 1, i = (yy + 1) >> 1;
-      float* even = P0 + (py * 2 + 1) * phase + int64_t(i) * Wq;
-      float* odd = P0 + (py * 2) * phase + int64_t(i) * Wq + 1;
-      const float* r = X + int64_t(yy) * W;
-      if constexpr (W == 32) {
-        const __m512 a = _mm512_loadu_ps(r), b = _mm512_loadu_ps(r + 16);
-        scan(acc, a);
-        scan(acc, b);
-        _mm512_storeu_ps(even, _mm512_permutex2var_ps(a, ie, b));
-        _mm512_storeu_ps(odd, _mm512_permutex2var_ps(a, io, b));
-      } else {  // W == 16
-        const __m512 a = _mm512_loadu_ps(r);
-        scan(acc, a);
-        const __m512 v = _mm512_permutexvar_ps(split, a);
-        _mm256_storeu_ps(even, _mm512_castps512_ps256(v));
-        _mm256_storeu_ps(odd, high_half(v));
-      }
+    const float* r = x + int64_t(c) * H * W;
+    float* P = buf + c * chan;
+    float *e1 = P + 3 * phase, *o1 = P + 2 * phase + 1;    // phases (1, 1), (1, 0), row 0
+    float *e0 = P + phase + Wq, *o0 = P + Wq + 1;          // phases (0, 1), (0, 0), row 1
+    for (int k = 0; k < H / 2; ++k, r += 2 * W, e1 += Wq, o1 += Wq, e0 += Wq, o0 += Wq) {
+      split_row<W>(r, e1, o1, acc);
+      split_row<W>(r + W, e0, o0, acc);
     }
   }
   return _mm512_cmp_ps_mask(acc, acc, _CMP_UNORD_Q) != 0;

@@ -17,9 +17,15 @@ using prunecal::Plan;
 
 namespace {
 
+// dtype T by equivalence (an unpickled float32 dtype is not the same object as numpy's own)
+template <typename T>
+bool has_dtype(const py::array& a) {
+  return py::isinstance<py::array_t<T>>(a) && a.dtype().itemsize() == py::ssize_t(sizeof(T));
+}
+
 template <typename T>
 std::vector<T> vec(const py::array& a, const char* name, int ndim) {
-  if (!a.dtype().is(py::dtype::of<T>()))
+  if (!has_dtype<T>(a))
     throw py::type_error(std::string(name) + ": expected dtype " + std::string(py::str(py::dtype::of<T>())) +
                          ", got " + std::string(py::str(a.dtype())));
   if (ndim >= 0 && a.ndim() != ndim)
@@ -117,7 +123,7 @@ void bind_plan(py::module_& m) {
       .def("profile",
            [](Plan& p, const py::array& x, int reps, const std::string& isa) {
              if (p.input() < 0) throw py::value_error("plan: input not set");
-             if (!x.dtype().is(py::dtype::of<float>()) || !(x.flags() & py::array::c_style))
+             if (!has_dtype<float>(x) || !(x.flags() & py::array::c_style))
                throw py::type_error("x: expected a C-contiguous float32 array");
              const auto& si = p.buffer(p.input());
              if (x.ndim() != 4 || x.shape(1) != si.C || x.shape(2) != si.H || x.shape(3) != si.W)
@@ -147,9 +153,9 @@ void bind_plan(py::module_& m) {
       .def("run",
            [](Plan& p, const py::array& x, py::array out, int threads, const std::string& mode, const std::string& isa) {
              if (p.input() < 0 || p.output() < 0) throw py::value_error("plan: input/output not set");
-             if (!x.dtype().is(py::dtype::of<float>()))
+             if (!has_dtype<float>(x))
                throw py::type_error("x: expected dtype float32, got " + std::string(py::str(x.dtype())));
-             if (!out.dtype().is(py::dtype::of<float>())) throw py::type_error("out: expected dtype float32");
+             if (!has_dtype<float>(out)) throw py::type_error("out: expected dtype float32");
              if (!(x.flags() & py::array::c_style) || !(out.flags() & py::array::c_style))
                throw py::value_error("x / out: expected C-contiguous arrays");
              if (!out.writeable()) throw py::value_error("out: array is read-only");

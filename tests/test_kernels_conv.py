@@ -316,3 +316,23 @@ def test_non_contiguous_and_strided_bias():
     for _ in range(3):
         y = sparse_conv2d(x, make(w, "csr"), bias, 1, 1, threads=2)
         torch.testing.assert_close(y, F.conv2d(x, w, bias, 1, 1), rtol=1e-4, atol=1e-4)
+
+
+def test_remembered_call_checks_still_reject_bad_parameters():
+    """sparse_conv2d remembers the checks of a (weight, input shape, int parameters) call; a later
+    call with bool / float parameters, other channels or another shape is still checked."""
+    import pickle
+
+    w = make(sparse_weight((6, 4, 3, 3), 0.5), "csr")
+    x = torch.randn(2, 4, 8, 8)
+    ref = sparse_conv2d(x, w, None, 1, 1)
+    assert torch.equal(sparse_conv2d(x, w, None, 1, 1), ref)  # remembered
+    with pytest.raises(TypeError):
+        sparse_conv2d(x, w, None, True, 1)
+    with pytest.raises(TypeError):
+        sparse_conv2d(x, w, None, 1, 1, groups=1.0)
+    with pytest.raises(ValueError, match="input channels"):
+        sparse_conv2d(torch.randn(2, 5, 8, 8), w, None, 1, 1)
+    assert sparse_conv2d(torch.randn(3, 4, 6, 6), w, None, 2, 1).shape == (3, 6, 3, 3)
+    w2 = pickle.loads(pickle.dumps(w))  # (the remembered calls hold native objects: not pickled)
+    assert torch.equal(sparse_conv2d(x, w2, None, 1, 1), ref)

@@ -193,7 +193,7 @@ class _SparseWeight:
     def __getstate__(self) -> dict:
         d = dict(self.__dict__)
         d.pop("_packed", None)
-        d.pop("_output_hw", None)
+        d.pop("_conv_calls", None)  # (sparse_conv2d's checked calls: hold the native weight)
         return d
 
     def __repr__(self) -> str:

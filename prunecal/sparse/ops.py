@@ -90,16 +90,42 @@ def sparse_conv2d(x: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor] 
 
     Returns a new float32 ``(N, C_out, Ho, Wo)`` tensor. ``N = 0`` gives an empty output.
     """
-    weight = _check_weight(weight)
-    if len(weight.shape) != 4:
-        raise ValueError(f"weight: expected a conv weight (4-D shape), got shape {weight.shape}")
     x = _check_tensor(x, "x")
     unbatched = x.dim() == 3
     if unbatched:
         x = x.unsqueeze(0)
-    shape = tuple(x.shape)
+    shape = x.shape
+    # a call with the same weight, input shape and plain-int parameters as an earlier one skips
+    # the checks that passed then (weights are immutable; `type(v) is int` keeps True / 1.0 out)
+    call = None
+    if type(stride) is int and type(padding) is int and type(dilation) is int and type(groups) is int:
+        calls = getattr(weight, "_conv_calls", None)
+        if calls is not None:
+            call = calls.get((shape, stride, padding, dilation, groups))
+    if call is None:
+        call = _conv_call(x, weight, shape, stride, padding, dilation, groups)
+    packed, s, p, d, out_shape = call
+    # numpy-allocated output (cheaper than torch.empty), handed to torch without a copy; x and
+    # bias go by address (checked above / in _bias_tensor; cheaper than Tensor.numpy())
+    out = np.empty(out_shape, dtype=np.float32)
+    b = None if bias is None else _bias_tensor(bias, out_shape[1])  # (a reference: kept alive during the call)
+    if out_shape[0]:
+        packed._conv2d_ptr(x.data_ptr(), *shape, out, 0 if b is None else b.data_ptr(), s, p, d, groups, bool(relu),
+                           threads if type(threads) is int and threads > 0 else default_threads(threads), isa)
+    y = torch.from_numpy(out)
+    return y[0] if unbatched else y
+
+
+def _conv_call(x: torch.Tensor, weight: object, shape: torch.Size, stride: IntPair, padding: IntPair,
+               dilation: IntPair, groups: int) -> tuple:
+    """Checks of a sparse_conv2d call: ``(packed weight, stride, padding, dilation, output shape)``,
+    remembered on the weight (at most 64 entries) under the input shape and parameters when these
+    are plain ints."""
+    weight = _check_weight(weight)
+    if len(weight.shape) != 4:
+        raise ValueError(f"weight: expected a conv weight (4-D shape), got shape {weight.shape}")
     if len(shape) != 4:
-        raise ValueError(f"x: expected a 4-D (N, C, H, W) or 3-D (C, H, W) tensor, got shape {shape}")
+        raise ValueError(f"x: expected a 4-D (N, C, H, W) or 3-D (C, H, W) tensor, got shape {tuple(shape)}")
     s, p, d = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
     if type(groups) is not int:
         raise TypeError(f"groups: expected an int, got {type(groups).__name__}")
@@ -114,23 +140,14 @@ def sparse_conv2d(x: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor] 
     if s < 1 or p < 0 or d < 1:
         raise ValueError(f"stride/padding/dilation: need stride >= 1, padding >= 0, dilation >= 1; "
                          f"got {s}, {p}, {d}")
-    # output size per input geometry, cached on the weight (output_hw also validates the geometry)
-    cache = weight.__dict__.setdefault("_output_hw", {})
-    key = (shape[2], shape[3], s, p, d)
-    hw = cache.get(key)
-    if hw is None:
-        hw = packed.output_hw(*key)
-        if len(cache) < 64:
-            cache[key] = hw
-    # numpy-allocated output (cheaper than torch.empty), handed to torch without a copy; x and
-    # bias go by address (checked above / in _bias_tensor; cheaper than Tensor.numpy())
-    out = np.empty((shape[0], c_out, hw[0], hw[1]), dtype=np.float32)
-    b = None if bias is None else _bias_tensor(bias, c_out)  # (a reference: kept alive during the call)
-    if shape[0]:
-        packed._conv2d_ptr(x.data_ptr(), *shape, out, 0 if b is None else b.data_ptr(), s, p, d, groups, bool(relu),
-                           threads if type(threads) is int and threads > 0 else default_threads(threads), isa)
-    y = torch.from_numpy(out)
-    return y[0] if unbatched else y
+    ho, wo = packed.output_hw(shape[2], shape[3], s, p, d)  # (also validates the geometry)
+    call = (packed, s, p, d, (shape[0], c_out, ho, wo))
+    if all(type(v) is int for v in (stride, padding, dilation, groups)):
+        calls = weight.__dict__.setdefault("_conv_calls", {})
+        if len(calls) >= 64:
+            calls.clear()
+        calls[(shape, stride, padding, dilation, groups)] = call
+    return call
 
 
 def sparse_linear(x: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor] = None,
