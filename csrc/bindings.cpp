@@ -173,7 +173,8 @@ PYBIND11_MODULE(_C, m) {
            py::arg("dilation"), py::arg("groups"), py::arg("relu"), py::arg("threads"), py::arg("isa"),
            "Internal (prunecal.sparse.ops): conv2d with x and bias given as addresses (torch data_ptr(); "
            "bias 0: none) of C-contiguous float32 buffers of (N, C_in, H, W) and (C_out,) that the "
-           "caller has checked and keeps alive during the call.")
+           "caller has checked and keeps alive during the call. The addresses themselves cannot be "
+           "checked here: use sparse_conv2d or conv2d unless you hold such buffers.")
       .def("output_hw",
            [](PackedWeight& w, int H, int W, int stride, int padding, int dilation) {
              if (stride < 1 || padding < 0 || dilation < 1) value_error("bad stride/padding/dilation");

@@ -7,7 +7,9 @@
 
 #include "plan.h"  // plan_avx512_active
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// (System V calling convention only: the code takes its arguments in rdi, rsi, rdx, rcx, r8, r9
+// and clobbers zmm6-15, which the Windows x64 convention preserves)
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(_WIN32)
 #define PRUNECAL_JIT 1
 #include <xbyak/xbyak.h>
 #endif

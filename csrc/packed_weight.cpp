@@ -84,7 +84,7 @@ std::shared_ptr<Geometry> PackedWeight::geometry(int H, int W, int stride, int p
   if (it != geoms_.end()) return it->second;
   auto g = std::make_shared<Geometry>();
   g->H = H, g->W = W, g->stride = stride, g->pad = pad, g->dil = dil;
-  const int64_t Hp = int64_t(H) + 2 * pad, Wp = int64_t(W) + 2 * pad;
+  const int64_t Hp = int64_t(H) + 2 * int64_t(pad), Wp = int64_t(W) + 2 * int64_t(pad);
   const int64_t Ho = (Hp - int64_t(dil) * (kh() - 1) - 1) / stride + 1;
   const int64_t Wo = (Wp - int64_t(dil) * (kw() - 1) - 1) / stride + 1;
   if (Hp - int64_t(dil) * (kh() - 1) - 1 < 0 || Wp - int64_t(dil) * (kw() - 1) - 1 < 0)

@@ -336,3 +336,17 @@ def test_remembered_call_checks_still_reject_bad_parameters():
     assert sparse_conv2d(torch.randn(3, 4, 6, 6), w, None, 2, 1).shape == (3, 6, 3, 3)
     w2 = pickle.loads(pickle.dumps(w))  # (the remembered calls hold native objects: not pickled)
     assert torch.equal(sparse_conv2d(x, w2, None, 1, 1), ref)
+
+
+def test_negative_bit_tensors_are_read_by_value():
+    """torch's lazily negated tensors (negative bit, e.g. complex.conj().imag) can be contiguous;
+    their memory holds -v, so the kernels must get the resolved values (x and bias)."""
+    w = sparse_weight((3, 4, 3, 3), 0.5)
+    x = torch._neg_view(torch.randn(2, 4, 8, 8))
+    bias = torch._neg_view(torch.randn(3))
+    assert x.is_neg() and x.is_contiguous() and bias.is_neg() and bias.is_contiguous()
+    y = sparse_conv2d(x, make(w, "csr"), bias, 1, 1, threads=1)
+    torch.testing.assert_close(y, F.conv2d(x, w, bias, 1, 1), rtol=1e-4, atol=1e-4)
+    strided = torch.tensor([2.0 + 3.0j, 1.0 - 1.0j, 0.5 + 0.25j]).conj().imag  # negative bit, strided
+    y = sparse_conv2d(x, make(w, "csr"), strided, 1, 1, threads=1)
+    torch.testing.assert_close(y, F.conv2d(x, w, strided, 1, 1), rtol=1e-4, atol=1e-4)

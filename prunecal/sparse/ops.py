@@ -44,9 +44,10 @@ def _check_weight(weight: object) -> Weight:
 
 def _check_tensor(x: object, name: str) -> torch.Tensor:
     # fast path (the common case, ~4x cheaper than the checks below): a contiguous float32 CPU
-    # tensor that needs no grad is used as it is
+    # tensor that needs no grad and whose memory holds its values (no lazy negation: torch's
+    # "negative bit", e.g. complex.conj().imag) is used as it is
     if (type(x) is torch.Tensor and x.dtype is torch.float32 and x.is_cpu and x.layout is torch.strided
-            and not x.requires_grad and x.is_contiguous()):
+            and not x.requires_grad and x.is_contiguous() and not x.is_neg()):
         return x
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
@@ -56,7 +57,7 @@ def _check_tensor(x: object, name: str) -> torch.Tensor:
         raise ValueError(f"{name}: expected a CPU tensor, got device {x.device}")
     if x.layout != torch.strided:
         raise ValueError(f"{name}: expected a dense (strided) tensor, got {x.layout}")
-    return x.detach().contiguous()
+    return x.detach().resolve_neg().contiguous()  # (kernels read memory as it is)
 
 
 def _bias_tensor(bias: torch.Tensor, rows: int) -> torch.Tensor:
