@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness, peers
+import peers  # noqa: E402
 from harness import bench_forward  # noqa: E402
-from peers import weights_path  # noqa: E402
 
 NETS = ("resnet20", "resnet56")
 SPARSITIES = (0.9, 0.95)
@@ -54,7 +54,7 @@ def pruned(name: str, sparsity: float) -> nn.Module:
     from prunecal import models
     from prunecal.prune import prune
 
-    ckpt = weights_path(name)
+    ckpt = peers.weights_path(name)
     torch.manual_seed(0)
     model = models.create(name, ckpt)
     if ckpt is None:
@@ -165,8 +165,6 @@ def compare(net: str = "resnet56", seconds: float = 2.0, repeats: int = 2,
 def _compare(net, seconds, repeats, configs, sparsities, plain_layout, busy_core, fixed_kernels) -> str:
     import subprocess
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import peers
     from deepsparse_runner import measure
 
 
@@ -219,8 +217,6 @@ def stability(net: str = "resnet56", sparsity: float = 0.9, stretches: int = 8, 
 
     import numpy as np
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import peers
 
     from prunecal.sparse.plan import compile_plan
 
@@ -253,8 +249,6 @@ def profile(net: str = "resnet56", sparsity: float = 0.9, images: int = 8, reps:
 
     import numpy as np
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import peers
 
     from prunecal.sparse.plan import compile_plan
 

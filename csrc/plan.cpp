@@ -4,11 +4,11 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <thread>
 #include <cstdlib>
-#include <ctime>
 #include <cstring>
+#include <ctime>
 #include <sstream>
+#include <thread>
 #include <stdexcept>
 
 #include "thread_pool.h"
@@ -261,7 +261,7 @@ void Plan::add_conv(const std::string& name, const std::string& kind, std::vecto
     for (int oy = 0; oy < g.Ho; ++oy)
       for (int ox = 0; ox < g.Wo; ox += kLanes) op.res_q.push_back(int32_t(sr.pos(oy, ox)));
   }
-  if (jit_ && !op.use_bsr && groups == 1 && so.copies == 1)
+  if (jit_ && !op.use_bsr && groups == 1)  // (with jit_ the layout is plain: no shifted copies to write)
     op.jit = op.pw->make_jit(g, op.slots, so.plane(), op.res >= 0 ? op.res_q.data() : nullptr,
                              op.res >= 0 ? bufs_[size_t(op.res)].plane() : 0);
   ops_.push_back(std::move(op));
@@ -477,6 +477,16 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
   };
   const int U = bsr ? (op.groups == 1 ? (Co + r - 1) / r : Cog / r) : Cog;
   const int spr = (g.Wo + kLanes - 1) / kLanes;  // slots per output row
+  // before a thread's band of slots [s0, s1): the input rows its halo reads, which the other
+  // threads wrote, fetched into this core's caches (direct convs; gathered planes are local)
+  auto prefetch_halo = [&](int s0, int s1) {
+    if (!op.direct) return;
+    const BufSpec& si = bufs_[size_t(op.in0)];
+    const int oy0 = s0 / spr, oy1 = (s1 + spr - 1) / spr, lo = oy0 - op.pad;
+    const int hi = oy1 - 1 + (op.pw->kh() - 1) * op.dil - op.pad + 1;
+    op_prefetch_rows(src, si, lo, oy0);
+    op_prefetch_rows(src, si, oy1, hi);
+  };
   if (op.jit && !dense && std::strcmp(k.name, "avx2") == 0) {  // generated kernels: (channel group, tile) calls
     const JitConv& j = *op.jit;
     const int spt = j.slots_per_tile(), T = S / spt, ng = j.n_groups();
@@ -496,13 +506,7 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
     auto band = [&](int64_t task) {
       const int a = int(T * task / threads), b = int(T * (task + 1) / threads);
       if (a >= b) return;
-      if (op.direct) {  // the halo rows come from the other threads' caches: ask for them first
-        const BufSpec& si = bufs_[size_t(op.in0)];
-        const int oy0 = a * spt / spr, oy1 = (b * spt + spr - 1) / spr, lo = oy0 - op.pad;
-        const int hi = oy1 - 1 + (op.pw->kh() - 1) * op.dil - op.pad + 1;
-        op_prefetch_rows(src, si, lo, oy0);
-        op_prefetch_rows(src, si, oy1, hi);
-      }
+      prefetch_halo(a * spt, b * spt);
       tiles(a, b);
     };
     if (team) {
@@ -536,13 +540,7 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
       run_tasks(threads, [&](int64_t task) {
         const int a = int(task) * per, b = std::min(S, a + per);
         if (a >= b) return;
-        if (op.direct) {  // the halo rows come from the other threads' caches: ask for them first
-          const BufSpec& si = bufs_[size_t(op.in0)];
-          const int oy0 = a / spr, oy1 = (b + spr - 1) / spr, lo = oy0 - op.pad;
-          const int hi = oy1 - 1 + (op.pw->kh() - 1) * op.dil - op.pad + 1;
-          op_prefetch_rows(src, si, lo, oy0);
-          op_prefetch_rows(src, si, oy1, hi);
-        }
+        prefetch_halo(a, b);
         compute(0, 0, U, a, b);
       });
     } else {

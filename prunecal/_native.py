@@ -26,6 +26,8 @@ def load_native() -> ModuleType:
 
 def default_threads(threads: Optional[int]) -> int:
     """``threads`` validated, or ``torch.get_num_threads()`` when ``None``."""
+    if type(threads) is int and threads > 0:  # the common case first (called on every layer call)
+        return threads
     if threads is None:
         import torch
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,3 +35,22 @@ def _seed_everything():
     torch.manual_seed(0)
     np.random.seed(0)
     yield
+
+
+@pytest.fixture
+def run_python(tmp_path):
+    """``run(script, *args, **env)``: ``python -c script args`` in a fresh process with the extra
+    environment variables ``env`` (e.g. PRUNECAL_NO_JIT="1", read once per process), importing the
+    prunecal under test, run in ``tmp_path`` (keeps a checkout off ``sys.path``); fails the test
+    with the script's stderr if it exits non-zero. Returns the CompletedProcess (text output)."""
+    import prunecal
+
+    def run(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+        full = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(prunecal.__file__)), **env)
+        done = subprocess.run([sys.executable, "-c", script, *args], env=full, timeout=300, cwd=tmp_path,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.fail(f"script exited with {done.returncode}:\n{done.stderr}")
+        return done
+
+    return run

@@ -179,7 +179,7 @@ def test_enospc_from_cache_is_reported(tmp_path, monkeypatch, capsys):
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(cache, "_atomic_write", full)
+    monkeypatch.setattr(cache, "atomic_write", full)
     code = run(["--out", str(tmp_path / "o"), *TINY])
     assert code == 1
     assert "disk full" in capsys.readouterr().err

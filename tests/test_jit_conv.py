@@ -2,10 +2,6 @@
 kernels (PRUNECAL_NO_JIT=1 in another process): same results, bit for bit."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -13,7 +9,6 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import prunecal
 from prunecal.sparse.formats import CSRWeight
 from prunecal.sparse.ops import sparse_conv2d
 from test_kernels_conv import _reference, assert_close_scaled, sparse_weight
@@ -112,7 +107,7 @@ for i in range(int(d["count"])):
 
 
 @needs_jit
-def test_generated_kernels_bitwise_equal_to_fixed_kernels(tmp_path):
+def test_generated_kernels_bitwise_equal_to_fixed_kernels(tmp_path, run_python):
     """Same FMA order per output value (CSR order, then bias, then ReLU) as the fixed kernels."""
     g = torch.Generator().manual_seed(5)
     shapes = CIFAR + [(8, 100, 8, 1), (3, 16, 32, 1), (24, 40, 24, 1)]
@@ -123,9 +118,7 @@ def test_generated_kernels_bitwise_equal_to_fixed_kernels(tmp_path):
         arrays[f"b{i}"] = torch.randn(cout, generator=g).numpy()
         arrays[f"s{i}"] = np.array(s)
     np.savez(tmp_path / "in.npz", **arrays)
-    env = dict(os.environ, PRUNECAL_NO_JIT="1", PYTHONPATH=os.path.dirname(os.path.dirname(prunecal.__file__)))
-    subprocess.run([sys.executable, "-c", _NO_JIT_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "y")],
-                   env=env, check=True, timeout=120, cwd=tmp_path)
+    run_python(_NO_JIT_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "y"), PRUNECAL_NO_JIT="1")
     for i, (cin, cout, h, s) in enumerate(shapes):
         w = torch.from_numpy(arrays[f"w{i}"])
         assert jit_kernels(w, h, h, s, 1)[0] > 0
@@ -154,7 +147,7 @@ print("ALIGNED" if any(",A16" in line for line in layout) else "PLAIN")
 
 
 @needs_jit
-def test_plan_with_generated_kernels_bitwise_equal_to_fixed_kernels(tmp_path):
+def test_plan_with_generated_kernels_bitwise_equal_to_fixed_kernels(tmp_path, run_python):
     """A whole ResNet-20 plan: generated kernels (plain layout, residual and ReLU in the generated
     epilogue) against the fixed AVX-512 tiles (aligned layout with shifted copies) in a
     PRUNECAL_NO_JIT process; NaN / Inf images included, every run mode."""
@@ -168,9 +161,7 @@ def test_plan_with_generated_kernels_bitwise_equal_to_fixed_kernels(tmp_path):
     x[1, 2, 3, 4] = float("nan")
     x[3, 0, 31, 31] = float("inf")
     np.save(tmp_path / "x.npy", x.numpy())
-    env = dict(os.environ, PRUNECAL_NO_JIT="1", PYTHONPATH=os.path.dirname(os.path.dirname(prunecal.__file__)))
-    done = subprocess.run([sys.executable, "-c", _PLAN_NO_JIT_SCRIPT, str(tmp_path / "x.npy"), str(tmp_path / "y")],
-                          env=env, check=True, timeout=300, cwd=tmp_path, capture_output=True, text=True)
+    done = run_python(_PLAN_NO_JIT_SCRIPT, str(tmp_path / "x.npy"), str(tmp_path / "y"), PRUNECAL_NO_JIT="1")
     with torch.no_grad():
         p = compile_plan(m, "csr", threads=2)
         convs = [line for line in p.plan_for((3, 32, 32)).describe() if line.startswith("conv")]

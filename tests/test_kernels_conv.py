@@ -273,16 +273,11 @@ for key in sorted(k for k in d.files if k.startswith("x")):
 """
 
 
-def test_fixed_packer_matches_general_packer(tmp_path):
+def test_fixed_packer_matches_general_packer(tmp_path, run_python):
     """The same outputs with the fixed-shape packers and with the row-by-row packing
     (PRUNECAL_NO_AVX512=1 in another process turns the fixed ones off)."""
-    import os
-    import subprocess
-    import sys
-
     import numpy as np
 
-    import prunecal
     from prunecal import _C
 
     if not _C.plan_avx512_active():
@@ -294,10 +289,7 @@ def test_fixed_packer_matches_general_packer(tmp_path):
         arrays[f"w{i}"] = sparse_weight((6, 5, 3, 3), 0.7, g).numpy()
         arrays[f"s{i}"] = np.array(s)
     np.savez(tmp_path / "in.npz", **arrays)
-    env = dict(os.environ, PRUNECAL_NO_AVX512="1",
-               PYTHONPATH=os.path.dirname(os.path.dirname(prunecal.__file__)))
-    subprocess.run([sys.executable, "-c", _GENERAL_PACK_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "y")],
-                   env=env, check=True, timeout=120, cwd=tmp_path)
+    run_python(_GENERAL_PACK_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "y"), PRUNECAL_NO_AVX512="1")
     for i, (s, _, _) in enumerate(FIXED_PACK_SHAPES):
         # the convolution kernels differ too (AVX2 vs AVX-512 tiles): equal up to float rounding
         y = sparse_conv2d(torch.from_numpy(arrays[f"x{i}"]), CSRWeight.from_dense(torch.from_numpy(arrays[f"w{i}"])),

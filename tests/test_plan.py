@@ -412,13 +412,8 @@ np.save(sys.argv[2], compile_plan(m, "csr", threads=2)(x).numpy())
 """
 
 
-def test_avx512_tiles_match_avx2_path(tmp_path):
+def test_avx512_tiles_match_avx2_path(tmp_path, run_python):
     """The runtime-dispatched AVX-512 tiles against the AVX2 tiles (PRUNECAL_NO_AVX512=1, another process)."""
-    import os
-    import subprocess
-    import sys
-
-    import prunecal
     from prunecal import _C
 
     if not _C.plan_avx512_active():
@@ -427,10 +422,7 @@ def test_avx512_tiles_match_avx2_path(tmp_path):
     m = prune(models.create("resnet20"), "global_magnitude", 0.9, keep_first_conv=True).eval()
     x = torch.randn(5, 3, 32, 32)
     np.save(tmp_path / "x.npy", x.numpy())
-    env = dict(os.environ, PRUNECAL_NO_AVX512="1",
-               PYTHONPATH=os.path.dirname(os.path.dirname(prunecal.__file__)))
-    subprocess.run([sys.executable, "-c", _AVX512_OFF_SCRIPT, str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
-                   env=env, check=True, timeout=120, cwd=tmp_path)  # cwd: keep a checkout off sys.path
+    run_python(_AVX512_OFF_SCRIPT, str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), PRUNECAL_NO_AVX512="1")
     with torch.no_grad():
         y512 = compile_plan(m, "csr", threads=2)(x)
         ref = m(x)

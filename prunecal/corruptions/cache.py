@@ -105,11 +105,7 @@ class CorruptionCache:
             self.hits += 1
             return got
         self.misses += 1
-        if idx is None:
-            out = corrupt(images, name, severity, seed)
-        else:
-            out = corrupt(images, name, severity, seed, indices=idx)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        out = corrupt(images, name, severity, seed, indices=idx)
         digest = hashlib.sha256(np.ascontiguousarray(out).data).hexdigest()
         # Checksum first: a reader that sees the new .npy with the old sidecar just regenerates.
         atomic_write(path.with_suffix(".sha256"), lambda f: f.write(digest.encode()))

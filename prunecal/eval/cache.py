@@ -11,7 +11,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from prunecal._atomic import atomic_write as _atomic_write  # (the sweep and the CLI write through it too)
+from prunecal._atomic import atomic_write
 
 
 def model_key(model: str, weights_sha256: str, method: str, sparsity: float, seed: int) -> str:
@@ -47,7 +47,7 @@ class ModelCache:
             except Exception:
                 pass
         m = build()
-        _atomic_write(p, lambda f: torch.save(m, f))
+        atomic_write(p, lambda f: torch.save(m, f))
         return m.eval(), False
 
     def get_json(self, key: str) -> dict[str, Any] | None:
@@ -59,7 +59,7 @@ class ModelCache:
 
     def put_json(self, key: str, value: dict[str, Any]) -> None:
         p = self.root / "models" / f"{key}.json"
-        _atomic_write(p, lambda f: f.write(json.dumps(value).encode()))
+        atomic_write(p, lambda f: f.write(json.dumps(value).encode()))
 
 
 __all__ = ["ModelCache", "model_key"]

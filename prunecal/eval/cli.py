@@ -151,12 +151,12 @@ def run(argv: Sequence[str] | None = None) -> int:
                         data_fingerprint=prep.data_fingerprint,
                         n_calibration=int(len(prep.calib_labels)), n_evaluation=int(len(prep.eval_labels)))
         store.record_config(prep.config_hash, resolved)
-        from .cache import _atomic_write
+        from prunecal._atomic import atomic_write
 
         text = (C.to_toml(cfg) + "\n# what the results depend on beside [study]\n[provenance]\n"
                 f'config_hash = "{prep.config_hash}"\nweights_sha256 = "{prep.weights_sha256}"\n'
                 f'data_fingerprint = "{prep.data_fingerprint}"\n')
-        _atomic_write(out / "config.resolved.toml", lambda f: f.write(text.encode()))
+        atomic_write(out / "config.resolved.toml", lambda f: f.write(text.encode()))
         from .progress import make_progress
 
         sweep = Sweep(cfg, store, progress=make_progress(cfg.quiet))

@@ -36,8 +36,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunecal._atomic import atomic_write
+
 from . import config as C
-from .cache import ModelCache, _atomic_write, model_key
+from .cache import ModelCache, model_key
 from .store import Store, now_iso, unit_key
 
 log = logging.getLogger("prunecal.eval")
@@ -515,7 +517,7 @@ class Sweep:
         name = f"{p.config_hash}_{u.method}_{u.sparsity:g}_{u.corruption}_{u.severity}_{u.backend}.npz"
         path = self.out / "logits" / name
 
-        _atomic_write(path, lambda f: np.savez_compressed(f, logits=logits, labels=labels, index=p.eval_index))
+        atomic_write(path, lambda f: np.savez_compressed(f, logits=logits, labels=labels, index=p.eval_index))
         return str(path.relative_to(self.out))
 
 

@@ -104,7 +104,7 @@ def sparse_conv2d(x: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor] 
         if calls is not None:
             call = calls.get((shape, stride, padding, dilation, groups))
     if call is None:
-        call = _conv_call(x, weight, shape, stride, padding, dilation, groups)
+        call = _conv_call(weight, shape, stride, padding, dilation, groups)
     packed, s, p, d, out_shape = call
     # numpy-allocated output (cheaper than torch.empty), handed to torch without a copy; x and
     # bias go by address (checked above / in _bias_tensor; cheaper than Tensor.numpy())
@@ -112,13 +112,13 @@ def sparse_conv2d(x: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor] 
     b = None if bias is None else _bias_tensor(bias, out_shape[1])  # (a reference: kept alive during the call)
     if out_shape[0]:
         packed._conv2d_ptr(x.data_ptr(), *shape, out, 0 if b is None else b.data_ptr(), s, p, d, groups, bool(relu),
-                           threads if type(threads) is int and threads > 0 else default_threads(threads), isa)
+                           default_threads(threads), isa)
     y = torch.from_numpy(out)
     return y[0] if unbatched else y
 
 
-def _conv_call(x: torch.Tensor, weight: object, shape: torch.Size, stride: IntPair, padding: IntPair,
-               dilation: IntPair, groups: int) -> tuple:
+def _conv_call(weight: object, shape: torch.Size, stride: IntPair, padding: IntPair, dilation: IntPair,
+               groups: int) -> tuple:
     """Checks of a sparse_conv2d call: ``(packed weight, stride, padding, dilation, output shape)``,
     remembered on the weight (at most 64 entries) under the input shape and parameters when these
     are plain ints."""

@@ -798,7 +798,7 @@ class PlanModule(nn.Module):
         n = shape[0]
         out = torch.empty((n, math.prod(out_shape)), dtype=torch.float32)
         if n:
-            threads = self.threads if type(self.threads) is int and self.threads > 0 else default_threads(self.threads)
+            threads = default_threads(self.threads)
             plan.run(x.numpy(), out.numpy(), threads, self.mode, self.isa)
         return out if len(out_shape) == 1 else out.reshape(n, *out_shape)
 
