@@ -54,3 +54,33 @@ def run_python(tmp_path):
         return done
 
     return run
+
+
+def native_core():
+    """``prunecal._C`` or ``None`` (with the ImportError) when it is missing or does not load."""
+    try:
+        from prunecal import _C
+    except ImportError as e:  # a missing or broken build (undefined symbol, wrong ABI...)
+        return None, e
+    return _C, None
+
+
+def require_native():
+    """``prunecal._C``; a missing or broken native core FAILS the test (CI builds it, so a green run
+    must never hide it). Only ``PRUNECAL_ALLOW_NO_NATIVE=1`` (pure-Python work without a compiler)
+    turns that into a skip."""
+    mod, err = native_core()
+    if mod is not None:
+        return mod
+    if os.environ.get("PRUNECAL_ALLOW_NO_NATIVE") == "1":
+        pytest.skip(f"prunecal._C not built ({err}); allowed by PRUNECAL_ALLOW_NO_NATIVE=1")
+    pytest.fail(f"prunecal._C (the native core) is missing or broken: {err!r}. Build it "
+                "(pip install . or scripts/dev_build.sh) or set PRUNECAL_ALLOW_NO_NATIVE=1 to skip "
+                "the native tests", pytrace=False)
+
+
+@pytest.fixture
+def native():
+    """The native core module for tests that need it (``pytestmark = pytest.mark.usefixtures("native")``
+    for a whole file); see :func:`require_native`."""
+    return require_native()

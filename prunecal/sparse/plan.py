@@ -319,6 +319,10 @@ def _build_ir(gm: torch.fx.GraphModule, input_size: tuple[int, int, int]) -> _IR
                 elif type(m) is nn.Flatten and m.start_dim == 1 and m.end_dim == -1:
                     emit(node, "flatten", [vin], value)
                 elif type(m) is nn.Linear or isinstance(m, (FoldedLinear, SparseLinear)):
+                    if len(ir.shapes[vin]) != 1:  # torch applies it over the last axis of (N, C, H, W)
+                        raise PlanUnsupported(node.name, f"{what} ({type(m).__name__})",
+                                              f"linear layer on an activation of shape {ir.shapes[vin]}; "
+                                              "the plan runs it on (N, features)")
                     w = m.to_dense_weight() if isinstance(m, SparseLinear) else m.weight
                     emit(node, "linear", [vin], value, weight=_as_f32(w, node.name),
                          bias=None if m.bias is None else _as_f32(m.bias, node.name), relu=bool(getattr(m, "relu", False)))
