@@ -84,3 +84,13 @@ def native():
     """The native core module for tests that need it (``pytestmark = pytest.mark.usefixtures("native")``
     for a whole file); see :func:`require_native`."""
     return require_native()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "native: needs the native core prunecal._C; a missing or broken "
+                            "build fails the test (PRUNECAL_ALLOW_NO_NATIVE=1: skipped)")
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("native") is not None:  # also on pytest.param(..., marks=pytest.mark.native)
+        require_native()

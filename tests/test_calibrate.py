@@ -121,7 +121,7 @@ def test_apply_temperature_torch_rejects_non_finite(bad):
 def resnet20_logits(shared_data):
     """Logits of the pretrained ResNet-20 on 600 images of the JPEG CIFAR-10 test set (shifted
     domain: the network is over-confident there, ECE about 12 %)."""
-    models = pytest.importorskip("prunecal.models")
+    from prunecal import models  # part of the package: never skipped
     w = shared_data / "weights" / "resnet20-12fca82f.th"
     d = np.load(shared_data / "cifar10" / "test.npz")
     x, y = d["x"][:600], d["y"][:600].astype(np.int64)

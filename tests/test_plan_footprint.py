@@ -14,7 +14,7 @@ from prunecal.prune import prune
 from prunecal.sparse import sparsify
 from prunecal.sparse.plan import PlanModule, PlanUnsupported, compile_plan
 
-pytest.importorskip("prunecal._C")
+pytestmark = pytest.mark.usefixtures("native")  # a missing _C fails (conftest.require_native)
 
 _sparsify_mod = importlib.import_module("prunecal.sparse.sparsify")
 
