@@ -157,4 +157,15 @@ def test_trains_cifar_nets_on_real_jpeg_training_set(name, kw, shared_data):
     assert len(hist["step_loss"]) == 3 and all(np.isfinite(hist["step_loss"]))
     assert hist["step_loss"][0] == pytest.approx(np.log(10), rel=0.5)  # starts near chance
     assert not torch.equal(next(net.parameters()), w0) and not net.training
-    assert 0.0 <= evaluate(net, x[:32], y[:32], s.mean, s.std) <= 1.0
+    # evaluate() is the eval-mode top-1 accuracy: recomputed here with torch on the normalised images
+    xt = torch.from_numpy(x[:32]).permute(0, 3, 1, 2).float() / 255.0
+    xt = (xt - torch.tensor(s.mean).view(1, 3, 1, 1)) / torch.tensor(s.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        logits = net(xt)
+        ref = float((logits.argmax(1).numpy() == y[:32]).mean())
+    assert logits.shape == (32, 10) and torch.isfinite(logits).all()
+    assert evaluate(net, x[:32], y[:32], s.mean, s.std, batch_size=32) == pytest.approx(ref, abs=1e-12)
+    assert not net.training  # mode restored
+    # the three steps updated BatchNorm's running statistics (the eval-mode net is the trained one)
+    bn = next(m for m in net.modules() if isinstance(m, nn.BatchNorm2d))
+    assert int(bn.num_batches_tracked) == 3 and float(bn.running_mean.abs().max()) > 0
