@@ -492,3 +492,91 @@ def test_random_crop_flip_statistics_and_identity():
         random_crop_flip(x, 0, pad=-1)
     with pytest.raises(TypeError, match="uint8"):
         random_crop_flip(x.astype(np.float32), 0)
+
+
+# ---------------------------------------------------------------- resolve_cifar10 / check_images
+# expected names are the official CIFAR-10 distribution's (www.cs.toronto.edu/~kriz/cifar.html):
+# python pickles data_batch_1..5 / test_batch, binary files of 1 + 3072-byte records *.bin
+
+OFFICIAL_TRAIN = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5"]
+
+
+@pytest.mark.parametrize("fmt", ["py", "bin"])
+@pytest.mark.parametrize("where", ["parent", "folder"])
+def test_resolve_cifar10_official_folders(fmt, where, py_root, bin_root):
+    root = py_root if fmt == "py" else bin_root
+    folder = root / f"cifar-10-batches-{fmt}"
+    path = root if where == "parent" else folder
+    ext = "" if fmt == "py" else ".bin"
+    kind = "python" if fmt == "py" else "binary"
+    assert data.resolve_cifar10(path, "test") == (kind, [folder / f"test_batch{ext}"])
+    assert data.resolve_cifar10(str(path), "train") == (kind, [folder / f"{n}{ext}" for n in OFFICIAL_TRAIN])
+    assert data.resolve_cifar10(path) == data.resolve_cifar10(path, "test")  # default split
+
+
+def test_resolve_cifar10_single_files_and_npz(tmp_path, dataset):
+    x, y = dataset[1]
+    write_py_batch(tmp_path / "some_pickle", x, y)  # no extension: recognised by the pickle opcode 0x80
+    write_bin_batch(tmp_path / "records", x, y)     # no extension: N * 3073 bytes
+    write_bin_batch(tmp_path / "b.bin", x, y)
+    np.savez(tmp_path / "mine.npz", x=x, y=y)
+    assert data.resolve_cifar10(tmp_path / "some_pickle") == ("python", [tmp_path / "some_pickle"])
+    assert (tmp_path / "records").stat().st_size == N_TEST * 3073
+    assert data.resolve_cifar10(tmp_path / "records") == ("binary", [tmp_path / "records"])
+    assert data.resolve_cifar10(tmp_path / "b.bin", "train") == ("binary", [tmp_path / "b.bin"])
+    assert data.resolve_cifar10(tmp_path / "mine.npz") == ("npz", [tmp_path / "mine.npz"])
+    (tmp_path / "odd").write_bytes(b"\x00" * 3074)  # not a multiple of a record, not a pickle
+    with pytest.raises(ValueError, match="odd"):
+        data.resolve_cifar10(tmp_path / "odd")
+    (tmp_path / "empty").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty"):
+        data.resolve_cifar10(tmp_path / "empty")
+
+
+def test_resolve_cifar10_npz_folders(tmp_path, dataset):
+    x, y = dataset[1]
+    (tmp_path / "cifar10").mkdir()
+    np.savez(tmp_path / "cifar10" / "exact_subset.npz", x_test=x, y_test=y, x_train=x, y_train=y)
+    sub = tmp_path / "cifar10" / "exact_subset.npz"
+    assert data.resolve_cifar10(tmp_path, "test") == ("npz", [sub])  # found in <path>/cifar10/
+    assert data.resolve_cifar10(tmp_path, "train") == ("npz", [sub])
+    np.savez(tmp_path / "cifar10" / "test.npz", x=x, y=y)
+    assert data.resolve_cifar10(tmp_path / "cifar10", "test") == ("npz", [tmp_path / "cifar10" / "test.npz"])
+    np.savez(tmp_path / "train.npz", x=x, y=y)  # <path> itself is searched before <path>/cifar10
+    assert data.resolve_cifar10(tmp_path, "train") == ("npz", [tmp_path / "train.npz"])
+
+
+def test_resolve_cifar10_errors(tmp_path, dataset):
+    with pytest.raises(ValueError, match="split"):
+        data.resolve_cifar10(tmp_path, "val")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data.resolve_cifar10(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="found none"):
+        data.resolve_cifar10(tmp_path)  # an empty folder
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    for n in OFFICIAL_TRAIN[:3]:
+        write_py_batch(d / n, *dataset[1])
+    with pytest.raises(FileNotFoundError, match="data_batch_4") as e:
+        data.resolve_cifar10(tmp_path, "train")
+    assert "data_batch_5" in str(e.value) and "data_batch_1" not in str(e.value)
+
+
+def test_check_images():
+    x = np.zeros((2, 5, 4, 3), np.uint8)
+    assert data.check_images(x) is x  # valid input comes back as it is
+    assert data.check_images(x, channels=3) is x
+    t = torch.zeros(2, 5, 4, 1, dtype=torch.uint8)
+    out = data.check_images(t)
+    assert isinstance(out, np.ndarray) and out.shape == (2, 5, 4, 1)
+    with pytest.raises(TypeError, match="pics"):
+        data.check_images([[1, 2]], "pics")
+    with pytest.raises(TypeError, match="uint8"):
+        data.check_images(x.astype(np.float32))
+    for bad in (np.zeros((5, 4, 3), np.uint8), np.zeros((1, 2, 5, 4, 3), np.uint8)):
+        with pytest.raises(ValueError, match=r"\(N, H, W, C\)"):
+            data.check_images(bad)
+    with pytest.raises(ValueError, match="4 channels"):
+        data.check_images(x, channels=4)
+    with pytest.raises(ValueError, match="channels"):
+        data.check_images(np.zeros((2, 3, 5, 4), np.uint8), channels=3)  # NCHW, not NHWC
