@@ -18,7 +18,7 @@ from skimage.filters import gaussian
 import prunecal.corruptions as pc
 from prunecal.corruptions import BENCHMARK, EXTRA, available, corrupt
 from prunecal.corruptions._common import clipped_zoom
-from prunecal.corruptions.blur import motion_kernel
+from prunecal.corruptions.blur import magick_motion_blur, motion_taps
 from prunecal.corruptions.params import PARAMS
 from prunecal.corruptions.weather import plasma_draws, plasma_fractal
 from prunecal.registry import UnknownNameError
@@ -34,6 +34,36 @@ STOCHASTIC = [n for n in ALL if n not in DETERMINISTIC]
 # (affine jitter shrinks from 2.6 px to 1 px as the elastic part grows), spatter (water
 # drops at 1-3, sparser mud at 4-5), saturate (1-2 desaturate, 3-5 oversaturate).
 NON_MONOTONE = {"glass_blur", "frost", "elastic_transform", "spatter", "saturate"}
+
+# The published CIFAR-10 parameters, transcribed by hand from the authors' generator
+# (hendrycks/robustness, ImageNet-C/create_c/make_cifar_c.py), severities 1..5. Independent of
+# prunecal.corruptions.params: every expected value in this file comes from here.
+IMSIZE = 32
+PUBLISHED = {
+    "gaussian_noise": (0.04, 0.06, 0.08, 0.09, 0.10),
+    "shot_noise": (500, 250, 100, 75, 50),
+    "impulse_noise": (0.01, 0.02, 0.03, 0.05, 0.07),
+    "speckle_noise": (0.06, 0.1, 0.12, 0.16, 0.2),
+    "gaussian_blur": (0.4, 0.6, 0.7, 0.8, 1),
+    "glass_blur": ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)),
+    "defocus_blur": ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)),
+    "motion_blur": ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)),
+    "zoom_blur": ((1, 1.06, 0.01), (1, 1.11, 0.01), (1, 1.16, 0.01), (1, 1.21, 0.01), (1, 1.26, 0.01)),
+    "snow": ((0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9), (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
+             (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85), (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8)),
+    "frost": ((1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)),
+    "fog": ((0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)),
+    "spatter": ((0.62, 0.1, 0.7, 0.7, 0.5, 0), (0.65, 0.1, 0.8, 0.7, 0.5, 0), (0.65, 0.3, 1, 0.69, 0.5, 0),
+                (0.65, 0.1, 0.7, 0.69, 0.6, 1), (0.65, 0.1, 0.5, 0.68, 0.6, 1)),
+    "brightness": (0.05, 0.1, 0.15, 0.2, 0.3),
+    "contrast": (0.75, 0.5, 0.4, 0.3, 0.15),
+    "elastic_transform": ((IMSIZE * 0, IMSIZE * 0, IMSIZE * 0.08), (IMSIZE * 0.05, IMSIZE * 0.2, IMSIZE * 0.07),
+                          (IMSIZE * 0.08, IMSIZE * 0.06, IMSIZE * 0.06), (IMSIZE * 0.1, IMSIZE * 0.04, IMSIZE * 0.05),
+                          (IMSIZE * 0.1, IMSIZE * 0.03, IMSIZE * 0.03)),
+    "pixelate": (0.95, 0.9, 0.85, 0.75, 0.65),
+    "jpeg_compression": (80, 65, 58, 50, 40),
+    "saturate": ((0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)),
+}
 
 
 def _square32(img: np.ndarray) -> np.ndarray:
@@ -60,6 +90,17 @@ def test_names_and_ids():
     assert sorted(pc.CORRUPTION_IDS.values()) == list(range(19))
     assert all(len(v) == 5 for v in PARAMS.values())
     assert pc.CORRUPTIONS.get("fog").family == "weather"
+    assert all(pc.CORRUPTIONS.get(n).faithful for n in ALL)  # frost: the published textures are installed
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_published_parameters_all_severities(name):
+    """Every parameter at every severity equals the published CIFAR value (literal table above)."""
+    ours = PARAMS[name]
+    assert len(ours) == 5
+    for sev in range(1, 6):
+        np.testing.assert_allclose(np.asarray(ours[sev - 1], float), np.asarray(PUBLISHED[name][sev - 1], float),
+                                   rtol=0, atol=1e-12, err_msg=f"{name} severity {sev}")
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -126,9 +167,9 @@ def _u8(x):
 def _ref_hsv(img, sev, name):
     x = rgb2hsv(img / 255.0)
     if name == "brightness":
-        x[:, :, 2] = np.clip(x[:, :, 2] + PARAMS["brightness"][sev - 1], 0, 1)
+        x[:, :, 2] = np.clip(x[:, :, 2] + PUBLISHED["brightness"][sev - 1], 0, 1)
     else:
-        a, b = PARAMS["saturate"][sev - 1]
+        a, b = PUBLISHED["saturate"][sev - 1]
         x[:, :, 1] = np.clip(x[:, :, 1] * a + b, 0, 1)
     return _u8(hsv2rgb(x))
 
@@ -136,15 +177,15 @@ def _ref_hsv(img, sev, name):
 def _ref_contrast(img, sev):
     x = img / 255.0
     m = np.mean(x, axis=(0, 1), keepdims=True)
-    return _u8((x - m) * PARAMS["contrast"][sev - 1] + m)
+    return _u8((x - m) * PUBLISHED["contrast"][sev - 1] + m)
 
 
 def _ref_gaussian_blur(img, sev):
-    return _u8(gaussian(img / 255.0, sigma=PARAMS["gaussian_blur"][sev - 1], channel_axis=-1))
+    return _u8(gaussian(img / 255.0, sigma=PUBLISHED["gaussian_blur"][sev - 1], channel_axis=-1))
 
 
 def _ref_defocus(img, sev):
-    r, a = PARAMS["defocus_blur"][sev - 1]
+    r, a = PUBLISHED["defocus_blur"][sev - 1]
     g = np.arange(-8, 9)
     xx, yy = np.meshgrid(g, g)
     d = ((xx ** 2 + yy ** 2) <= r ** 2).astype(np.float32)
@@ -154,7 +195,7 @@ def _ref_defocus(img, sev):
 
 
 def _ref_zoom(img, sev):
-    start, stop, step = PARAMS["zoom_blur"][sev - 1]
+    start, stop, step = PUBLISHED["zoom_blur"][sev - 1]
     x = (img / 255.0).astype(np.float32)
     out = np.zeros_like(x)
     for f in np.arange(start, stop, step):
@@ -167,14 +208,14 @@ def _ref_zoom(img, sev):
 
 
 def _ref_pixelate(img, sev):
-    c = PARAMS["pixelate"][sev - 1]
+    c = PUBLISHED["pixelate"][sev - 1]
     p = Image.fromarray(img).resize((int(32 * c), int(32 * c)), Image.Resampling.BOX)
     return np.asarray(p.resize((32, 32), Image.Resampling.BOX))
 
 
 def _ref_jpeg(img, sev):
     buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "JPEG", quality=PARAMS["jpeg_compression"][sev - 1])
+    Image.fromarray(img).save(buf, "JPEG", quality=PUBLISHED["jpeg_compression"][sev - 1])
     return np.asarray(Image.open(buf))
 
 
@@ -227,7 +268,7 @@ def test_glass_blur_equals_sequential_loop(photos):
     from prunecal.corruptions._rng import image_rng
 
     for sev in (2, 5):
-        sigma, delta, iters = PARAMS["glass_blur"][sev - 1]
+        sigma, delta, iters = PUBLISHED["glass_blur"][sev - 1]
         ours = corrupt(photos[:3], "glass_blur", sev, seed=3, start_index=10)
         for i, img in enumerate(photos[:3]):
             g = image_rng(3, "glass_blur", sev, 10 + i)
@@ -294,76 +335,261 @@ def test_clipped_zoom_matches_scipy(h, w, f, channels):
     np.testing.assert_allclose(clipped_zoom(x, f), z[:, th:th + h, tw:tw + w], atol=1e-9)
 
 
+# Impulse responses of ImageMagick 6.9.11-60 Q16 ``MotionBlurImage(radius, sigma, angle)``
+# (through Wand, as the published generator calls it): a 64x64 8-bit grey PNG, 0 except 255 at
+# (row 32, col 32); listed as {(dx, dy): output value at (row 32 - dy, col 32 - dx)}; all other
+# pixels 0. (-30 degrees puts taps on rounding ties: tap 3 lands on (3, -1) and (3, -2).)
+MAGICK_IMPULSE = {
+    (9, 2.5, -30.0): {(0, 0): 70, (1, 0): 64, (2, -1): 50, (3, -2): 19, (3, -1): 34, (4, -2): 9, (5, -3): 3,
+                      (6, -3): 1},
+    (14, 12, -120.0): {(-14, -24): 1, (-13, -23): 2, (-12, -22): 1, (-12, -21): 2, (-11, -20): 2, (-11, -19): 3,
+                       (-10, -18): 3, (-10, -17): 4, (-9, -16): 10, (-8, -15): 6, (-8, -14): 6, (-7, -13): 7,
+                       (-7, -12): 8, (-6, -11): 9, (-6, -10): 10, (-5, -10): 10, (-5, -9): 11, (-4, -8): 12,
+                       (-4, -7): 13, (-3, -6): 14, (-3, -5): 14, (-2, -4): 15, (-2, -3): 15, (-1, -3): 16,
+                       (-1, -2): 16, (0, -1): 16, (0, 0): 16},
+    (8, 2, 33.0): {(0, 0): 84, (1, 1): 74, (2, 1): 51, (3, 2): 39, (4, 3): 3},
+    (6, 1.0, 0.0): {(0, 0): 145, (1, 0): 88, (2, 0): 19, (3, 0): 1},
+}
+
+
+@pytest.mark.parametrize("key", list(MAGICK_IMPULSE))
+def test_motion_blur_impulse_matches_imagemagick(key):
+    img = np.zeros((64, 64), np.uint8)
+    img[32, 32] = 255
+    out = magick_motion_blur(img, *key)
+    expected = np.zeros_like(img)
+    for (dx, dy), v in MAGICK_IMPULSE[key].items():
+        expected[32 - dy, 32 - dx] = v
+    np.testing.assert_array_equal(out, expected)
+    # RGB: each channel alike
+    rgb = magick_motion_blur(np.repeat(img[..., None], 3, axis=-1), *key)
+    np.testing.assert_array_equal(rgb, np.repeat(expected[..., None], 3, axis=-1))
+
+
 @settings(max_examples=20, deadline=None)
 @given(st.floats(1, 14), st.floats(0.5, 12), st.floats(-180, 180))
-def test_motion_kernel(radius, sigma, angle):
-    k = motion_kernel(radius, sigma, angle)
-    assert k.dtype == np.float32 and k.shape[0] == k.shape[1] and k.shape[0] % 2 == 1
-    assert abs(float(k.sum()) - 1) < 1e-5 and (k >= 0).all()
-    c = k.shape[0] // 2
-    width = int(2 * np.ceil(radius) + 1)
-    w = np.exp(-np.arange(width) ** 2 / (2 * sigma ** 2))
-    assert k[c, c] >= w[0] / w.sum() - 1e-6  # tap 0: the largest Gaussian weight (plus coinciding taps)
-    ys, xs = np.nonzero(k)
+def test_motion_taps(radius, sigma, angle):
+    w, dx, dy = motion_taps(radius, sigma, angle)
+    width = int(2 * np.ceil(radius) + 1)  # ImageMagick's GetOptimalKernelWidth1D for radius > 0
+    assert w.shape == dx.shape == dy.shape == (width,)
+    g = np.exp(-np.arange(width) ** 2 / (2 * sigma ** 2))
+    np.testing.assert_allclose(w, g / g.sum(), rtol=1e-12, atol=1e-300)
     t = np.deg2rad(angle)
-    # taps lie on the ray from the centre in direction (cos, sin): "behind" the pixel only
-    proj = (xs - c) * np.cos(t) + (ys - c) * np.sin(t)
-    perp = -(xs - c) * np.sin(t) + (ys - c) * np.cos(t)
-    assert (proj >= -0.75).all() and (np.abs(perp) <= 0.75).all()
+    # tap i sits at i * (cos, sin) rounded half-up (ties may go either way by float rounding)
+    assert (np.abs(dx - np.arange(width) * np.cos(t)) <= 0.5 + 1e-9).all()
+    assert (np.abs(dy - np.arange(width) * np.sin(t)) <= 0.5 + 1e-9).all()
+    assert dx[0] == 0 and dy[0] == 0
+    with pytest.raises(ValueError, match="radius"):
+        motion_taps(0, sigma, angle)
 
 
 def test_motion_blur_of_edge_moves_along_angle():
-    from prunecal.corruptions.blur import apply_motion
+    img = np.zeros((32, 32), np.uint8)
+    img[:, 16:] = 200  # vertical edge
+    out = magick_motion_blur(img, 6, 2.0, 0.0)  # taps at +x: pixels left of the edge pick up light
+    assert out[10, 14] > 0 and out[10, 20] == 200 and out[10, 5] == 0
+    np.testing.assert_array_equal(magick_motion_blur(np.full((16, 16, 3), 77, np.uint8), 9, 2.5, 33.0), 77)
 
-    img = np.zeros((32, 32), np.float32)
-    img[:, 16:] = 1.0  # vertical edge
-    out = apply_motion(img, 6, 2.0, 0.0)  # taps at +x: pixels left of the edge pick up light
-    assert out[10, 14] > 0 and out[10, 20] == pytest.approx(1.0)
-    np.testing.assert_allclose(apply_motion(np.full((16, 16), 0.3, np.float32), 9, 2.5, 33.0), 0.3, atol=1e-6)
+
+def test_motion_blur_uses_published_parameters(photos):
+    """Same draws as the corruption (one angle U(-45, 45) per image), published (radius, sigma)."""
+    from prunecal.corruptions._rng import image_rng
+
+    for sev in range(1, 6):
+        r, sg = PUBLISHED["motion_blur"][sev - 1]
+        ours = corrupt(photos[:4], "motion_blur", sev, seed=2, start_index=3)
+        for i, img in enumerate(photos[:4]):
+            angle = image_rng(2, "motion_blur", sev, 3 + i).uniform(-45, 45)
+            np.testing.assert_array_equal(ours[i], magick_motion_blur(img, r, sg, angle))
+
+
+def _snow_reference(img, sev, g):
+    """The published snow steps (scipy zoom, OpenCV grey, both snow layers) with draws from g."""
+    loc, scale, zf, thr, r, sg, blend = PUBLISHED["snow"][sev - 1]
+    x = img.astype(np.float32) / 255.0
+    layer = g.normal(loc, scale, size=(32, 32))
+    angle = g.uniform(-135, -45)
+    ch = int(np.ceil(32 / zf))
+    top = (32 - ch) // 2
+    z = ndi.zoom(layer[top:top + ch, top:top + ch], zf, order=1)
+    t = (z.shape[0] - 32) // 2
+    layer = z[t:t + 32, t:t + 32]
+    layer[layer < thr] = 0
+    layer = magick_motion_blur((np.clip(layer, 0, 1) * 255).astype(np.uint8), r, sg, angle)[..., None] / 255.0
+    grey = cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)[..., None]
+    x = blend * x + (1 - blend) * np.maximum(x, grey * 1.5 + 0.5)
+    return _u8(x + layer + np.rot90(layer, k=2))
+
+
+def test_snow_equals_reference_steps(photos):
+    from prunecal.corruptions._rng import image_rng
+
+    for sev in range(1, 6):
+        ours = corrupt(photos[:4], "snow", sev, seed=5)
+        for i, img in enumerate(photos[:4]):
+            ref = _snow_reference(img, sev, image_rng(5, "snow", sev, i))
+            diff = np.abs(ours[i].astype(int) - ref)
+            assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (sev, diff.max(), (diff > 0).mean())
+
+
+def test_snow_has_both_layers():
+    """On a black image, snow is a constant plus the layer plus the layer rotated 180 degrees:
+    symmetric under a 180-degree rotation (not so with one layer only)."""
+    black = np.zeros((6, 32, 32, 3), np.uint8)
+    for sev in range(1, 6):
+        out = corrupt(black, "snow", sev).astype(int)
+        assert np.abs(out - out[:, ::-1, ::-1]).max() <= 1, sev
+        base = int((1 - PUBLISHED["snow"][sev - 1][6]) * 0.5 * 255)  # whitened black, truncated
+        assert abs(out.min() - base) <= 1 and out.max() > base + 20
+
+
+def test_frost_textures_published():
+    """The shipped textures: the published pictures scaled by 0.2 (sizes and checksums of the
+    files made by scripts/make_corruption_reference.py; see prunecal/corruptions/frost/README.md)."""
+    import hashlib
+
+    from prunecal.corruptions import textures
+
+    assert textures.published_available()
+    sizes = [(120, 180), (63, 112), (63, 112), (70, 105), (99, 132), (65, 97)]
+    sums = ["d9462cb65dd77e4a", "f43ea6aef24005db", "f43ea6aef24005db", "cb33301d1ac4aa26", "18542b62f8894e34",
+            "8aca5bcd13013717"]
+    tex = textures.published_textures()
+    for k, t in enumerate(tex):
+        f = textures.FROST_DIR / f"frost{k + 1}.png"
+        assert hashlib.sha256(f.read_bytes()).hexdigest()[:16] == sums[k]
+        assert t.shape == (*sizes[k], 3) and t.dtype == np.uint8 and not t.flags.writeable
+    assert textures.FROST_CHOICES == 5  # the generator draws randint(5): frost6 is never used
+    assert (textures.FROST_DIR / "LICENSE").is_file() and "Apache License" in (textures.FROST_DIR / "LICENSE").read_text()
+
+
+def test_frost_equals_reference_steps(photos):
+    """Texture randint(5), crop at randint(0, rows - 32), randint(0, cols - 32), then
+    np.uint8(clip(a x + b crop)) with the published (a, b): the draws of the corruption, the
+    pictures read independently with Pillow."""
+    from prunecal.corruptions._rng import image_rng
+    from prunecal.corruptions.textures import FROST_DIR
+
+    pics = [np.asarray(Image.open(FROST_DIR / f"frost{k}.png").convert("RGB")).astype(float) for k in range(1, 7)]
+    for sev in range(1, 6):
+        a, b = PUBLISHED["frost"][sev - 1]
+        ours = corrupt(photos, "frost", sev, seed=4)
+        for i, img in enumerate(photos):
+            g = image_rng(4, "frost", sev, i)
+            t = pics[g.integers(5)]
+            r0 = g.integers(0, t.shape[0] - 32)
+            c0 = g.integers(0, t.shape[1] - 32)
+            ref = np.uint8(np.clip(a * img.astype(float) + b * t[r0:r0 + 32, c0:c0 + 32], 0, 255))
+            np.testing.assert_array_equal(ours[i], ref, err_msg=f"severity {sev} image {i}")
+
+
+def test_frost_uses_five_textures_and_whole_range():
+    """Over many images every one of the first five textures is used and crops start anywhere
+    in range (chi-square-free sanity check of the draw)."""
+    from prunecal.corruptions._rng import image_rng
+
+    ks = [image_rng(0, "frost", 3, i).integers(5) for i in range(500)]
+    counts = np.bincount(ks, minlength=6)
+    assert counts[5] == 0 and (counts[:5] > 60).all()
+
+
+def test_frost_large_images_and_fallback(monkeypatch, tmp_path):
+    from prunecal.corruptions import textures
+
+    big = np.full((2, 70, 120, 3), 100, np.uint8)  # more rows than frost2..6 have
+    out = corrupt(big, "frost", 5)
+    assert out.shape == big.shape and (out >= 75).all()
+    monkeypatch.setattr(textures, "FROST_DIR", tmp_path / "missing")
+    textures.frost_textures.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="procedural"):
+            fb = corrupt(big[:, :32, :32], "frost", 3)
+        assert fb.shape == (2, 32, 32, 3) and (fb >= 90).all()
+        tex = textures.procedural_textures()
+        assert len(tex) == textures.N_TEXTURES == 5 and all(t.shape == (160, 160, 3) for t in tex)
+        np.testing.assert_array_equal(tex[2], textures._texture(2, 160))
+        assert all(0.35 < t.mean() / 255 < 0.65 for t in tex)
+    finally:
+        monkeypatch.undo()
+        textures.frost_textures.cache_clear()
+
+
+def test_fog_equals_reference_steps(photos):
+    """fog = u8((x + c * plasma) * max / (max + c)) with the published (c, decay) and the
+    reference diamond-square on the corruption's draws."""
+    from prunecal.corruptions._rng import image_rng
+
+    for sev in range(1, 6):
+        c, decay = PUBLISHED["fog"][sev - 1]
+        ours = corrupt(photos[:3], "fog", sev, seed=6)
+        for i, img in enumerate(photos[:3]):
+            u = image_rng(6, "fog", sev, i).uniform(-1, 1, size=plasma_draws(32))
+            x = img / 255.0
+            mx = x.max()
+            ref = _u8((x + c * _plasma_reference(u, 32, decay)[..., None]) * mx / (mx + c))
+            diff = np.abs(ours[i].astype(int) - ref)
+            assert diff.max() <= 1 and (diff > 0).mean() < 0.01, sev
+
+
+def test_spatter_equals_reference_steps(photos):
+    """The published spatter steps (water: Canny, distance transform, emboss; mud: blobs)
+    with the published parameters on the corruption's draws."""
+    from prunecal.corruptions._rng import image_rng
+
+    for sev in range(1, 6):
+        loc, scale, sigma, thr, inten, mode = PUBLISHED["spatter"][sev - 1]
+        ours = corrupt(photos[:4], "spatter", sev, seed=8)
+        for i, img in enumerate(photos[:4]):
+            x = img.astype(np.float32) / 255.0
+            liquid = gaussian(image_rng(8, "spatter", sev, i).normal(loc, scale, size=(32, 32)), sigma=sigma)
+            liquid[liquid < thr] = 0
+            if mode == 0:
+                l8 = (liquid * 255).astype(np.uint8)
+                dist = cv2.distanceTransform(255 - cv2.Canny(l8, 50, 150), cv2.DIST_L2, 5)
+                _, dist = cv2.threshold(dist, 20, 20, cv2.THRESH_TRUNC)
+                dist = cv2.equalizeHist(cv2.blur(dist, (3, 3)).astype(np.uint8))
+                dist = cv2.filter2D(dist, cv2.CV_8U, np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]]))
+                m = l8 * cv2.blur(dist, (3, 3)).astype(np.float32)
+                m = m / m.max() * inten if m.max() > 0 else m
+                ref = _u8(x + m[..., None] * np.array([175, 238, 238]) / 255.0)
+            else:
+                m = gaussian((liquid > thr).astype(np.float32), sigma=inten)
+                m[m < 0.8] = 0
+                ref = _u8(x * (1 - m[..., None]) + np.array([63, 42, 20]) / 255.0 * m[..., None])
+            diff = np.abs(ours[i].astype(int) - ref)
+            assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (sev, diff.max())
 
 
 # ---------------------------------------------------------------- statistics of the noise
 
 def test_noise_statistics():
     grey = np.full((16, 32, 32, 3), 128, np.uint8)
-    for sev, c in enumerate(PARAMS["gaussian_noise"], 1):
+    for sev, c in enumerate(PUBLISHED["gaussian_noise"], 1):
         d = (corrupt(grey, "gaussian_noise", sev).astype(float) - 127.5) / 255  # truncation: -0.5 on average
-        assert abs(d.std() - c) < 0.1 * c and abs(d.mean()) < 0.01
-    for sev, amount in enumerate(PARAMS["impulse_noise"], 1):
+        assert abs(d.std() - c) < 0.04 * c and abs(d.mean()) < 0.01
+    for sev, amount in enumerate(PUBLISHED["impulse_noise"], 1):
         out = corrupt(grey, "impulse_noise", sev)
         frac_salt, frac_pepper = (out == 255).mean(), (out == 0).mean()
         assert abs(frac_salt + frac_pepper - amount) < 0.25 * amount
         assert abs(frac_salt - frac_pepper) < 0.3 * amount
-    for sev, c in enumerate(PARAMS["shot_noise"], 1):
+    for sev, c in enumerate(PUBLISHED["shot_noise"], 1):
         d = corrupt(grey, "shot_noise", sev).astype(float) / 255
         lam = 128 / 255 * c
         assert abs(d.std() - np.sqrt(lam) / c) < 0.1 * np.sqrt(lam) / c
-    for sev, c in enumerate(PARAMS["speckle_noise"], 1):
+    for sev, c in enumerate(PUBLISHED["speckle_noise"], 1):
         d = corrupt(grey, "speckle_noise", sev).astype(float) / 255 - 128 / 255
-        assert abs(d.std() - c * 128 / 255) < 0.1 * c * 128 / 255
+        assert abs(d.std() - c * 128 / 255) < 0.04 * c * 128 / 255
 
 
 def test_frost_and_fog_ranges(photos):
     for sev in range(1, 6):
-        a, b = PARAMS["frost"][sev - 1]
+        a, b = PUBLISHED["frost"][sev - 1]
         out = corrupt(photos, "frost", sev).astype(float)
-        lo = np.floor(a * photos)  # frost only adds light to the weighted image
-        assert (out >= lo - 1).all() and (out <= np.minimum(255, a * photos + b * 255) + 1).all()
+        lo = np.floor(a * photos.astype(float))  # frost only adds light to the weighted image
+        assert (out >= lo - 1).all() and (out <= np.minimum(255, a * photos.astype(float) + b * 255) + 1).all()
     # fog rescales by max / (max + c): never brighter than the image's max
     fogged = corrupt(photos, "fog", 5)
     assert (fogged.reshape(8, -1).max(1) <= photos.reshape(8, -1).max(1)).all()
-
-
-def test_frost_textures_deterministic():
-    from prunecal.corruptions.textures import N_TEXTURES, _texture, frost_textures
-
-    tex = frost_textures()
-    assert len(tex) == N_TEXTURES and all(t.shape == (160, 160, 3) for t in tex)
-    np.testing.assert_array_equal(tex[2], _texture(2, 160))
-    means = [t.mean() / 255 for t in tex]
-    assert all(0.35 < m < 0.65 for m in means)
-    assert all((t[..., 2] >= t[..., 0]).all() for t in tex)  # icy blue tint
-    assert not tex[0].flags.writeable
 
 
 def test_spatter_modes(photos):
@@ -520,7 +746,7 @@ def test_elastic_equals_reference_steps(photos):
     from prunecal.corruptions._rng import image_rng
 
     for sev in (1, 3, 5):
-        alpha, sigma, jitter = PARAMS["elastic_transform"][sev - 1]
+        alpha, sigma, jitter = PUBLISHED["elastic_transform"][sev - 1]
         ours = corrupt(photos[:3], "elastic_transform", sev, seed=1)
         for i, img in enumerate(photos[:3]):
             g = image_rng(1, "elastic_transform", sev, i)

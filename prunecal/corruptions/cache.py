@@ -24,8 +24,9 @@ from prunecal._atomic import atomic_write
 from . import CORRUPTIONS, corrupt
 from ._common import check_images, check_indices, check_int
 
-CODE_VERSION = "1"
-"""Bump whenever any corruption's output changes: it is part of every cache key."""
+CODE_VERSION = "2"
+"""Bump whenever any corruption's output changes: it is part of every cache key.
+("2": published frost textures; motion blur and snow as ImageMagick computes them.)"""
 
 
 def fingerprint(images: np.ndarray) -> str:

@@ -1,9 +1,16 @@
-"""Procedural frost textures for the ``frost`` corruption.
+"""Frost textures for the ``frost`` corruption.
 
-The reference crops photographs of frost on glass (``frost1.png`` .. ``frost6.jpg``, shipped
-with ``hendrycks/robustness`` and the ``imagecorruptions`` package, downscaled by 0.2). We
-ship no photographs; instead five textures are synthesised deterministically (fixed seeds,
-no dependence on the user's seed) the first time frost is used:
+The published textures: the six frost pictures of Hendrycks & Dietterich's generator
+(``frost1.png`` .. ``frost3.png``, ``frost4.jpg`` .. ``frost6.jpg``; Apache-2.0, shipped
+in ``hendrycks/robustness`` and in the ``imagecorruptions`` package), stored in
+``prunecal/corruptions/frost/`` exactly as the CIFAR generator uses them: read with
+OpenCV, scaled by 0.2 with ``cv2.resize(..., fx=0.2, fy=0.2)`` (bilinear), RGB, as lossless
+PNG (sizes 120x180, 63x112, 63x112, 70x105, 99x132, 65x97). ``frost/README.md`` gives
+their origin and checksums, ``frost/LICENSE`` the licence;
+``scripts/make_corruption_reference.py textures`` rebuilds them from the originals.
+
+Fallback (only when those files are missing, e.g. a stripped install; a warning says so):
+five procedural textures synthesised deterministically (fixed seeds):
 
 1. *haze*: multi-octave value noise (random grids of 4..64 cells, bicubic upsampling,
    amplitude ~ 1 / sqrt(cells)), normalised to [0, 1];
@@ -13,18 +20,19 @@ no dependence on the user's seed) the first time frost is used:
 3. *grain*: sparse bright specks (0.8 % of pixels) blurred with sigma 0.6;
 
 mixed as ``0.45 haze + 0.65 crystals + 0.25 grain``, compressed with gamma 0.8 and tinted
-icy blue-white (RGB gain 0.84, 0.92, 1.0 of 255); mean intensities are 115-130 of 255.
-They look like frost (bright needles and haze over dark gaps) but are not the published
-pictures, so frost results are comparable in kind, not in value, with published CIFAR-10-C
-frost figures; the manifest written by :mod:`prunecal.corruptions.export` marks frost as
-not faithful.
+icy blue-white. They look like frost but are not the published pictures: frost accuracy
+with them is 5-20 points higher than with the published generator (measured, see
+``docs/corruptions.md``).
 """
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
+from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 N_TEXTURES = 5
 BASE_SIDE = 160
@@ -78,16 +86,78 @@ def _texture(index: int, side: int) -> np.ndarray:
     return (f[..., None] * tint).astype(np.float64)
 
 
-@lru_cache(maxsize=4)
-def frost_textures(min_side: int = 33) -> tuple[np.ndarray, ...]:
-    """The five frost textures, float64 ``(S, S, 3)`` RGB in [0, 255], S = max(160, min_side).
+FROST_DIR = Path(__file__).resolve().parent / "frost"
+"""Folder of the shipped published textures."""
 
-    Deterministic and read-only; cached per size.
+FROST_FILES: tuple[str, ...] = tuple(f"frost{k}.png" for k in range(1, 7))
+"""The six published textures (scaled by 0.2, RGB PNG), in the published order."""
+
+FROST_CHOICES = 5
+"""The published CIFAR generator draws ``randint(5)``: only the first five textures are used."""
+
+
+def published_available() -> bool:
+    """Whether the six published textures are installed."""
+    return all((FROST_DIR / f).is_file() for f in FROST_FILES)
+
+
+@lru_cache(maxsize=1)
+def published_textures() -> tuple[np.ndarray, ...]:
+    """The six published frost textures, uint8 ``(rows, cols, 3)`` RGB, read-only.
+
+    Raises:
+        FileNotFoundError: a file is missing (naming it).
     """
+    out = []
+    for f in FROST_FILES:
+        with Image.open(FROST_DIR / f) as im:
+            a = np.asarray(im.convert("RGB")).copy()
+        a.setflags(write=False)
+        out.append(a)
+    return tuple(out)
+
+
+@lru_cache(maxsize=4)
+def procedural_textures(min_side: int = 33) -> tuple[np.ndarray, ...]:
+    """The five procedural fallback textures, float64 ``(S, S, 3)`` RGB in [0, 255],
+    S = max(160, min_side); deterministic, read-only, cached per size."""
     side = max(BASE_SIDE, int(min_side))
     out = []
     for k in range(N_TEXTURES):
         t = _texture(k, side)
         t.setflags(write=False)
         out.append(t)
+    return tuple(out)
+
+
+def _fit(t: np.ndarray, min_rows: int, min_cols: int) -> np.ndarray:
+    """``t`` as float64, upscaled (bicubic, aspect kept, x 1.1 margin, as the
+    ``imagecorruptions`` package) when smaller than ``min_rows`` x ``min_cols``."""
+    r, c = t.shape[:2]
+    if r >= min_rows and c >= min_cols:
+        return t.astype(np.float64)
+    f = 1.1 * max(min_rows / r, min_cols / c)
+    size = (int(np.ceil(c * f)), int(np.ceil(r * f)))
+    return np.clip(cv2.resize(np.asarray(t, np.float32), size, interpolation=cv2.INTER_CUBIC), 0, 255).astype(np.float64)
+
+
+@lru_cache(maxsize=8)
+def frost_textures(min_rows: int = 33, min_cols: int = 33) -> tuple[np.ndarray, ...]:
+    """The frost textures ``frost`` crops from, float64 ``(rows, cols, 3)`` RGB in [0, 255].
+
+    The six published textures (:func:`published_textures`) when installed, else the five
+    procedural ones (with a :class:`RuntimeWarning`); any texture with fewer than
+    ``min_rows`` rows or ``min_cols`` columns is upscaled to fit. Read-only, cached.
+    """
+    if published_available():
+        base: tuple[np.ndarray, ...] = published_textures()
+    else:
+        warnings.warn(f"published frost textures not found in {FROST_DIR}; using procedural "
+                      "stand-ins (frost results then differ from CIFAR-10-C)", RuntimeWarning, stacklevel=3)
+        base = procedural_textures(max(min_rows, min_cols))
+    out = []
+    for t in base:
+        f = _fit(t, min_rows, min_cols)
+        f.setflags(write=False)
+        out.append(f)
     return tuple(out)

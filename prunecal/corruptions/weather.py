@@ -7,9 +7,9 @@ import cv2
 import numpy as np
 
 from ._common import clipped_zoom, spatial_gaussian, to_uint8, to_unit
-from .blur import apply_motion
+from .blur import magick_motion_blur
 from .params import param
-from .textures import frost_textures
+from .textures import FROST_CHOICES, frost_textures
 
 
 def plasma_fractal(uniforms: np.ndarray, mapsize: int, wibbledecay: float) -> np.ndarray:
@@ -80,17 +80,22 @@ def fog(x: np.ndarray, severity: int, rngs: Sequence[np.random.Generator]) -> np
 
 
 def frost(x: np.ndarray, severity: int, rngs: Sequence[np.random.Generator]) -> np.ndarray:
-    """``a * x + b * frost`` with a random crop of one of 5 frost textures, (a, b) published.
+    """``a * x + b * frost`` (0..255 scale, clipped, truncated to uint8), (a, b) published.
 
-    The textures are procedural (see :mod:`prunecal.corruptions.textures`), not the
-    photographs of the reference, so frost figures differ from the published CIFAR-10-C.
+    As the published CIFAR generator: texture ``k ~ randint(5)`` of the six published frost
+    pictures (``frost1.png`` .. ``frost5.jpg``: its draw never picks ``frost6.jpg``), scaled by
+    0.2 (shipped so, see :mod:`prunecal.corruptions.textures`), then a crop at row
+    ``randint(0, rows - H)`` and column ``randint(0, cols - W)`` (upper bounds exclusive, so
+    the last row / column of the texture is never used). Images larger than a texture (not
+    CIFAR) get the texture upscaled to fit (bicubic, as the ``imagecorruptions`` package does).
+    Without the shipped pictures, procedural textures stand in (a documented fallback).
     """
     a, b = param("frost", severity)
     n, h, w, _ = x.shape
-    tex = frost_textures(min_side=max(h, w) + 1)
+    tex = frost_textures(min_rows=h + 1, min_cols=w + 1)
     crops = np.empty((n, h, w, 3), np.float64)
     for i, g in enumerate(rngs):
-        t = tex[int(g.integers(len(tex)))]
+        t = tex[int(g.integers(FROST_CHOICES))]
         y0 = int(g.integers(0, t.shape[0] - h))
         x0 = int(g.integers(0, t.shape[1] - w))
         crops[i] = t[y0:y0 + h, x0:x0 + w]
@@ -98,11 +103,14 @@ def frost(x: np.ndarray, severity: int, rngs: Sequence[np.random.Generator]) -> 
 
 
 def snow(x: np.ndarray, severity: int, rngs: Sequence[np.random.Generator]) -> np.ndarray:
-    """Snowflake layer (thresholded, zoomed Gaussian noise, motion-blurred at U(-135, -45)
-    degrees, added twice: as is and rotated 180 degrees) over a whitened image.
+    """Snowflakes over a whitened image, as the published generator.
 
-    Motion blur uses our kernel (see :func:`prunecal.corruptions.blur.motion_kernel`) instead
-    of ImageMagick; the blurred layer is rounded to 8 bits as the reference's PNG round trip.
+    Per image: a layer ``N(loc, scale)`` of H x W, zoomed about the centre by ``zoom``
+    (bilinear, cropped), values below ``threshold`` set to 0, cast to 8 bits, motion-blurred
+    with ImageMagick's kernel (:func:`~prunecal.corruptions.blur.magick_motion_blur`, radius /
+    sigma published, angle U(-135, -45) degrees); the image (float32) becomes
+    ``blend * x + (1 - blend) * max(x, 1.5 * grey(x) + 0.5)`` (OpenCV's RGB->grey weights),
+    and the result is ``x + layer + layer rotated 180 degrees`` clipped to [0, 1].
     """
     loc, scale, zf, thr, radius, sigma, blend = param("snow", severity)
     n, h, w, _ = x.shape
@@ -110,14 +118,13 @@ def snow(x: np.ndarray, severity: int, rngs: Sequence[np.random.Generator]) -> n
     angles = [g.uniform(-135.0, -45.0) for g in rngs]
     layer = clipped_zoom(layer, zf)
     layer[layer < thr] = 0
-    layer8 = (np.clip(layer, 0, 1) * 255).astype(np.uint8).astype(np.float32)
-    blurred = np.empty((n, h, w), np.float32)
+    layer8 = (np.clip(layer, 0, 1) * 255).astype(np.uint8)
+    snow_layer = np.empty((n, h, w, 1), np.float64)
     for i in range(n):
-        blurred[i] = apply_motion(layer8[i], radius, sigma, angles[i])
-    snow_layer = (np.clip(np.rint(blurred), 0, 255) / 255.0)[..., None]
-    xf = x.astype(np.float32) / 255.0
-    gray = (xf @ np.float32([0.299, 0.587, 0.114]))[..., None]
-    xf = blend * xf + (1 - blend) * np.maximum(xf, gray * 1.5 + 0.5)
+        snow_layer[i, ..., 0] = magick_motion_blur(layer8[i], radius, sigma, angles[i]) / 255.0
+    xf = x.astype(np.float32) / np.float32(255.0)
+    gray = cv2.cvtColor(xf.reshape(n * h, w, 3), cv2.COLOR_RGB2GRAY).reshape(n, h, w, 1) if n else xf[..., :1]
+    xf = np.float32(blend) * xf + np.float32(1 - blend) * np.maximum(xf, gray * np.float32(1.5) + np.float32(0.5))
     return to_uint8(xf + snow_layer + snow_layer[:, ::-1, ::-1])
 
 
