@@ -260,3 +260,82 @@ def test_apply_masks_transfers_a_pattern():
         assert torch.equal(get_masks(dst)[n], m), n
     with pytest.raises(TypeError, match="conv1"):
         apply_masks(TinyNet(), {"conv1": [[1]]})
+
+
+# ---------------------------------------------------------------- prunable_layers / bake_torch_pruning
+class _Mixed(nn.Module):
+    """Layers registered out of call order, a nested Sequential, two Linears and a BN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(4, 3)  # registered first, but a Linear: never the "first conv"
+        self.stem = nn.Conv2d(3, 4, 3)
+        self.body = nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 1))
+        self.fc = nn.Linear(4, 2)
+
+
+def test_prunable_layers_default_and_keep_options():
+    from prunecal.prune import prunable_layers
+
+    m = _Mixed()
+    every = ["head", "stem", "body.0", "body.3", "fc"]  # every Conv2d / Linear in module order
+    assert prunable_layers(m) == every
+    assert prunable_layers(m, keep_first_conv=True) == ["head", "body.0", "body.3", "fc"]
+    assert prunable_layers(m, keep_classifier=True) == ["head", "stem", "body.0", "body.3"]  # the LAST Linear
+    assert prunable_layers(m, keep_first_conv=True, keep_classifier=True) == ["head", "body.0", "body.3"]
+    assert prunable_layers(nn.Sequential(nn.Linear(2, 2)), keep_first_conv=True) == ["0"]  # no conv: nothing kept
+    with pytest.raises(ValueError, match="no prunable"):
+        prunable_layers(nn.Sequential(nn.Conv2d(1, 1, 1)), keep_first_conv=True)
+    with pytest.raises(ValueError, match="no prunable"):
+        prunable_layers(nn.Sequential(nn.ReLU()))
+
+
+def test_prunable_layers_explicit_names():
+    from prunecal.prune import prunable_layers
+
+    m = _Mixed()
+    # explicit names: duplicates dropped, returned in module order, keep_* options ignored
+    assert prunable_layers(m, ["fc", "stem", "fc"], keep_first_conv=True) == ["stem", "fc"]
+    assert prunable_layers(m, ("body.3",)) == ["body.3"]
+    with pytest.raises(ValueError, match="'nope'"):
+        prunable_layers(m, ["stem", "nope"])
+    with pytest.raises(ValueError, match="BatchNorm2d"):
+        prunable_layers(m, ["body.1"])
+    with pytest.raises(ValueError, match="empty"):
+        prunable_layers(m, [])
+    with pytest.raises(TypeError, match="string"):
+        prunable_layers(m, "stem")
+
+
+def test_bake_torch_pruning_equals_orig_times_mask():
+    from prunecal.prune import bake_torch_pruning
+
+    torch.manual_seed(3)
+    m = TinyNet().eval()
+    torch_prune.l1_unstructured(m.conv1, "weight", amount=0.5)
+    torch_prune.random_unstructured(m.conv2, "weight", amount=0.7)
+    torch_prune.l1_unstructured(m.conv2, "weight", amount=0.3)  # a PruningContainer: two masks combined
+    torch_prune.l1_unstructured(m.fc, "bias", amount=0.4)       # not only weights
+    expected = {
+        "conv1.weight": (m.conv1.weight_orig * m.conv1.weight_mask).detach().clone(),
+        "conv2.weight": (m.conv2.weight_orig * m.conv2.weight_mask).detach().clone(),
+        "fc.bias": (m.fc.bias_orig * m.fc.bias_mask).detach().clone(),
+    }
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        ref = m(x)
+    out = bake_torch_pruning(m)
+    assert out is m  # in place
+    for mod in m.modules():
+        assert not any(isinstance(h, torch_prune.BasePruningMethod) for h in mod._forward_pre_hooks.values())
+        assert not any(k.endswith(("_orig", "_mask")) for k in dict(mod.named_parameters(recurse=False)))
+        assert not any(k.endswith("_mask") for k in dict(mod.named_buffers(recurse=False)))
+    params = dict(m.named_parameters())
+    for name, want in expected.items():
+        assert isinstance(params[name], nn.Parameter)
+        assert torch.equal(params[name].detach(), want)
+    assert float((m.conv2.weight == 0).float().mean()) == pytest.approx(1 - 0.3 * 0.7, abs=0.05)
+    with torch.no_grad():
+        assert torch.equal(m(x), ref)
+    assert set(m.state_dict()) == set(TinyNet().state_dict())  # plain keys again
+    assert bake_torch_pruning(m) is m  # nothing left to bake: a no-op
