@@ -159,3 +159,220 @@ def test_find_sequential_chains():
     assert found == {
         ("0", "0"): ("1", "2"), ("0", "3"): (None, "4"), ("0", "5"): (None, None), ("", "3"): (None, "4"),
     }
+
+
+# ---- edges the mutation run found uncovered (scripts/mutation.sh fold) -----------------------
+def test_fold_conv_bn_keeps_every_conv_hyperparameter():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(2, 1), groups=2,
+                     bias=False, padding_mode="reflect").eval()
+    bn = _random_bn(6, eps=0.3)  # a large eps: dropping it changes every value
+    ours = fold.fold_conv_bn(conv, bn)
+    ref = fuse_conv_bn_eval(conv, bn)
+    for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+                 "padding_mode"):
+        assert getattr(ours, attr) == getattr(conv, attr), attr
+    assert not ours.training and ours.bias is not None and ours.weight.dtype == torch.float32
+    torch.testing.assert_close(ours.weight, ref.weight, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours.bias, ref.bias, rtol=1e-5, atol=1e-6)
+    x = torch.randn(2, 4, 9, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), bn(conv(x)), rtol=1e-4, atol=1e-5)
+    # float64 in, float64 out (dtype of the layer kept)
+    c64, b64 = conv.double(), _random_bn(6).double()
+    assert fold.fold_conv_bn(c64, b64).weight.dtype == torch.float64
+
+
+def test_fold_bn_params_formula_by_hand():
+    """One channel worked by hand: w' = w * g / sqrt(v + eps), b' = (b - m) * g / sqrt(v + eps) + beta."""
+    bn = nn.BatchNorm2d(2, eps=0.25).eval()
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor([1.0, -2.0]))
+        bn.running_var.copy_(torch.tensor([0.75, 3.75]))  # + eps = 1.0, 4.0
+        bn.weight.copy_(torch.tensor([3.0, 0.5]))
+        bn.bias.copy_(torch.tensor([0.5, -1.0]))
+    w = torch.tensor([[2.0, 0.0], [-4.0, 8.0]])
+    w2, b2 = fold.fold_bn_params(w, torch.tensor([5.0, 6.0]), bn)
+    assert w2.tolist() == [[6.0, 0.0], [-1.0, 2.0]]  # scale 3 / 1, 0.5 / 2
+    assert b2.tolist() == [(5 - 1) * 3 + 0.5, (6 + 2) * 0.25 - 1.0]
+    w3, b3 = fold.fold_bn_params(w, None, bn)  # no bias: zeros
+    assert b3.tolist() == [(0 - 1) * 3 + 0.5, (0 + 2) * 0.25 - 1.0]
+    nb = nn.BatchNorm2d(2, affine=False, eps=0.25).eval()  # gamma 1, beta 0
+    with torch.no_grad():
+        nb.running_mean.copy_(bn.running_mean)
+        nb.running_var.copy_(bn.running_var)
+    w4, b4 = fold.fold_bn_params(w, None, nb)
+    assert w4.tolist() == [[2.0, 0.0], [-2.0, 4.0]] and b4.tolist() == [-1.0, 1.0]
+
+
+def test_fold_bn_params_errors_name_the_problem():
+    w = torch.randn(3, 2)
+    with pytest.raises(ValueError, match=r"bias: shape \(4,\) != \(3,\)"):
+        fold.fold_bn_params(w, torch.zeros(4), _random_bn(3))
+    with pytest.raises(ValueError, match="has 5 channels but the layer has 3 outputs"):
+        fold.fold_bn_params(w, None, _random_bn(5))
+    with pytest.raises(ValueError, match="BatchNorm1d is not BatchNorm2d"):
+        fold.fold_bn_params(w, None, nn.BatchNorm1d(3).eval())
+    for name in ("running_mean", "weight", "bias"):
+        bn = _random_bn(3)
+        with torch.no_grad():
+            getattr(bn, name)[0] = float("inf")
+        with pytest.raises(ValueError, match=f"bn: {name} has non-finite"):
+            fold.fold_bn_params(w, None, bn)
+    bn = _random_bn(3, eps=1e-3)
+    with torch.no_grad():
+        bn.running_var[2] = -1e-3  # var + eps == 0: no finite scale
+    with pytest.raises(ValueError, match="running_var \\+ eps must be > 0"):
+        fold.fold_bn_params(w, None, bn)
+    bn.running_var[2] = -1.0
+    with pytest.raises(ValueError, match="must be > 0"):
+        fold.fold_bn_params(w, None, bn)
+    bn.running_var[2] = -0.5e-3  # var + eps > 0 although var < 0: foldable
+    fold.fold_bn_params(w, None, bn)
+
+
+def test_can_fold_bn_and_helpers():
+    assert fold.can_fold_bn(nn.BatchNorm2d(3)) is None
+    assert fold.can_fold_bn(nn.BatchNorm2d(3, track_running_stats=False)) == \
+        "BatchNorm without running statistics (track_running_stats=False)"
+    assert fold.can_fold_bn(nn.SyncBatchNorm(3)) == "SyncBatchNorm is not BatchNorm2d"
+    bn = nn.BatchNorm2d(3)
+    bn.running_var = None
+    assert "running statistics" in fold.can_fold_bn(bn)
+    bn = nn.BatchNorm2d(3)
+    bn.running_mean = None
+    assert "running statistics" in fold.can_fold_bn(bn)
+    assert fold.is_relu_module(nn.ReLU()) and fold.is_relu_module(nn.ReLU(inplace=True))
+    assert not fold.is_relu_module(nn.ReLU6()) and not fold.is_relu_module(nn.LeakyReLU())
+    m = nn.ReLU()
+    assert not fold.has_hooks(m)
+    h = m.register_forward_pre_hook(lambda mod, inp: None)
+    assert fold.has_hooks(m)
+    h.remove()
+    h = m.register_forward_hook(lambda mod, inp, out: None)
+    assert fold.has_hooks(m)
+    h.remove()
+    assert not fold.has_hooks(m)
+
+
+class _Edges(nn.Module):
+    """BN after a Linear (not folded), hooked / shared / extra-argument BNs, hooked ReLU modules,
+    and F.relu with the inplace keyword."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc0, self.bn0 = nn.Linear(4, 4), nn.BatchNorm1d(4)
+        self.c1, self.b1, self.r1 = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), nn.ReLU()
+        self.c2, self.b2 = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+        self.c3, self.c3b = nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)
+        self.shared_bn = nn.BatchNorm2d(4)
+        self.c4 = nn.Conv2d(4, 4, 1)
+        self.c5, self.r5 = nn.Conv2d(4, 4, 1), nn.ReLU()
+        self.c6 = nn.Conv2d(4, 4, 1)
+        self.c7 = nn.Conv2d(4, 4, 1)
+        self.b1.register_forward_hook(lambda m, i, o: None)
+        self.r5.register_forward_hook(lambda m, i, o: None)
+
+    def forward(self, x):
+        v = self.bn0(self.fc0(x.mean((2, 3))))               # BN after a Linear
+        x = self.r1(self.b1(self.c1(x)))                     # BN with hooks: not folded
+        x = self.b2(self.c2(x)) + v[:, :, None, None]
+        x = self.shared_bn(self.c3(x)) + self.shared_bn(self.c3b(x))  # BN module called twice
+        x = self.r5(self.c4(x) * 1.0)                       # hooked ReLU after a non-layer
+        x = self.r5(self.c5(x))                              # ReLU module with hooks: not fused
+        y = self.c6(x)
+        x = F.relu(y, inplace=False)                         # kwarg inplace only: fused
+        return F.relu(self.c7(x))
+
+
+def test_find_chains_edges():
+    gm = torch.fx.symbolic_trace(_Edges().eval())
+    chains, notes = fold.find_chains(gm)
+    got = {str(c.layer.target): (c.bn is not None and str(c.bn.target), c.relu is not None) for c in chains}
+    assert got["fc0"] == (False, False) and notes["fc0"] == "BatchNorm after a non-conv layer is not folded"
+    assert got["c1"] == (False, False) and notes["c1"] == "BatchNorm b1 not folded: BatchNorm has forward hooks"
+    assert got["c2"] == ("b2", False) and "c2" not in notes
+    assert got["c3"] == (False, False) and notes["c3"] == \
+        "BatchNorm shared_bn not folded: BatchNorm module called more than once"
+    assert got["c5"] == (False, False)  # hooked ReLU module
+    assert got["c6"] == (False, True) and got["c7"] == (False, True)
+    assert set(got) == {"fc0", "c1", "c2", "c3", "c3b", "c4", "c5", "c6", "c7"}
+    # only exact layer types
+    chains, _ = fold.find_chains(gm, layer_types=(nn.Linear,))
+    assert [str(c.layer.target) for c in chains] == ["fc0"]
+
+
+def test_find_chains_bn_with_extra_arguments_and_relu_kwargs():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c, self.b = nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)
+            self.d = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            return torch.relu_(self.d(self.b(self.c(x))))
+
+    gm = torch.fx.symbolic_trace(Net().eval())
+    chains, _ = fold.find_chains(gm)
+    got = {str(c.layer.target): (c.bn, c.relu is not None) for c in chains}
+    assert got["d"] == (None, True)  # torch.relu_ (in-place function) fuses
+    # a BN call node with an extra argument: edit the traced graph (fx cannot trace BN(x, y))
+    m = nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)).eval()
+    gm = torch.fx.symbolic_trace(m)
+    bn_node = [n for n in gm.graph.nodes if n.target == "1"][0]
+    bn_node.kwargs = {"extra": 1}
+    chains, notes = fold.find_chains(gm)
+    assert chains[0].bn is None and notes["0"] == "BatchNorm 1 not folded: BatchNorm called with extra arguments"
+    bn_node.kwargs = {}
+    bn_node.args = (bn_node.args[0], bn_node.args[0])
+    chains, notes = fold.find_chains(gm)
+    assert chains[0].bn is None and "extra arguments" in notes["0"]
+
+
+def test_relu_node_forms():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c, self.d, self.e = (nn.Conv2d(2, 2, 1) for _ in range(5))
+
+        def forward(self, x):
+            x = F.relu(self.a(x), inplace=True)
+            x = self.b(x).relu_()
+            x = torch.clamp(self.c(x), min=0)  # not recognised as a ReLU
+            x = F.leaky_relu(self.d(x))
+            return F.relu(self.e(x), True)     # positional inplace (fx records it as a kwarg): fused
+
+    chains, _ = fold.find_chains(torch.fx.symbolic_trace(Net().eval()))
+    assert {str(c.layer.target): c.relu is not None for c in chains} == \
+        {"a": True, "b": True, "c": False, "d": False, "e": True}
+
+
+def test_find_sequential_chains_edges():
+    hooked_seq = nn.Sequential(nn.Conv2d(2, 2, 1), nn.ReLU())
+    hooked_seq.register_forward_hook(lambda m, i, o: None)
+    hooked_conv = nn.Conv2d(2, 2, 1)
+    hooked_conv.register_forward_pre_hook(lambda m, i: None)
+    hooked_bn = nn.BatchNorm2d(2)
+    hooked_bn.register_forward_hook(lambda m, i, o: None)
+    hooked_relu = nn.ReLU()
+    hooked_relu.register_forward_hook(lambda m, i, o: None)
+    inner = nn.Sequential(hooked_conv, nn.ReLU(), nn.Conv2d(2, 2, 1), hooked_bn, nn.ReLU(),
+                          nn.Conv2d(2, 2, 1), hooked_relu, nn.Linear(2, 2), nn.BatchNorm2d(2), nn.ReLU(),
+                          nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2, track_running_stats=False), nn.ReLU())
+    m = nn.Sequential(hooked_seq, inner)
+    found = [(c.seq, c.layer, c.bn, c.relu) for c in fold.find_sequential_chains(m)]
+    assert found == [
+        ("1", "2", None, None),    # its BN has hooks: neither folded nor (the ReLU reads the BN) fused
+        ("1", "5", None, None),    # ReLU with hooks
+        ("1", "7", None, None),    # BN after a Linear is not folded, so its ReLU is not fused
+        ("1", "10", None, None),   # BN without running statistics
+    ]
+    plain = nn.Sequential(nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2), nn.ReLU(), nn.Linear(2, 2), nn.ReLU())
+    assert [(c.layer, c.bn, c.relu) for c in fold.find_sequential_chains(plain, fold_bn=False)] == \
+        [("0", None, None), ("3", None, "4")]
+    assert [(c.layer, c.bn, c.relu) for c in fold.find_sequential_chains(plain, fuse_relu=False)] == \
+        [("0", "1", None), ("3", None, None)]
+    assert [(c.layer, c.bn, c.relu) for c in fold.find_sequential_chains(plain, layer_types=(nn.Linear,))] == \
+        [("3", None, "4")]
+    plain.add_module("5", None)  # None children are skipped, not an error
+    assert len(fold.find_sequential_chains(plain)) == 2
