@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -74,7 +74,11 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: i
           progress: bool = True, momentum: float = 0.9, weight_decay: float = 5e-4,
           nesterov: bool = False, warmup_epochs: float = 0.0, label_smoothing: float = 0.0,
           augment: bool = True, masks: dict[str, torch.Tensor] | None = None,
-          channels_last: bool = True) -> dict[str, list]:
+          channels_last: bool = True, schedule: str = "cosine", start_epoch: int = 0,
+          optimizer_state: dict | None = None,
+          on_epoch_end: Callable[[int, dict, torch.optim.Optimizer], None] | None = None,
+          extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
+          history: dict[str, list] | None = None) -> dict[str, list]:
     """Train ``model`` in place with SGD and a per-step cosine LR schedule.
 
     Args:
@@ -96,6 +100,16 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: i
         channels_last: train in the NHWC memory format (default True: oneDNN's CPU kernels
             are faster there, notably depthwise convs); the weights are converted back to
             the ordinary contiguous format at the end, also when training fails.
+        schedule: ``"cosine"`` (per step, over ``epochs``; default) or ``"constant"`` (``lr``
+            throughout, after any warm-up).
+        start_epoch: epochs already done (resume): training runs epochs ``start_epoch+1 ..
+            epochs``. Shuffling and augmentation of epoch ``e`` are seeded by ``(seed, e)``
+            alone, so a resumed run equals an uninterrupted one when ``optimizer_state``
+            (``opt.state_dict()`` saved after epoch ``start_epoch``) is given.
+        on_epoch_end: ``fn(epoch, history, optimizer)`` after each epoch (e.g. a checkpoint).
+        extra_loss: ``fn(model) -> scalar`` added to the loss (e.g. network slimming's L1
+            penalty on BN scales).
+        history: the history of the epochs before ``start_epoch`` (continued, not copied).
 
     Returns ``{'epoch', 'loss', 'train_acc', 'lr', 'val_acc'}`` lists, one entry per
     epoch (``val_acc`` only with ``val``), plus ``'step_loss'`` per step.
@@ -108,6 +122,11 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: i
     lr = float(lr)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
+    if isinstance(start_epoch, bool) or not isinstance(start_epoch, (int, np.integer)) \
+            or not 0 <= start_epoch <= epochs:
+        raise ValueError(f"start_epoch must be an int in [0, epochs], got {start_epoch!r}")
     if val is not None:
         if not (isinstance(val, (tuple, list)) and len(val) == 2):
             raise TypeError("val must be a tuple (images, labels)")
@@ -135,23 +154,29 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: i
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
                               nesterov=nesterov)
+        if optimizer_state is not None:
+            opt.load_state_dict(optimizer_state)
 
         def lr_at(step: int) -> float:
             if step < warm:
                 return lr * (step + 1) / warm
+            if schedule == "constant":
+                return lr
             t = (step - warm) / max(1, total - warm)
             return 0.5 * lr * (1 + math.cos(math.pi * t))
 
-        rng = np.random.default_rng(seed)
-        hist: dict[str, list] = {"epoch": [], "loss": [], "train_acc": [], "lr": [], "step_loss": []}
-        if val is not None:
-            hist["val_acc"] = []
-        step = 0
+        hist: dict[str, list] = history if history is not None else {}
+        for k in ("epoch", "loss", "train_acc", "lr", "step_loss") + (("val_acc",) if val is not None else ()):
+            hist.setdefault(k, [])
+        step = start_epoch * steps_per_epoch
         devices = [dev] if dev.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), _progress(progress) as bar:
-            torch.manual_seed(seed)  # dropout etc.; the caller's RNG state is restored after
-            task = bar.add_task("train", total=total, info="") if bar is not None else None
-            for epoch in range(epochs):
+            task = bar.add_task("train", total=total, completed=step, info="") if bar is not None else None
+            cur_lr = lr_at(step)
+            for epoch in range(start_epoch, epochs):
+                # each epoch's randomness depends on (seed, epoch) only: resumable exactly
+                rng = np.random.default_rng([seed, epoch])
+                torch.manual_seed(seed * 100_003 + epoch)  # dropout etc.; caller's RNG restored after
                 model.train()
                 loss_sum, correct, seen = 0.0, 0, 0
                 aug = random_crop_flip if augment else None
@@ -164,6 +189,8 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: i
                         g["lr"] = cur_lr
                     out = model(x)
                     loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
+                    if extra_loss is not None:
+                        loss = loss + extra_loss(model)
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"training diverged: loss {loss.item()} at step {step} "
                                                  f"(lr {cur_lr:.4g}); lower lr")
@@ -194,6 +221,8 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: i
                     hist["val_acc"].append(evaluate(model, val[0], val[1], mean, std))
                     if bar is not None:
                         bar.update(task, info=f"loss {loss_sum / seen:.3f} val {hist['val_acc'][-1]:.3f}")
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch + 1, hist, opt)
     finally:
         if fmt:  # hand back ordinary contiguous weights (other modules read their memory)
             model.to(memory_format=torch.contiguous_format)

@@ -194,9 +194,9 @@ def test_rich_progress_runs_headless():
     for p in (RichProgress(), LogProgress()):
         p.start(2, 20)
         if hasattr(p, "unit_start"):
-            p.unit_start(Unit("global_magnitude", 0.5, "fog", 3, "csr"))
+            p.unit_start(Unit("global_magnitude", 0.5, 0, 0, "fog", 3, "csr"))
         p.advance_images(10)
-        p.unit_done(Unit("global_magnitude", 0.5, "fog", 3, "csr"), row)
+        p.unit_done(Unit("global_magnitude", 0.5, 0, 0, "fog", 3, "csr"), row)
         p.stop()
 
 

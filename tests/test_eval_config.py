@@ -104,8 +104,12 @@ def test_results_hash_tracks_result_fields_only():
     h = C.results_hash(C.DEFAULTS, **kw)
     assert h == C.results_hash(dataclasses.replace(C.DEFAULTS, threads=1, batch_size=7, quiet=True,
                                                    methods=("random",), out="elsewhere"), **kw)
-    for change in (dict(n_bins=10), dict(seed=1), dict(calib_fraction=0.3), dict(limit=100),
-                   dict(model="resnet32"), dict(binning="mass")):
+    # seeds and fine-tuning lengths are unit-key columns, the recipe is keyed per unit
+    assert h == C.results_hash(dataclasses.replace(C.DEFAULTS, seeds=(0, 1), finetune_epochs=(0, 5),
+                                                   finetune_lr=0.01), **kw)
+    for change in (dict(n_bins=10), dict(corruption_seed=1), dict(calib_fraction=0.3),
+                   dict(limit=100), dict(model="resnet32"), dict(binning="mass"),
+                   dict(slimming_l1=1e-4), dict(slimming_epochs=3)):
         assert C.results_hash(dataclasses.replace(C.DEFAULTS, **change), **kw) != h, change
     for k in kw:
         assert C.results_hash(C.DEFAULTS, **{**kw, k: "other"}) != h, k

@@ -13,7 +13,7 @@ from prunecal.eval.store import KEY_COLUMNS, UNIT_COLUMNS, Store, StoreFullError
 def make_row(**over):
     row = dict(
         config_hash="abc", model="resnet20", method="global_magnitude", sparsity=0.5, seed=0,
-        corruption="fog", severity=3, backend="dense", n_images=10, n_bins=15, binning="width",
+        finetune_epochs=0, finetune_recipe="none", corruption="fog", severity=3, backend="dense", n_images=10, n_bins=15, binning="width",
         temperature=1.5, accuracy=0.8, ece=0.1, ece_ts=0.05, nll=0.7, nll_ts=0.6,
         metrics_json={"accuracy": 0.8, "ece": 0.1, "nan_metric": float("nan")},
         metrics_ts_json={"accuracy": 0.8, "ece": 0.05}, reliability_json={"raw": {}, "ts": {}},
@@ -112,28 +112,25 @@ def test_csv_flatten(tmp_path):
     assert "reliability_json" not in got[0]
 
 
-def test_model_cache_atomic_and_self_healing(tmp_path):
+def test_artefact_cache_atomic_and_self_healing(tmp_path, caplog):
     import torch
 
-    from prunecal.eval.cache import ModelCache, model_key
+    from prunecal.eval.cache import ArtefactCache, stage_key
 
-    key = model_key("resnet20", "abc", "global_magnitude", 0.5, 0)
-    assert key != model_key("resnet20", "abc", "global_magnitude", 0.5, 1)
-    assert key != model_key("resnet20", "abd", "global_magnitude", 0.5, 0)
-    cache = ModelCache(tmp_path)
-    built = []
-
-    def build():
-        built.append(1)
-        return torch.nn.Linear(3, 2)
-
-    m1, hit1 = cache.get_or_create(key, build)
-    m2, hit2 = cache.get_or_create(key, build)
-    assert (hit1, hit2) == (False, True) and len(built) == 1
-    torch.testing.assert_close(m1.weight, m2.weight)
-    cache.path(key).write_bytes(b"truncated")  # e.g. written by a crashed foreign tool
-    _, hit3 = cache.get_or_create(key, build)
-    assert not hit3 and len(built) == 2
-    assert not list(cache.path(key).parent.glob(".tmp_*"))  # no temp file left behind
-    cache.put_json(key + "_T", {"temperature": 1.5})
-    assert cache.get_json(key + "_T") == {"temperature": 1.5} and cache.get_json("missing") is None
+    key = stage_key("base", "prune", method="global_magnitude", sparsity=0.5, seed=0)
+    assert key != stage_key("base", "prune", method="global_magnitude", sparsity=0.5, seed=1)
+    assert key != stage_key("base2", "prune", method="global_magnitude", sparsity=0.5, seed=0)
+    cache = ArtefactCache(tmp_path)
+    path = cache.path("pruned", key)
+    m = torch.nn.Linear(3, 2)
+    cache.save_model(path, m, note="x")
+    got, meta, opt = cache.load_model(path, lambda: torch.nn.Linear(3, 2))
+    torch.testing.assert_close(got.weight, m.weight)
+    assert meta == {"note": "x"} and opt is None
+    path.write_bytes(b"truncated")  # e.g. written by a crashed foreign tool
+    assert cache.load_model(path, lambda: torch.nn.Linear(3, 2)) is None
+    assert not path.exists() and "digest" in caplog.text
+    assert not list(path.parent.glob(".tmp_*"))  # no temp file left behind
+    jp = cache.path("temperature", key, ".json")
+    cache.put_json(jp, {"temperature": 1.5})
+    assert cache.get_json(jp) == {"temperature": 1.5} and cache.get_json(tmp_path / "missing") is None

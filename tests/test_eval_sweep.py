@@ -130,13 +130,13 @@ def test_report_outputs(study):
         assert f"## {title}" in md and f"<h2>{title}</h2>" in html
     figs = sorted((study / "figures").glob("*.png"))
     assert {f.name for f in figs} == {"accuracy_ece_vs_sparsity.png", "reliability.png",
-                                      "heatmap_error.png", "heatmap_ece.png", "speedup.png"}
+                                      "heatmap_error.png", "heatmap_ece.png", "speedup.png", "tradeoff.png"}
     assert all(_png_ok(f) for f in figs)
     for f in figs:
         assert f"](figures/{f.name})" in md
     assert html.count("data:image/png;base64,") == len(figs) and "src='figures/" not in html
     assert "13 of the 15 benchmark corruptions missing" in md  # mCE not computable: said why
-    assert "as global_magnitude sparsity rises from 0 to 0.5" in md
+    assert "- global_magnitude — " in md  # one findings line per method
     with open(study / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == N_UNITS
@@ -282,20 +282,26 @@ def test_generated_corruptions_keyed_by_test_index(tmp_path):
 
     pa, sa = _prepared(tmp_path, [])  # first 40 images, 8 for calibration
     pb, sb = _prepared(tmp_path, ["--limit", "30", "--calib-fraction", "0.5"])
-    assert not np.array_equal(pa.eval_index, np.arange(len(pa.eval_index)))
-    for p, s in ((pa, sa), (pb, sb)):
-        imgs, labels = s._images(p, "gaussian_noise", 5)
-        np.testing.assert_array_equal(p.eval_images, x[p.eval_index])
-        np.testing.assert_array_equal(imgs, exported[p.eval_index])
-        np.testing.assert_array_equal(labels, y[p.eval_index])
+    ia_, ib_ = pa.evaluation(0)[2], pb.evaluation(0)[2]
+    assert not np.array_equal(ia_, np.arange(len(ia_)))
+    for p, s, idx in ((pa, sa, ia_), (pb, sb, ib_)):
+        imgs, labels = s._images(p, 0, "gaussian_noise", 5)
+        np.testing.assert_array_equal(p.evaluation(0)[0], x[idx])
+        np.testing.assert_array_equal(imgs, exported[idx])
+        np.testing.assert_array_equal(labels, y[idx])
     # both subsets share images (same cache folder): each gets the same corruption in both
-    common, ia, ib = np.intersect1d(pa.eval_index, pb.eval_index, return_indices=True)
+    common, ia, ib = np.intersect1d(ia_, ib_, return_indices=True)
     assert len(common) >= 5 and (ia != ib).any()  # shared images sit at different positions
-    np.testing.assert_array_equal(sa._images(pa, "gaussian_noise", 5)[0][ia],
-                                  sb._images(pb, "gaussian_noise", 5)[0][ib])
+    np.testing.assert_array_equal(sa._images(pa, 0, "gaussian_noise", 5)[0][ia],
+                                  sb._images(pb, 0, "gaussian_noise", 5)[0][ib])
+    # another seed evaluates other images, each still its own test-index row
+    pd_, sd_ = _prepared(tmp_path, ["--seeds", "0,3"])
+    i3 = pd_.evaluation(3)[2]
+    assert not np.array_equal(i3, ia_)
+    np.testing.assert_array_equal(sd_._images(pd_, 3, "gaussian_noise", 5)[0], exported[i3])
     # a fresh sweep over the first subset is served from the cache, still the same rows
     pc_, sc = _prepared(tmp_path, [])
-    np.testing.assert_array_equal(sc._images(pc_, "gaussian_noise", 5)[0], exported[pa.eval_index])
+    np.testing.assert_array_equal(sc._images(pc_, 0, "gaussian_noise", 5)[0], exported[ia_])
     # the config hash names the index keying (units of older, position-keyed sweeps are not reused)
     assert pa.config_hash != C.results_hash(pa.cfg, weights_sha256=pa.weights_sha256,
                                             data_fingerprint=pa.data_fingerprint,

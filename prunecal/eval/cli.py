@@ -20,15 +20,23 @@ _EPILOG = """\
 Without arguments beyond --out, a small default study runs on the shipped assets: the pretrained
 CIFAR-10 ResNet-20 and the first 500 original-pixel CIFAR-10 test images (100 held out for the
 temperature fit, 400 evaluated), methods global_magnitude,l1_filter,bn_channel at sparsities
-0,0.2,0.6, the 15 benchmark corruptions at severities 1,3,5 (mCE is then averaged over these
-three severities), backends dense (all units) and csr (clean
-units: its speed and a logit-equivalence check; dense only when prunecal._C is not built). Re-running the same command resumes: only missing units are evaluated.
+0,0.2,0.6, one-shot (no fine-tuning: --finetune-epochs 0), seed 0, the 15 benchmark corruptions
+at severities 1,3,5 (mCE is then averaged over these three severities), backends csr (every
+unit, through the native plan) and dense (clean units: the speed baseline and a logit-equivalence
+check; dense alone when prunecal._C is not built). Re-running the same command resumes: only
+missing units are evaluated, and a fine-tuning killed midway resumes from its last finished epoch.
+
+The seed study's protocol (prune -> fine-tune 40 epochs at LR 0.001 with masks fixed -> evaluate,
+3 seeds): --finetune-epochs 0,40 --finetune-data TRAIN --seeds 0,1,2.
 
 examples:
   prunecal-eval --out runs/default
   prunecal-eval --model resnet56 --weights resnet56-4bfd9763.th --data cifar10/ \\
                 --methods global_magnitude,l1_filter --sparsities 0,0.5,0.9 \\
                 --corruptions all --severities 1-5 --sparse-backend csr --out runs/r56
+  prunecal-eval --model resnet20 --data cifar10/exact_subset.npz \\
+                --finetune-data cifar10/train_jpeg.npz --finetune-epochs 0,5 --seeds 0,1 \\
+                --methods global_magnitude,l1_filter --sparsities 0,0.7 --out runs/ft
   prunecal-report runs/r56
 """
 
@@ -70,8 +78,44 @@ def build_parser() -> argparse.ArgumentParser:
       "check of their logits)" + _d("sparse_backend"))
     a("--threads", type=int, help="CPU threads for torch and the native kernels" + _d("threads"))
     a("--batch-size", dest="batch_size", type=int, help="images per forward pass" + _d("batch_size"))
-    a("--seed", type=int, help="seed of pruning (random), the calibration split, corruptions and "
-      "bootstrap" + _d("seed"))
+    a("--seeds", help="comma-separated seeds; every seeded stage (random pruning, slimming, "
+      "fine-tuning order and augmentation, the calibration split, bootstrap) runs once per seed and "
+      "the report shows mean +- std over seeds" + _d("seeds"))
+    a("--seed", type=int, help="a single seed (same as --seeds N)")
+    a("--corruption-seed", dest="corruption_seed", type=int, help="seed of the generated corruptions "
+      "(the same corrupted images for every --seeds value)" + _d("corruption_seed"))
+    g = p.add_argument_group("fine-tuning (the seed study's protocol: prune -> fine-tune -> evaluate)")
+    b = g.add_argument
+    b("--finetune-epochs", dest="finetune_epochs", help="comma-separated fine-tuning lengths in "
+      "epochs, a sweep dimension: 0 = one-shot, e.g. 0,5 evaluates every pruned network one-shot and "
+      "fine-tuned (SGD, masks fixed: pruned weights stay zero)" + _d("finetune_epochs"))
+    b("--finetune-data", dest="finetune_data", metavar="PATH", help="training images for fine-tuning "
+      "in any layout load_cifar10 accepts (e.g. train_jpeg.npz, or exact_subset.npz's x_train); "
+      "required when an epoch count > 0")
+    b("--finetune-split", dest="finetune_split", help="split of --finetune-data" + _d("finetune_split"))
+    b("--finetune-limit", dest="finetune_limit", type=int, help="use only the first N training "
+      "images (default: all)")
+    b("--finetune-lr", dest="finetune_lr", type=float, help="learning rate (the paper: 0.001)"
+      + _d("finetune_lr"))
+    b("--finetune-batch-size", dest="finetune_batch_size", type=int, help="images per SGD step"
+      + _d("finetune_batch_size"))
+    b("--finetune-momentum", dest="finetune_momentum", type=float, help="SGD momentum"
+      + _d("finetune_momentum"))
+    b("--finetune-weight-decay", dest="finetune_weight_decay", type=float, help="SGD weight decay"
+      + _d("finetune_weight_decay"))
+    b("--finetune-schedule", dest="finetune_schedule", choices=C.FINETUNE_SCHEDULES,
+      help="LR schedule; constant lets a longer run continue a shorter one's checkpoint"
+      + _d("finetune_schedule"))
+    b("--finetune-augment", dest="finetune_augment", choices=("true", "false"),
+      help="random crop (pad 4) + horizontal flip (default: true)")
+    b("--finetune-backend", dest="finetune_backend", choices=C.FINETUNE_BACKENDS,
+      help="where fine-tuning runs: torch (masked dense), csr (prunecal's sparse training kernels, "
+      "when built), auto (csr where it is measured faster)" + _d("finetune_backend"))
+    b("--slimming-l1", dest="slimming_l1", type=float, help="network slimming (Liu et al. 2017, "
+      "1e-4 there): L1 penalty on BN scales in a sparsity-training stage before bn_channel pruning; "
+      "0 = prune the network as it is" + _d("slimming_l1"))
+    b("--slimming-epochs", dest="slimming_epochs", type=int, help="epochs of that sparsity training "
+      "(on --finetune-data)" + _d("slimming_epochs"))
     a("--n-bins", dest="n_bins", type=int, help="bins of ECE / MCE / reliability diagrams" + _d("n_bins"))
     a("--binning", choices=("width", "mass"), help="equal-width or equal-mass bins" + _d("binning"))
     a("--calib-fraction", dest="calib_fraction", type=float,
@@ -96,8 +140,10 @@ def config_from_args(args: argparse.Namespace) -> C.StudyConfig:
     cfg = C.DEFAULTS
     if args.config:
         cfg = C.config_from_mapping(C.load_config_file(args.config), cfg)
-    names = {f for f in C.StudyConfig.__dataclass_fields__}
+    names = {f for f in C.StudyConfig.__dataclass_fields__} | {"seed"}
     flags = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if "finetune_augment" in flags:
+        flags["finetune_augment"] = flags["finetune_augment"] == "true"
     return C.config_from_mapping(flags, cfg)
 
 
@@ -149,7 +195,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         resolved = C.to_dict(cfg)
         resolved.update(config_hash=prep.config_hash, weights_sha256=prep.weights_sha256,
                         data_fingerprint=prep.data_fingerprint,
-                        n_calibration=int(len(prep.calib_labels)), n_evaluation=int(len(prep.eval_labels)))
+                        n_calibration=prep.n_calibration, n_evaluation=prep.n_evaluation,
+                        finetune_recipe=prep.recipe.to_dict() if prep.recipe else None,
+                        finetune_recipe_key=prep.recipe.key() if prep.recipe else None)
         store.record_config(prep.config_hash, resolved)
         from prunecal._atomic import atomic_write
 
@@ -164,7 +212,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         total = len(plan(cfg))
         log.info("study %s: %d units, %d already stored, %d to run (%d calibration / %d evaluation "
                  "images)", prep.config_hash, total, total - len(todo), len(todo),
-                 len(prep.calib_labels), len(prep.eval_labels))
+                 prep.n_calibration, prep.n_evaluation)
         if args.dry_run:
             print(f"{prep.config_hash}: {total} units, {total - len(todo)} stored, {len(todo)} to run")
             return 0

@@ -57,7 +57,24 @@ class StudyConfig:
     sparse_backend: tuple[str, ...] = ("csr", "dense")  # without prunecal._C: ("dense",)
     threads: int = 2
     batch_size: int = 256
-    seed: int = 0
+    # every seeded stage (random pruning, slimming, fine-tuning order and augmentation, the
+    # calibration split, bootstrap) runs once per seed; the report shows mean +- std over seeds
+    seeds: tuple[int, ...] = (0,)
+    corruption_seed: int = 0  # generated corruptions keep their own seed (same images for every seed)
+    # the seed study's protocol: prune -> fine-tune (masks fixed) -> evaluate; 0 = one-shot
+    finetune_epochs: tuple[int, ...] = (0,)
+    finetune_data: str | None = None  # any layout load_cifar10(path, finetune_split) accepts
+    finetune_split: str = "train"
+    finetune_limit: int | None = None  # first N training images (default: all)
+    finetune_lr: float = 0.001  # the paper's fine-tuning LR
+    finetune_batch_size: int = 128
+    finetune_momentum: float = 0.9
+    finetune_weight_decay: float = 5e-4
+    finetune_schedule: str = "constant"  # constant | cosine (cosine: keyed by its total epochs)
+    finetune_augment: bool = True  # random crop (pad 4) + horizontal flip
+    finetune_backend: str = "auto"  # auto | torch | csr (sparse training kernels)
+    slimming_l1: float = 0.0  # network slimming: L1 on BN scales before bn_channel (Liu et al.: 1e-4)
+    slimming_epochs: int = 1  # epochs of that sparsity training (on finetune_data)
     n_bins: int = 15
     binning: str = "width"
     calib_fraction: float = 0.2
@@ -73,9 +90,13 @@ DEFAULTS = StudyConfig()
 
 # Fields that change the numbers in a unit row (beside the unit's own key columns).
 _RESULT_FIELDS = (
-    "model", "split", "seed", "n_bins", "binning", "calib_fraction", "n_bootstrap", "limit",
+    "model", "split", "corruption_seed", "n_bins", "binning", "calib_fraction", "n_bootstrap",
+    "limit", "slimming_l1", "slimming_epochs",
 )
-_TUPLE_FIELDS = {"methods": str, "sparsities": float, "severities": int, "sparse_backend": str}
+_TUPLE_FIELDS = {"methods": str, "sparsities": float, "severities": int, "sparse_backend": str,
+                 "seeds": int, "finetune_epochs": int}
+FINETUNE_SCHEDULES = ("constant", "cosine")
+FINETUNE_BACKENDS = ("auto", "torch", "csr")
 
 
 def _split_list(value: Any) -> list[str]:
@@ -131,6 +152,8 @@ def config_from_mapping(data: Mapping[str, Any], base: StudyConfig | None = None
     names = {f.name for f in dataclasses.fields(StudyConfig)}
     for key, value in data.items():
         name = key.replace("-", "_")
+        if name == "seed":  # one seed: the older spelling of seeds
+            name, value = "seeds", value if value is None or isinstance(value, (list, tuple)) else [value]
         if name not in names:
             raise ConfigError(f"unknown setting {key!r}; valid: {', '.join(sorted(names))}")
         if value is None:
@@ -179,6 +202,40 @@ def validate(cfg: StudyConfig) -> None:
         raise ConfigError(f"limit must be >= 2 images, got {cfg.limit}")
     if cfg.binning not in ("width", "mass"):
         raise ConfigError(f"binning must be 'width' or 'mass', got {cfg.binning!r}")
+    for s in cfg.seeds:
+        if s < 0:
+            raise ConfigError(f"seeds must be non-negative integers, got {s}")
+    if cfg.corruption_seed < 0:
+        raise ConfigError(f"corruption_seed must be a non-negative integer, got {cfg.corruption_seed}")
+    for e in cfg.finetune_epochs:
+        if e < 0:
+            raise ConfigError(f"finetune_epochs must be integers >= 0, got {e}")
+    if not (cfg.finetune_lr > 0 and cfg.finetune_lr < float("inf")):
+        raise ConfigError(f"finetune_lr must be a finite number > 0, got {cfg.finetune_lr}")
+    if cfg.finetune_batch_size < 1:
+        raise ConfigError(f"finetune_batch_size must be >= 1, got {cfg.finetune_batch_size}")
+    if not 0.0 <= cfg.finetune_momentum < 1.0:
+        raise ConfigError(f"finetune_momentum must lie in [0, 1), got {cfg.finetune_momentum}")
+    if cfg.finetune_weight_decay < 0:
+        raise ConfigError(f"finetune_weight_decay must be >= 0, got {cfg.finetune_weight_decay}")
+    if cfg.finetune_limit is not None and cfg.finetune_limit < 1:
+        raise ConfigError(f"finetune_limit must be >= 1 image, got {cfg.finetune_limit}")
+    if cfg.finetune_schedule not in FINETUNE_SCHEDULES:
+        raise ConfigError(f"finetune_schedule must be one of {', '.join(FINETUNE_SCHEDULES)}, "
+                          f"got {cfg.finetune_schedule!r}")
+    if cfg.finetune_backend not in FINETUNE_BACKENDS:
+        raise ConfigError(f"finetune_backend must be one of {', '.join(FINETUNE_BACKENDS)}, "
+                          f"got {cfg.finetune_backend!r}")
+    if cfg.slimming_l1 < 0:
+        raise ConfigError(f"slimming_l1 must be >= 0, got {cfg.slimming_l1}")
+    if cfg.slimming_epochs < 1:
+        raise ConfigError(f"slimming_epochs must be >= 1, got {cfg.slimming_epochs}")
+    needs_train = any(e > 0 for e in cfg.finetune_epochs) or (
+        cfg.slimming_l1 > 0 and "bn_channel" in cfg.methods)
+    if needs_train and cfg.finetune_data is None:
+        raise ConfigError("finetune_data is required when finetune_epochs has a value > 0 or "
+                          "slimming_l1 > 0 (a CIFAR-10 training set: e.g. train_jpeg.npz or an npz "
+                          "with x_train/y_train)")
 
 
 def corruption_names(spec: str | Sequence[str]) -> list[str]:
@@ -214,7 +271,7 @@ def resolve(cfg: StudyConfig) -> StudyConfig:
     if cfg.data is None:
         cfg.data = str(DEFAULT_DATA)
     # absolute paths, so the resolved config stays valid from any working directory
-    for name in ("weights", "data", "cifar10c", "cache_dir"):
+    for name in ("weights", "data", "cifar10c", "cache_dir", "finetune_data"):
         if getattr(cfg, name) is not None:
             setattr(cfg, name, os.path.abspath(os.path.expanduser(getattr(cfg, name))))
     if cfg.cifar10c is None:

@@ -51,6 +51,13 @@ class RichProgress:
     def stop(self) -> None:
         self._p.stop()
 
+    def pause(self) -> None:
+        """Hide the bar (fine-tuning shows its own); :meth:`resume` shows it again."""
+        self._p.stop()
+
+    def resume(self) -> None:
+        self._p.start()
+
 
 class LogProgress:
     """Plain log lines (``--quiet``): one per unit, with images/s and ETA."""

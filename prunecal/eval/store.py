@@ -1,7 +1,8 @@
 """SQLite (WAL) result store: one row per finished unit, written in one transaction.
 
-A *unit* is one evaluation: ``(config_hash, model, method, sparsity, seed, corruption,
-severity, backend)``; ``corruption = 'clean'`` with ``severity = 0`` for clean data and
+A *unit* is one evaluation: ``(config_hash, model, method, sparsity, seed, finetune_epochs,
+finetune_recipe, corruption, severity, backend)``; ``finetune_epochs = 0`` with
+``finetune_recipe = 'none'`` for a one-shot (not fine-tuned) network; ``corruption = 'clean'`` with ``severity = 0`` for clean data and
 ``config_hash`` (see :func:`prunecal.eval.config.results_hash`) covers everything else that
 changes the numbers. The key is the table's primary key, so a unit can never be stored
 twice, and a row is inserted complete or not at all (one transaction), so killing the
@@ -16,9 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: fine-tuning in the key (``finetune_epochs``, ``finetune_recipe``); version-1 stores are
+migrated on open (their rows are one-shot: epochs 0, recipe ``none``)."""
 
-KEY_COLUMNS = ("config_hash", "model", "method", "sparsity", "seed", "corruption", "severity", "backend")
+KEY_COLUMNS = ("config_hash", "model", "method", "sparsity", "seed", "finetune_epochs",
+               "finetune_recipe", "corruption", "severity", "backend")
 
 # name -> SQL type; JSON columns hold dicts/lists.
 UNIT_COLUMNS: dict[str, str] = {
@@ -27,6 +31,8 @@ UNIT_COLUMNS: dict[str, str] = {
     "method": "TEXT NOT NULL",
     "sparsity": "REAL NOT NULL",
     "seed": "INTEGER NOT NULL",
+    "finetune_epochs": "INTEGER NOT NULL",  # 0 = one-shot (no fine-tuning)
+    "finetune_recipe": "TEXT NOT NULL",  # short key of the fine-tuning recipe; 'none' for 0 epochs
     "corruption": "TEXT NOT NULL",
     "severity": "INTEGER NOT NULL",
     "backend": "TEXT NOT NULL",
@@ -57,8 +63,9 @@ UNIT_COLUMNS: dict[str, str] = {
     "logits_path": "TEXT",
     "started_at": "TEXT NOT NULL",
     "finished_at": "TEXT NOT NULL",
+    "finetune_json": "TEXT",  # the recipe in full and the fine-tuning history (loss, accuracy, seconds)
 }
-JSON_COLUMNS = ("metrics_json", "metrics_ts_json", "reliability_json", "ci_json")
+JSON_COLUMNS = ("metrics_json", "metrics_ts_json", "reliability_json", "ci_json", "finetune_json")
 
 
 class StoreFullError(RuntimeError):
@@ -130,8 +137,26 @@ class Store:
             with self._tx():
                 self.conn.execute("ALTER TABLE configs ADD COLUMN run_seq INTEGER NOT NULL DEFAULT 0")
         ver = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+        if int(ver) == 1:
+            self._migrate_v1()
+            ver = SCHEMA_VERSION
         if int(ver) != SCHEMA_VERSION:
             raise ValueError(f"{self.path}: store schema {ver}, this prunecal reads {SCHEMA_VERSION}")
+
+    def _migrate_v1(self) -> None:
+        """Version 1 had no fine-tuning columns: its rows become one-shot rows (epochs 0)."""
+        cols = ",\n  ".join(f"{k} {t}" for k, t in UNIT_COLUMNS.items())
+        old = [r[1] for r in self.conn.execute("PRAGMA table_info(units)")]
+        with self._tx():
+            self.conn.execute(f"CREATE TABLE units_v2 (\n  {cols},\n"
+                              f"  PRIMARY KEY ({', '.join(KEY_COLUMNS)}))")
+            shared = [c for c in old if c in UNIT_COLUMNS]
+            self.conn.execute(
+                f"INSERT INTO units_v2 ({', '.join(shared)}, finetune_epochs, finetune_recipe) "
+                f"SELECT {', '.join(shared)}, 0, 'none' FROM units")
+            self.conn.execute("DROP TABLE units")
+            self.conn.execute("ALTER TABLE units_v2 RENAME TO units")
+            self.conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     # -- transactions -------------------------------------------------------------------
     class _Tx:
@@ -241,7 +266,8 @@ class Store:
         if config_hash:
             q += " WHERE config_hash=?"
             args = (config_hash,)
-        q += " ORDER BY model, method, sparsity, backend, corruption, severity"
+        q += (" ORDER BY model, method, sparsity, finetune_epochs, finetune_recipe, seed, backend, "
+              "corruption, severity")
         out = []
         for r in self.conn.execute(q, args):
             d = dict(zip(UNIT_COLUMNS, r))
