@@ -12,14 +12,16 @@ from prunecal.eval.store import Store
 SEVS = (1, 3)
 
 
-def _row(method, sparsity, corruption, severity, acc, ece, backend="csr", ips=100.0):
+def _row(method, sparsity, corruption, severity, acc, ece, backend="csr", ips=100.0, seed=0,
+         epochs=0, recipe="none"):
     n = 15
     edges = np.linspace(0, 1, n + 1)
     rel = {"lower": edges[:-1].tolist(), "upper": edges[1:].tolist(), "count": [10] * n,
            "confidence": (edges[:-1] + 1 / 30).tolist(), "accuracy": [acc] * n, "binning": "width"}
     m = {"accuracy": acc, "ece": ece, "mce": 2 * ece, "nll": 1 - acc, "brier": 0.5, "aurc": 0.05}
     return dict(
-        config_hash="h", model="resnet20", method=method, sparsity=sparsity, seed=0, corruption=corruption,
+        config_hash="h", model="resnet20", method=method, sparsity=sparsity, seed=seed, finetune_epochs=epochs,
+        finetune_recipe=recipe, corruption=corruption,
         severity=severity, backend=backend, n_images=150, n_bins=15, binning="width", temperature=1.5,
         accuracy=acc, ece=ece, ece_ts=ece / 2, nll=1 - acc, nll_ts=0.9 - acc, metrics_json=m,
         metrics_ts_json={**m, "ece": ece / 2}, reliability_json={"raw": rel, "ts": rel},
@@ -81,15 +83,20 @@ def test_report_tables_and_findings(tmp_path):
         v = load_view(st)
     mce = v.robustness("global_magnitude", 0.9)["mce"]
     assert f"| {100 * mce:.1f} |" in md
-    assert "| global_magnitude (unpruned) | 0 |" in md and "| 100.0 | 100.0 |" in md  # baseline mCE
-    assert "ECE rises from 3.0 % to 12.0 % as global_magnitude sparsity rises from 0 to 0.9" in md
-    assert "The fastest pruned network is global_magnitude at 0.9 on the csr backend" in md
-    assert len(paths["figures"]) == 5
+    assert "| **unpruned (reference)** | 0 | one-shot | 1 |" in md and "| 100.0 | 100.0 |" in md  # baseline mCE
+    assert md.count("| **unpruned (reference)** |") == 5  # once per table (speed: once per backend)
+    assert ("global_magnitude — one-shot: no sparsity safe; at 0.9: acc 74.0 % (-18.0 pp), "
+            "ECE 12.0 % (TS 6.0 %)") in md
+    assert "- fastest — global_magnitude at 0.9 (one-shot) on csr: 370 images/s, 3.70x" in md
+    assert len(paths["figures"]) == 6
     for f in paths["figures"]:
         data = f.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1024
     # speed-up is relative to the unpruned network on dense (100 images/s)
-    assert "| global_magnitude | 0.9 | csr | 370 | 3.70x |" in md
+    assert "| global_magnitude | 0.9 | one-shot | 1 | csr | 370 | 3.70x |" in md
+    # the verdict row: accuracy far outside the intervals (worse), 3.7x faster (better)
+    assert ("| global_magnitude | 0.9 | one-shot | 1 | -18.0 🔴 | +9.00 🔴 | +4.50 🔴 | 148.7 🔴 | "
+            "+9.00 🔴 | 3.70x (csr) 🟢 | 5.26x 🟢 | faster; worse accuracy, ECE, ECE (TS), mCE, cECE |") in md
 
 
 def test_mce_not_computed_says_why(tmp_path):

@@ -3,7 +3,10 @@
 Columns: the store's scalar columns, then ``raw_<metric>`` (no temperature) and ``ts_<metric>``
 (after temperature scaling) for every key of :func:`prunecal.metrics.summary`, then
 ``ci_<metric>_lo`` / ``ci_<metric>_hi`` (bootstrap 95 % intervals, clean units only; empty
-elsewhere). Reliability bins stay in the store (JSON) and are not exported.
+elsewhere), then for fine-tuned networks ``finetune_seconds``, ``finetune_last_loss`` and
+``finetune_last_train_acc`` (the key columns ``finetune_epochs`` / ``finetune_recipe`` are among
+the store's scalar columns: 0 / ``none`` for one-shot networks). Reliability bins and the full
+recipe stay in the store (JSON) and are not exported.
 """
 from __future__ import annotations
 
@@ -26,6 +29,12 @@ def flatten(unit: dict[str, Any]) -> dict[str, Any]:
                 out[f"{prefix}_{k}"] = v
     for k, (lo, hi) in (unit.get("ci_json") or {}).items():
         out[f"ci_{k}_lo"], out[f"ci_{k}_hi"] = lo, hi
+    ft = unit.get("finetune_json") or {}
+    if ft:
+        hist = ft.get("history") or {}
+        out["finetune_seconds"] = ft.get("seconds")
+        out["finetune_last_loss"] = (hist.get("loss") or [None])[-1]
+        out["finetune_last_train_acc"] = (hist.get("train_acc") or [None])[-1]
     return out
 
 

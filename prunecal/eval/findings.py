@@ -1,26 +1,22 @@
-"""The generated "findings" paragraph: measured facts only, every number formatted from the store.
-
-For each method: clean accuracy and ECE (before / after temperature scaling) from the unpruned
-network to the most-pruned one; the mean accuracy and ECE under corruption at both ends; the
-mCE of the most-pruned network where computable; then the fastest network per backend. No
-interpretation beyond the sign of a change ("rises", "falls") is generated.
+"""The generated findings: a short list, one line per method (plus one for the unpruned
+reference and one for speed), every number formatted from the store. Per method and
+fine-tuning regime: the most-pruned network that is 'safe' (no accuracy / calibration cell worse
+than the unpruned network, :func:`prunecal.eval.verdict.overall`) and the most-pruned network
+measured. No interpretation beyond the measured change and the verdict rule is generated.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .tables import assess
+from .view import BASE_NET, fmt_stat, regime_label
+
 if TYPE_CHECKING:
-    from .report import StudyView
+    from .view import Net, StudyView
 
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f} %"
-
-
-def _move(a: float, b: float, what: str, fmt=_pct) -> str:
-    if abs(a - b) < 1e-12:
-        return f"{what} stays at {fmt(a)}"
-    return f"{what} {'rises' if b > a else 'falls'} from {fmt(a)} to {fmt(b)}"
 
 
 def _bound_note(t: float) -> str:
@@ -28,64 +24,87 @@ def _bound_note(t: float) -> str:
         from prunecal.calibrate import T_BOUNDS
     except ImportError:  # pragma: no cover
         return ""
-    return ", the fit's upper bound" if t >= 0.999 * T_BOUNDS[1] else ""
+    return " (T at the fit's upper bound)" if t >= 0.999 * T_BOUNDS[1] else ""
 
 
-def findings(v: "StudyView") -> str:
-    """One paragraph of measured facts about the study ``v`` (empty-store safe)."""
-    if not v.units:
-        return "No unit has been stored yet."
-    parts: list[str] = []
-    for m in v.methods:
-        pts = v.clean_series(m)
-        if len(pts) < 2:
+def _net_numbers(v: "StudyView", n: "Net", a: dict) -> str:
+    acc, ece, ts = (v.clean_stat(n, k) for k in ("accuracy", "ece", "ece_ts"))
+    t = v.clean_stat(n, "temperature")
+    parts = [f"acc {fmt_stat(acc)} %"]
+    if a["accuracy"][0] is not None:
+        parts[-1] += f" ({100 * a['accuracy'][0]:+.1f} pp)"
+    parts.append(f"ECE {fmt_stat(ece)} % (TS {fmt_stat(ts)} %{_bound_note(t.mean) if t else ''})")
+    if a["mce"][0] is not None:
+        parts.append(f"mCE {_pct(a['mce'][0])}")
+    if a["cece"][0] is not None:
+        parts.append(f"cECE {100 * a['cece'][0]:+.1f} pp")
+    if a["speedup"][0] is not None:
+        parts.append(f"{a['speedup'][0]:.2f}x on {a['speed_backend']}")
+    return ", ".join(parts)
+
+
+def method_line(v: "StudyView", method: str) -> str | None:
+    """``method: <regime>: safe up to s (numbers); at s_max: numbers; <regime>: ...``."""
+    segs = []
+    for r in v.regimes:
+        nets = v.pruned_nets(method, r)
+        if not nets:
             continue
-        (s0, u0), (s1, u1) = pts[0], pts[-1]
-        rng = f"as {m} sparsity rises from {s0:g} to {s1:g}"
-        sent = (f"{_move(u0['accuracy'], u1['accuracy'], 'Clean accuracy')} and "
-                f"{_move(u0['ece'], u1['ece'], 'ECE')} {rng}"
-                f" (after temperature scaling: ECE {_pct(u0['ece_ts'])} -> {_pct(u1['ece_ts'])}, "
-                f"T {u0['temperature']:.2f} -> {u1['temperature']:.2f}{_bound_note(u1['temperature'])}).")
-        within = [s for s, u in pts if s > 0 and u0["accuracy"] - u["accuracy"] <= 0.01]
-        if within:
-            u = dict(pts)[max(within)]
-            sent += (f" Up to sparsity {max(within):g} its clean accuracy stays within 1 point of the "
-                     f"unpruned network ({_pct(u['accuracy'])}, ECE {_pct(u['ece'])}).")
-        else:
-            sent += f" Already at sparsity {pts[1][0]:g} clean accuracy is {_pct(pts[1][1]['accuracy'])}."
-        c0, c1 = v.corruption_summary(m, s0), v.corruption_summary(m, s1)
-        if c0 and c1:
-            sent += (f" Under corruption ({c1['n_units']} units) the mean accuracy goes from "
-                     f"{_pct(c0['accuracy'])} to {_pct(c1['accuracy'])} and the mean ECE from "
-                     f"{_pct(c0['ece'])} to {_pct(c1['ece'])}.")
-            rb = v.robustness(m, s1)
-            if "mce" in rb:
-                sent += f" mCE at {s1:g} is {_pct(rb['mce'])} of the unpruned network's"
-                sent += (f" (relative mCE {_pct(rb['rel_mce'])})." if "rel_mce" in rb else ".")
-        parts.append(sent)
+        ass = {n: assess(v, n) for n in nets}
+        safe = [n for n in nets if ass[n]["verdict"] in ("safe & faster", "safe, not faster")]
+        seg = f"{regime_label(r)}: "
+        top = nets[-1]
+        if safe and safe[-1] != top:
+            s = safe[-1]
+            seg += f"{ass[s]['verdict']} up to {s.sparsity:g} ({_net_numbers(v, s, ass[s])}); "
+        elif not safe:
+            seg += "no sparsity safe; "
+        seg += f"at {top.sparsity:g}: {_net_numbers(v, top, ass[top])} [{ass[top]['verdict']}]"
+        segs.append(seg)
+    return f"{method} — " + "; ".join(segs) if segs else None
+
+
+def findings_list(v: "StudyView") -> list[str]:
+    """The findings as lines (empty-store safe)."""
+    if not v.units:
+        return ["No unit has been stored yet."]
+    lines: list[str] = []
+    if v.has_base:
+        acc, ece, ts = (v.clean_stat(BASE_NET, k) for k in ("accuracy", "ece", "ece_ts"))
+        ref = v.reference_speed()
+        lines.append(f"unpruned (reference) — acc {fmt_stat(acc)} %, ECE {fmt_stat(ece)} % "
+                     f"(TS {fmt_stat(ts)} %)" + (f", {ref[1]:,.0f} images/s on {ref[0]}" if ref else ""))
+    for m in v.methods:
+        line = method_line(v, m)
+        if line:
+            lines.append(line)
     ref = v.reference_speed()
     if ref is not None:
         best = None
-        for b in v.backends:
-            for m in v.methods:
-                for s, u in v.clean_series(m, backend=b):
-                    if s > 0 and (best is None or u["images_per_s"] > best[3]["images_per_s"]):
-                        best = (b, m, s, u)
+        for n in v.pruned_nets():
+            f = v.fastest(n)
+            if f and (best is None or f[1].mean > best[2].mean):
+                best = (n, f[0], f[1])
         if best is not None:
-            b, m, s, u = best
-            parts.append(f"The fastest pruned network is {m} at {s:g} on the {b} backend: "
-                         f"{u['images_per_s']:,.0f} images/s, {u['images_per_s'] / ref[1]:.2f}x the "
-                         f"unpruned network on {ref[0]} ({ref[1]:,.0f} images/s), at "
-                         f"{_pct(u['accuracy'])} clean accuracy.")
+            n, b, st = best
+            acc = v.clean_stat(n, "accuracy")
+            lines.append(f"fastest — {n.method} at {n.sparsity:g} ({n.regime_label()}) on {b}: "
+                         f"{st.mean:,.0f} images/s, {st.mean / ref[1]:.2f}x the unpruned network on "
+                         f"{ref[0]} ({ref[1]:,.0f} images/s), at {fmt_stat(acc)} % clean accuracy")
     others = [u for u in v.units if "ref_max_abs_diff" in (u.get("metrics_json") or {})]
     if others:
         worst = max(u["metrics_json"]["ref_max_abs_diff"] for u in others)
         agree = min(u["metrics_json"]["ref_argmax_agree"] for u in others)
         names = sorted({u["backend"] for u in others})
-        parts.append(f"On the clean images, {', '.join(names)} {'agrees' if len(names) == 1 else 'agree'} "
-                     f"with {v.primary} on {_pct(agree)} of the predicted classes of every network "
-                     f"(largest absolute logit difference {worst:.2g}).")
-    return " ".join(parts) if parts else "Too few units stored to compare sparsities yet."
+        lines.append(f"backends — {', '.join(names)} {'agrees' if len(names) == 1 else 'agree'} with "
+                     f"{v.primary} on {_pct(agree)} of the predicted classes of every network "
+                     f"(largest absolute logit difference {worst:.2g})")
+    return lines if len(lines) > 1 or not v.has_base else lines + ["Too few units stored to compare yet."]
 
 
-__all__ = ["findings"]
+def findings(v: "StudyView") -> str:
+    """The findings as one text (lines joined), for callers that want a string."""
+    return "\n".join(findings_list(v))
+
+
+__all__ = ["findings", "findings_list", "method_line"]
