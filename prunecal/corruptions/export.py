@@ -4,6 +4,14 @@
 ``out/<corruption>.npy``: uint8 ``(5 N, H, W, 3)``, severities 1..5 stacked in order;
 ``out/labels.npy``: uint8 ``(5 N,)`` (the labels tiled five times, as published);
 ``out/manifest.json``: seed, code version, data fingerprint and per-corruption notes.
+
+The arrays are what the published CIFAR-10-C release holds and its loaders read (the
+authors' evaluation code, RobustBench's ``load_cifar10c`` and their many copies: ``np.load`` of
+``<corruption>.npy`` and ``labels.npy``, severity s = rows ``(s - 1) * n .. s * n``): plain
+``.npy`` (format 1.0, ``|u1``, C order, no pickle), file names as published. Those loaders
+hard-code n = 10000, so export the whole official test set in its order (image i of the
+test set at row ``(s - 1) * 10000 + i``, as published) to use them unchanged; for a subset
+pass them n = N (the manifest's ``n_per_severity``).
 Every file is written atomically (temp file, fsync, ``os.replace``), so an interrupted run
 leaves only complete files, and a rerun skips the corruptions already written for the same
 data, seed and code version.
@@ -83,7 +91,10 @@ def write_cifar10c(
             and manifest.get("code_version") == CODE_VERSION)
     if not same:
         manifest = {"data_sha256": fp, "seed": sd, "code_version": CODE_VERSION,
-                    "n_images": int(x.shape[0]), "severities": list(SEVERITIES), "corruptions": {}}
+                    "n_images": int(x.shape[0]), "n_per_severity": int(x.shape[0]),
+                    "severities": list(SEVERITIES), "layout": "official CIFAR-10-C: rows (severity - 1) * "
+                    "n_per_severity + i hold image i at that severity; labels.npy tiled 5 times",
+                    "corruptions": {}}
     shape = (len(SEVERITIES) * x.shape[0], *x.shape[1:])
     done = set(manifest["corruptions"]) if same and not overwrite else set()
     todo = [n for n in todo_names if not (n in done and _valid(out / f"{n}.npy", shape))]
