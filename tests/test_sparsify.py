@@ -516,3 +516,23 @@ def test_nan_weights_rejected(resnet20):
         bad.layer2[1].conv1.weight[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="layer2.1.conv1"):
         sparsify(bad, "torch")
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_folded_bn_eps_and_channels_against_torch(backend):
+    """conv -> BN (large eps, per-channel statistics) -> ReLU, folded by sparsify, against torch
+    channel by channel: dropping eps from the fold, or pairing a channel with another's
+    statistics, is far outside the tolerance (the default eps 1e-5 would hide the former)."""
+    torch.manual_seed(5)
+    m = randomise_bn(nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=True), nn.BatchNorm2d(6, eps=0.5),
+                                   nn.ReLU(), nn.Conv2d(6, 4, 1, bias=False), nn.BatchNorm2d(4, eps=0.25)))
+    with torch.no_grad():
+        m[1].running_var.uniform_(0.05, 0.5)  # eps is a large part of var + eps
+        m[4].running_var.uniform_(0.05, 0.5)
+    fast = sparsify(m, backend)
+    x = torch.randn(3, 3, 7, 9)
+    with torch.no_grad():
+        ref, out = m(x), fast(x)
+    assert not any(isinstance(mod, nn.BatchNorm2d) for mod in fast.modules())  # folded, not run
+    for k in range(4):
+        torch.testing.assert_close(out[:, k], ref[:, k], rtol=1e-5, atol=1e-5)
