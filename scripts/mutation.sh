@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Mutation testing of the modules whose bugs the tests must catch (docs/testing.md has the scores).
+#
+#   scripts/mutation.sh [TARGET ...]      TARGET: metrics fold plan report params (default: all),
+#                                         or metrics/NAME for one file of prunecal/metrics/
+#
+# Uses mutmut 3 (PyPI; installed here if missing, NOT part of the test extra). Each target runs
+# in its own copy of the checkout (built native core included) under $MUTATION_DIR
+# (default /tmp/prunecal-mutation/TARGET): mutmut rewrites the sources it mutates, so the
+# checkout itself is never touched. Only the target's own test files run against each mutant.
+#
+# Environment: MUTATION_DIR (work folders), MUTATION_JOBS (parallel mutants, default 1),
+# MUTATION_NICE (nice level, default 19: a shared machine stays usable).
+# Output: the per-target summary (killed / survived / ... and the score) and the list of
+# surviving mutants; `cd $MUTATION_DIR/TARGET && mutmut show NAME` prints a mutant's diff.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BASE="${MUTATION_DIR:-/tmp/prunecal-mutation}"
+JOBS="${MUTATION_JOBS:-1}"
+NICE="${MUTATION_NICE:-19}"
+PY="${PYTHON:-python3}"
+
+if ! "$PY" -c "import mutmut, sys; sys.exit(int(mutmut.__version__.split('.')[0]) < 3)" 2>/dev/null; then
+    "$PY" -m pip install --quiet "mutmut>=3.8,<4"
+fi
+
+# target -> files mutmut mutates (only_mutate globs), mutant-name globs ("" = all of them), tests
+target() {
+    case "$1" in
+        metrics|metrics/*)  # metrics/NAME: only prunecal/metrics/NAME.py (a whole-package run is long)
+            if [ "$1" = metrics ]; then ONLY="prunecal/metrics/*.py"; else ONLY="prunecal/$1.py"; fi; NAMES=""
+            TESTS="tests/test_metrics_calibration.py tests/test_metrics_robustness.py tests/test_metrics_scoring.py
+                   tests/test_metrics_selective.py tests/test_metrics_streaming.py" ;;
+        fold)
+            ONLY="prunecal/sparse/fold.py"; NAMES=""
+            TESTS="tests/test_fold.py tests/test_plan_fusion.py tests/test_sparsify.py" ;;
+        plan)  # the matcher: the graph passes that fold BN, fuse ReLU / shortcuts / residual adds
+            ONLY="prunecal/sparse/plan.py"
+            NAMES="prunecal.sparse.plan.x__check_inplace__mutmut_* prunecal.sparse.plan.x__fold_bn__mutmut_*
+                   prunecal.sparse.plan.x__fuse__mutmut_* prunecal.sparse.plan.x__fuse_residual__mutmut_*"
+            TESTS="tests/test_plan_fusion.py tests/test_plan.py" ;;
+        report)
+            ONLY="prunecal/eval/report.py"; NAMES=""
+            TESTS="tests/test_eval_report.py" ;;
+        params)
+            ONLY="prunecal/corruptions/params.py"; NAMES=""
+            TESTS="tests/test_corruptions.py" ;;
+        *) echo "unknown target $1 (metrics metrics/NAME fold plan report params)" >&2; exit 2 ;;
+    esac
+}
+
+run_target() {
+    local t="$1" work="$BASE/${1//\//-}"
+    target "$t"
+    rm -rf "$work" && mkdir -p "$work"
+    # the checkout as it is (uncommitted edits and the built prunecal/_C*.so included), without VCS/run data
+    tar -C "$ROOT" --exclude=./.git --exclude=./runs --exclude=./build --exclude=./mutants \
+        --exclude='*.egg-info' --exclude=__pycache__ -cf - . | tar -C "$work" -xf -
+    ls "$work"/prunecal/_C*.so >/dev/null 2>&1 || { echo "no built prunecal/_C*.so in $ROOT (scripts/dev_build.sh)" >&2; exit 1; }
+    {
+        echo "[mutmut]"
+        echo "source_paths = prunecal"
+        echo "only_mutate = $ONLY"
+        echo "pytest_add_cli_args = -p no:cacheprovider -q"
+        echo "pytest_add_cli_args_test_selection ="
+        for f in $TESTS; do echo "    $f"; done
+    } > "$work/setup.cfg"
+    # mutmut reads [tool.mutmut] of pyproject.toml before setup.cfg: keep pyproject's out of the way
+    if grep -q '^\[tool.mutmut\]' "$work/pyproject.toml" 2>/dev/null; then rm "$work/pyproject.toml"; fi
+    echo "== $t: mutating $ONLY${NAMES:+ (functions: $NAMES)}; tests: $(echo $TESTS)"
+    local start=$SECONDS
+    # shellcheck disable=SC2086  # NAMES: globs for mutmut, not for the shell
+    (cd "$work" && set -f && nice -n "$NICE" "$PY" -m mutmut run --max-children "$JOBS" $NAMES \
+        > "$work/run.log" 2>&1) || { tail -30 "$work/run.log"; echo "mutmut run failed for $t" >&2; return 1; }
+    local secs=$((SECONDS - start))
+    (cd "$work" && set -f && "$PY" -m mutmut results --all true > "$work/results.txt" 2>&1 || true)
+    "$PY" - "$work/results.txt" "$t" "$secs" "$NAMES" <<'EOF'
+import collections, fnmatch, sys
+path, target, secs, names = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].split()
+status = {}
+for line in open(path):
+    if ":" in line and "__mutmut_" in line:
+        name, _, st = line.strip().rpartition(":")
+        if not names or any(fnmatch.fnmatch(name.strip(), g) for g in names):
+            status[name.strip()] = st.strip()
+count = collections.Counter(status.values())
+tried = sum(v for k, v in count.items() if k not in ("not checked", "skipped"))
+killed = count.get("killed", 0) + count.get("timeout", 0) + count.get("segfault", 0)
+score = 100.0 * killed / tried if tried else float("nan")
+print(f"{target}: {len(status)} mutants, {dict(count)}; killed {killed}/{tried} = {score:.1f} % in {secs} s")
+for name, st in sorted(status.items()):
+    if st in ("survived", "no tests", "suspicious"):
+        print(f"  {st}: {name}")
+EOF
+}
+
+targets=("$@")
+[ ${#targets[@]} -eq 0 ] && targets=(metrics fold plan report params)
+for t in "${targets[@]}"; do run_target "$t"; done
