@@ -108,3 +108,61 @@ def test_zero_baseline_is_a_clear_error():
         R.relative_mce(err, 0.1, flat, 0.1)
     with pytest.raises(ValueError, match="clean_error"):
         R.relative_mce(err, 1.5, flat, 0.1)
+
+
+def test_relative_mce_many_corruptions_against_numpy():
+    """15 corruptions with different degradations: the mean over corruptions of the per-corruption
+    ratios (numpy, from the definition), not their sum, nor a ratio of pooled sums."""
+    rng = np.random.default_rng(3)
+    e0, b0 = 0.08, 0.05
+    e = rng.uniform(0.1, 0.7, size=(15, 5))
+    b = rng.uniform(0.1, 0.7, size=(15, 5))
+    err = {c: list(e[i]) for i, c in enumerate(R.BENCHMARK_CORRUPTIONS)}
+    base = {(c, s + 1): b[i, s] for i, c in enumerate(R.BENCHMARK_CORRUPTIONS) for s in range(5)}
+    per_np = (e - e0).sum(1) / (b - b0).sum(1)
+    m, per = R.relative_mce(err, e0, base, b0, per_corruption=True)
+    np.testing.assert_allclose([per[c] for c in R.BENCHMARK_CORRUPTIONS], per_np, rtol=1e-12)
+    assert m == pytest.approx(per_np.mean(), rel=1e-12)
+    assert m != pytest.approx(per_np.sum()) and m != pytest.approx((e - e0).sum() / (b - b0).sum())
+    assert R.relative_mce(err, e0, base, b0) == pytest.approx(m, rel=1e-12)
+    # a subset of corruptions and severities: only those enter
+    sub = ["fog", "snow"]
+    idx = [R.BENCHMARK_CORRUPTIONS.index(c) for c in sub]
+    want = np.mean([(e[i, :3] - e0).sum() / (b[i, :3] - b0).sum() for i in idx])
+    assert R.relative_mce(err, e0, base, b0, sub, [1, 2, 3]) == pytest.approx(want, rel=1e-12)
+    # the unnormalised mean error and Hendrycks' mCE of the same tables, from numpy
+    assert R.mean_corruption_error(err) == pytest.approx(e.mean(), rel=1e-12)
+    assert R.mean_corruption_error(err, sub, [2, 4]) == pytest.approx(e[idx][:, [1, 3]].mean(), rel=1e-12)
+    assert R.mce_hendrycks(err, base, sub, [1, 5]) == pytest.approx(
+        np.mean([e[i, [0, 4]].sum() / b[i, [0, 4]].sum() for i in idx]), rel=1e-12)
+
+
+def test_normalize_table_layouts_and_errors():
+    t = R.normalize_table({"fog": {2: 0.5, 1: np.float32(0.25)}, ("snow", np.int64(3)): 0.75, np.str_("frost"): (0.1,)})
+    assert t == {"fog": {2: 0.5, 1: 0.25}, "snow": {3: 0.75}, "frost": {1: 0.1}}
+    assert all(type(k) is str for k in t) and all(type(s) is int for d in t.values() for s in d)
+    assert R.normalize_table({"nll": [2.5, 7.0]}) == {"nll": {1: 2.5, 2: 7.0}}  # not fractions: fine
+    with pytest.raises(ValueError, match="fraction"):
+        R.normalize_table({"nll": [2.5]}, fraction=True)
+    with pytest.raises(ValueError, match="fraction"):
+        R.normalize_table({"fog": [-0.01]}, fraction=True)
+    R.normalize_table({"fog": [0.0, 1.0]}, fraction=True)  # both ends allowed
+    with pytest.raises(ValueError, match=r"\(corruption, severity\) pairs, got \('fog', 1, 2\)"):
+        R.normalize_table({("fog", 1, 2): 0.5})
+    with pytest.raises(ValueError, match="strings"):
+        R.normalize_table({(3, 1): 0.5})
+    with pytest.raises(ValueError, match="sequence over severities"):
+        R.normalize_table({"fog": 0.5})
+    with pytest.raises(ValueError, match="corruption names"):
+        R.normalize_table({3: [0.5]})
+    for sev in (True, 1.0, 0, -1):
+        with pytest.raises(ValueError, match="integer >= 1"):
+            R.normalize_table({("fog", sev): 0.5})
+    with pytest.raises(TypeError, match="number"):
+        R.normalize_table({"fog": ["high"]})
+    with pytest.raises(ValueError, match="not finite"):
+        R.normalize_table({"fog": [float("inf")]})
+    with pytest.raises(ValueError, match="non-empty"):
+        R.normalize_table([("fog", 0.5)])
+    with pytest.raises(ValueError, match="lacks corruptions: fog, snow"):
+        R.mean_corruption_error({"frost": [0.1] * 5}, ["fog", "frost", "snow"])
