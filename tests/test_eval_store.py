@@ -134,3 +134,109 @@ def test_artefact_cache_atomic_and_self_healing(tmp_path, caplog):
     jp = cache.path("temperature", key, ".json")
     cache.put_json(jp, {"temperature": 1.5})
     assert cache.get_json(jp) == {"temperature": 1.5} and cache.get_json(tmp_path / "missing") is None
+
+
+# -- claims: concurrent processes on one output folder -----------------------------------
+def _keys(n, config_hash="abc"):
+    return [unit_key(make_row(config_hash=config_hash, severity=1 + i % 5, corruption=f"c{i // 5}"))
+            for i in range(n)]
+
+
+def _worker(db, owner, keys, q, barrier):
+    """Claim a few units at a time and store them, until nothing is left to claim."""
+    import time
+
+    got = []
+    with Store(db) as st:
+        barrier.wait()
+        while True:
+            mine = st.claim_units("abc", keys, owner=owner, lease_s=60, limit=2)
+            if not mine:
+                break
+            for k in mine:
+                time.sleep(0.002)
+                row = make_row(**dict(zip(KEY_COLUMNS, k)))
+                assert st.insert_unit(row), (owner, k)  # never stored by the other process
+                got.append(k)
+            st.renew_claims(owner, 60)
+        st.release_claims(owner)
+    q.put((owner, got))
+
+
+def test_two_processes_share_the_units(tmp_path):
+    import multiprocessing as mp
+
+    db = tmp_path / "r.sqlite"
+    Store(db).close()
+    keys = _keys(40)
+    ctx = mp.get_context("fork")
+    q, barrier = ctx.Queue(), ctx.Barrier(2)
+    procs = [ctx.Process(target=_worker, args=(db, f"w{i}", keys, q, barrier)) for i in range(2)]
+    for p in procs:
+        p.start()
+    res = dict(q.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    a, b = set(res["w0"]), set(res["w1"])
+    assert not a & b  # nothing evaluated twice
+    assert a | b == set(keys)  # nothing left out
+    assert a and b  # both did work
+    with Store(db) as st:
+        assert st.done_keys("abc") == set(keys)
+        assert st.claims() == []  # stored units dropped their claims; the rest were released
+
+
+def _claim_and_die(db, keys):
+    import os
+
+    st = Store(db)
+    assert len(st.claim_units("abc", keys, owner="dead", lease_s=0.5)) == len(keys)
+    os._exit(0)  # dies without releasing its claims
+
+
+def test_expired_lease_of_dead_owner_is_taken_over(tmp_path):
+    import multiprocessing as mp
+    import time
+
+    db = tmp_path / "r.sqlite"
+    keys = _keys(6)
+    p = mp.get_context("fork").Process(target=_claim_and_die, args=(db, keys))
+    p.start()
+    p.join(timeout=30)
+    assert p.exitcode == 0
+    with Store(db) as st:
+        assert {c["owner"] for c in st.claims("abc")} == {"dead"}
+        assert st.claim_units("abc", keys, owner="alive") == []  # lease still running
+        time.sleep(0.6)
+        assert st.claim_units("abc", keys, owner="alive") == keys  # expired: taken over
+        assert {c["owner"] for c in st.claims("abc")} == {"alive"}
+
+
+def test_claim_semantics(tmp_path):
+    keys = _keys(5)
+    with Store(tmp_path / "r.sqlite") as st:
+        st.insert_unit(make_row(**dict(zip(KEY_COLUMNS, keys[1]))))
+        # stored keys are skipped, the order of the given keys kept, limit respected
+        assert st.claim_units("abc", keys, owner="a", limit=2) == [keys[0], keys[2]]
+        assert st.claim_units("abc", keys, owner="b") == [keys[3], keys[4]]
+        assert st.claim_units("abc", keys, owner="a") == [keys[0], keys[2]]  # own claims again
+        assert st.claim_units("abc", keys, owner="c") == []
+        assert st.claim_units("abc", keys, owner="c", limit=0) == []
+        # a key with sparsity not rounded yet is the same unit
+        k = list(keys[3]); k[KEY_COLUMNS.index("sparsity")] = 0.5000000001
+        assert st.claim_units("abc", [tuple(k)], owner="c") == []
+        st.insert_unit(make_row(**dict(zip(KEY_COLUMNS, keys[0]))))  # drops a's claim of keys[0]
+        assert len(st.claims()) == 3
+        assert not st.insert_unit(make_row(**dict(zip(KEY_COLUMNS, keys[0]))))
+        st.release_claims("b")
+        assert st.claim_units("abc", keys, owner="c") == [keys[3], keys[4]]
+        st.renew_claims("c", lease_s=1000)
+        import time
+        assert all(c["expires_at"] > time.time() + 900 for c in st.claims() if c["owner"] == "c")
+        with pytest.raises(ValueError, match="config"):
+            st.claim_units("other", keys, owner="a")
+        with pytest.raises(ValueError, match="fields"):
+            st.claim_units("abc", [("abc", "x")], owner="a")
+        with pytest.raises(ValueError, match="owner"):
+            st.claim_units("abc", keys, owner="")

@@ -15,7 +15,7 @@ import json
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 SCHEMA_VERSION = 2
 """2: fine-tuning in the key (``finetune_epochs``, ``finetune_recipe``); version-1 stores are
@@ -130,6 +130,7 @@ class Store:
             self.conn.execute(
                 f"CREATE TABLE IF NOT EXISTS units (\n  {cols},\n"
                 f"  PRIMARY KEY ({', '.join(KEY_COLUMNS)}))")
+            self._create_claims()
             self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                               (str(SCHEMA_VERSION),))
         cols = {r[1] for r in self.conn.execute("PRAGMA table_info(configs)")}
@@ -142,6 +143,14 @@ class Store:
             ver = SCHEMA_VERSION
         if int(ver) != SCHEMA_VERSION:
             raise ValueError(f"{self.path}: store schema {ver}, this prunecal reads {SCHEMA_VERSION}")
+
+    def _create_claims(self) -> None:
+        """Claims of pending units by concurrent processes (see :meth:`claim_units`)."""
+        cols = ", ".join(f"{k} {UNIT_COLUMNS[k]}" for k in KEY_COLUMNS)
+        self.conn.execute(
+            f"CREATE TABLE IF NOT EXISTS claims ({cols}, owner TEXT NOT NULL, "
+            f"expires_at REAL NOT NULL, PRIMARY KEY ({', '.join(KEY_COLUMNS)}))")
+        self.conn.execute("CREATE INDEX IF NOT EXISTS claims_owner ON claims (owner)")
 
     def _migrate_v1(self) -> None:
         """Version 1 had no fine-tuning columns: its rows become one-shot rows (epochs 0)."""
@@ -228,6 +237,88 @@ class Store:
                 else self.conn.execute(q))
         return {unit_key(dict(zip(KEY_COLUMNS, r))) for r in rows}
 
+    # -- claims (several processes on one output folder) ---------------------------------
+    def claim_units(self, config_hash: str, keys: Sequence[tuple], *, owner: str,
+                    lease_s: float = 120.0, limit: int | None = None) -> list[tuple]:
+        """Claim pending units for ``owner`` so that concurrent processes share the work.
+
+        In one ``BEGIN IMMEDIATE`` transaction, claims (up to ``limit``) of ``keys`` (unit-key
+        tuples in :data:`KEY_COLUMNS` order, as :func:`unit_key` returns, all of ``config_hash``)
+        those that are neither stored nor claimed under an unexpired lease by another owner.
+        A claim of ``owner`` itself is renewed and returned again; an expired claim (its
+        process died or stopped renewing) is taken over. Each claim expires ``lease_s``
+        seconds from now unless :meth:`renew_claims` extends it; :meth:`insert_unit` drops it.
+
+        Returns:
+            the claimed keys, in the order given.
+        """
+        if not owner:
+            raise ValueError("claim_units: owner must be a non-empty string")
+        if not lease_s > 0:
+            raise ValueError(f"claim_units: lease_s must be > 0, got {lease_s}")
+        if limit is not None and limit < 0:
+            raise ValueError(f"claim_units: limit must be >= 0 or None, got {limit}")
+        norm = []
+        for k in keys:
+            k = tuple(k)
+            if len(k) != len(KEY_COLUMNS):
+                raise ValueError(f"claim_units: a key has {len(k)} fields, expected "
+                                 f"{len(KEY_COLUMNS)} ({', '.join(KEY_COLUMNS)})")
+            if k[0] != config_hash:
+                raise ValueError(f"claim_units: key of config {k[0]!r} among keys of {config_hash!r}")
+            norm.append((k, unit_key(dict(zip(KEY_COLUMNS, k)))))
+        cols = ", ".join(KEY_COLUMNS)
+
+        def run() -> list[tuple]:
+            out: list[tuple] = []
+            with self._tx():
+                now = time.time()
+                stored = {unit_key(dict(zip(KEY_COLUMNS, r))) for r in self.conn.execute(
+                    f"SELECT {cols} FROM units WHERE config_hash=?", (config_hash,))}
+                stored -= self._bad_keys(config_hash)  # a damaged row is re-made
+                taken = {unit_key(dict(zip(KEY_COLUMNS, r))) for r in self.conn.execute(
+                    f"SELECT {cols} FROM claims WHERE config_hash=? AND owner<>? AND expires_at>?",
+                    (config_hash, owner, now))}
+                for k, nk in norm:
+                    if limit is not None and len(out) >= limit:
+                        break
+                    if nk in stored or nk in taken:
+                        continue
+                    self.conn.execute(
+                        f"INSERT OR REPLACE INTO claims ({cols}, owner, expires_at) "
+                        f"VALUES ({', '.join('?' * (len(KEY_COLUMNS) + 2))})",
+                        (*nk, owner, now + lease_s))
+                    taken.add(nk)  # a key listed twice is claimed once
+                    out.append(k)
+            return out
+        return self._guard(run)
+
+    def renew_claims(self, owner: str, lease_s: float = 120.0) -> None:
+        """Extend every claim of ``owner`` to ``lease_s`` seconds from now (call it more often
+        than ``lease_s`` while working, e.g. after each unit)."""
+        def run() -> None:
+            with self._tx():
+                self.conn.execute("UPDATE claims SET expires_at=? WHERE owner=?",
+                                  (time.time() + lease_s, owner))
+        self._guard(run)
+
+    def release_claims(self, owner: str) -> None:
+        """Drop every claim of ``owner`` (at the end of its run, or when it is interrupted)."""
+        def run() -> None:
+            with self._tx():
+                self.conn.execute("DELETE FROM claims WHERE owner=?", (owner,))
+        self._guard(run)
+
+    def _bad_keys(self, config_hash: str | None = None) -> set[tuple]:
+        return set()
+
+    def claims(self, config_hash: str | None = None) -> list[dict[str, Any]]:
+        """Current claims (expired ones included): key columns, ``owner``, ``expires_at``."""
+        q = f"SELECT {', '.join(KEY_COLUMNS)}, owner, expires_at FROM claims"
+        rows = (self.conn.execute(q + " WHERE config_hash=?", (config_hash,)) if config_hash
+                else self.conn.execute(q))
+        return [dict(zip((*KEY_COLUMNS, "owner", "expires_at"), r)) for r in rows]
+
     def insert_unit(self, row: dict[str, Any]) -> bool:
         """Insert one complete unit in one transaction; False if the key is already stored.
 
@@ -250,13 +341,18 @@ class Store:
         sql = (f"INSERT INTO units ({', '.join(UNIT_COLUMNS)}) "
                f"VALUES ({', '.join('?' * len(UNIT_COLUMNS))})")
 
+        key = [vals[list(UNIT_COLUMNS).index(k)] for k in KEY_COLUMNS]
+
         def run() -> bool:
-            try:
-                with self._tx():
+            with self._tx():
+                # the unit is stored (now or before): its claim has served its purpose
+                self.conn.execute(
+                    f"DELETE FROM claims WHERE {' AND '.join(f'{k}=?' for k in KEY_COLUMNS)}", key)
+                try:
                     self.conn.execute(sql, vals)
-                return True
-            except sqlite3.IntegrityError:
-                return False
+                except sqlite3.IntegrityError:
+                    return False  # only this statement failed; the claim's deletion commits
+            return True
         return self._guard(run)
 
     def units(self, config_hash: str | None = None) -> list[dict[str, Any]]:
