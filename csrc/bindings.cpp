@@ -17,6 +17,7 @@
 namespace py = pybind11;
 using prunecal::PackedWeight;
 void bind_plan(py::module_& m);  // csrc/plan_bindings.cpp
+void bind_train(py::module_& m);  // csrc/train_bindings.cpp
 
 namespace {
 
@@ -216,4 +217,5 @@ PYBIND11_MODULE(_C, m) {
            py::arg("threads") = 1, py::arg("isa") = "auto",
            "out[:] = x @ W.T (+ bias) with x (N, in) and out (N, out) float32 C-contiguous.");
   bind_plan(m);
+  bind_train(m);
 }

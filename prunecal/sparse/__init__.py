@@ -3,6 +3,7 @@
 - ``CSRWeight``, ``BSRWeight`` (``prunecal.sparse.formats``): pruned conv/linear weights.
 - ``sparse_conv2d``, ``sparse_linear`` (``prunecal.sparse.ops``): the native kernels.
 - ``sparsify`` (``prunecal.sparse.sparsify``): swap a torch model's layers for sparse ones.
+- ``trainable`` (``prunecal.sparse.train``): fine-tune a pruned model through the sparse kernels.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ _EXPORTS = {
     "compile_plan": "plan",
     "PlanModule": "plan",
     "PlanUnsupported": "plan",
+    "trainable": "train",
+    "SparseTrainable": "train",
 }
 
 # Imported eagerly (torch only, no native code): the submodule ``sparsify`` has the same name

@@ -1,0 +1,288 @@
+// Driver of the sparse training conv (layouts: train_conv.h): geometry, packing, threading,
+// and the ISA choice of its kernels. Work is split over images; a batch smaller than the thread
+// count splits the forward pass of each image over output channels instead.
+#include "train_conv.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "common.h"  // cpu_has_avx2_fma
+#include "plan.h"    // plan_avx512_active (CPU has AVX-512F, PRUNECAL_NO_AVX512 unset)
+#include "thread_pool.h"
+
+namespace prunecal {
+namespace {
+
+int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
+
+bool nonfinite(const float* x, int64_t n) {
+  uint32_t m = 0;
+  const uint32_t* u = reinterpret_cast<const uint32_t*>(x);
+  for (int64_t i = 0; i < n; ++i) m |= uint32_t((u[i] & 0x7f800000u) == 0x7f800000u);
+  return m != 0;
+}
+
+// The calling thread's scratch buffer number `i` with at least n floats.
+float* scratch(int i, int64_t n) {
+  thread_local std::vector<float> bufs[4];
+  std::vector<float>& b = bufs[i];
+  if (int64_t(b.size()) < n) b.assign(size_t(n), 0.f);
+  return b.data();
+}
+
+// One image (C, H, W) into its zero-padded phase planes (train_conv.h).
+void pack_x(const float* img, int C, const TrainGeom& g, float* planes) {
+  std::memset(planes, 0, sizeof(float) * size_t(g.x_floats));
+  const int s = g.stride, p = g.pad, H = g.H, W = g.W, Hq = g.Hq, Wq = g.Wq;
+  for (int c = 0; c < C; ++c) {
+    const float* X = img + int64_t(c) * H * W;
+    float* P0 = planes + c * g.chan;
+    for (int y = 0; y < H; ++y) {
+      const int Y = y + p, py = Y % s, i = Y / s;
+      if (i >= Hq) continue;
+      const float* src = X + int64_t(y) * W;
+      if (s == 1) {
+        const int n = std::min(W, Wq - p);
+        if (n > 0) std::memcpy(P0 + int64_t(i) * Wq + p, src, sizeof(float) * size_t(n));
+        continue;
+      }
+      for (int px = 0; px < s; ++px) {
+        float* row = P0 + int64_t(py * s + px) * g.pq + int64_t(i) * Wq;
+        // columns j with x = j * s + px - p in [0, W)
+        const int j_lo = p > px ? (p - px + s - 1) / s : 0;
+        const int last = W - 1 + p - px;
+        const int j_hi = last < 0 ? j_lo : std::min(Wq, last / s + 1);
+        for (int j = j_lo; j < j_hi; ++j) row[j] = src[j * s + px - p];
+      }
+    }
+  }
+}
+
+// dy (C_out, Ho, Wo) of one image into wide rows of pw (zeros off the output grid).
+void pack_dy_wide(const float* dy, int Co, const TrainGeom& g, float* out) {
+  std::memset(out, 0, sizeof(float) * size_t(Co * g.pw));
+  for (int co = 0; co < Co; ++co)
+    for (int oy = 0; oy < g.Ho; ++oy)
+      std::memcpy(out + co * g.pw + int64_t(oy) * g.Wq, dy + (int64_t(co) * g.Ho + oy) * g.Wo,
+                  sizeof(float) * size_t(g.Wo));
+}
+
+// dy (C_out, Ho, Wo) of one image zero-inserted and padded into planes of Hb x Wb.
+void pack_dy_planes(const float* dy, int Co, int kh, int kw, const TrainGeom& g, float* out) {
+  std::memset(out, 0, sizeof(float) * size_t(g.dy_floats));
+  const int s = g.stride, Py = kh - 1 - g.pad, Px = kw - 1 - g.pad;
+  for (int co = 0; co < Co; ++co) {
+    float* P = out + co * g.pqb;
+    for (int oy = 0; oy < g.Ho; ++oy) {
+      const int Y = Py + oy * s;
+      if (Y < 0 || Y >= g.Hb) continue;
+      const float* src = dy + (int64_t(co) * g.Ho + oy) * g.Wo;
+      float* row = P + int64_t(Y) * g.Wb;
+      if (s == 1 && Px >= 0 && Px + g.Wo <= g.Wb) {
+        std::memcpy(row + Px, src, sizeof(float) * size_t(g.Wo));
+        continue;
+      }
+      for (int ox = 0; ox < g.Wo; ++ox) {
+        const int X = Px + ox * s;
+        if (X >= 0 && X < g.Wb) row[X] = src[ox];
+      }
+    }
+  }
+}
+
+// Rows [r0, r1) of wide rows (pitch pw, row width wq) into (rows, ho, wo) planes.
+void extract(const float* wide, int64_t pw, int wq, int r0, int r1, int ho, int wo, float* out) {
+  for (int r = r0; r < r1; ++r)
+    for (int y = 0; y < ho; ++y)
+      std::memcpy(out + (int64_t(r) * ho + y) * wo, wide + r * pw + int64_t(y) * wq, sizeof(float) * size_t(wo));
+}
+
+}  // namespace
+
+const TrainKernels& select_train_kernels(const char* isa) {
+  const std::string s = isa ? isa : "auto";
+#if defined(PRUNECAL_HAVE_AVX2_TU)
+  if ((s == "auto" || s == "avx512") && plan_avx512_active()) return train_kernels_avx512();
+  if (s == "avx512") throw std::invalid_argument("isa: 'avx512' is not supported by this CPU (or PRUNECAL_NO_AVX512 is set)");
+  if ((s == "auto" || s == "avx2") && cpu_has_avx2_fma()) return train_kernels_avx2();
+#endif
+  if (s == "auto" || s == "generic") return train_kernels_generic();
+  if (s == "avx2" || s == "avx512")
+    throw std::invalid_argument("isa: '" + s + "' is not supported by this CPU or build");
+  throw std::invalid_argument("isa: expected 'auto', 'avx512', 'avx2' or 'generic', got '" + s + "'");
+}
+
+TrainConv::TrainConv(std::vector<int32_t> indptr, std::vector<int32_t> indices, std::array<int, 4> shape,
+                     int groups)
+    : shape_(shape), groups_(groups), indptr_(std::move(indptr)), indices_(std::move(indices)) {
+  const int Co = shape[0], Cg = shape[1], kh = shape[2], kw = shape[3];
+  if (Co < 1 || Cg < 1 || kh < 1 || kw < 1 || int64_t(Cg) * kh * kw >= (int64_t(1) << 31))
+    throw std::invalid_argument("shape: expected positive (C_out, C_in/groups, kh, kw)");
+  if (groups < 1 || Co % groups)
+    throw std::invalid_argument("groups: " + std::to_string(groups) + " must be >= 1 and divide C_out=" +
+                                std::to_string(Co));
+  const int32_t K = Cg * kh * kw;
+  if (int64_t(indptr_.size()) != int64_t(Co) + 1 || indptr_[0] != 0 || indptr_[Co] != int32_t(indices_.size()))
+    throw std::invalid_argument("indptr: expected C_out + 1 row pointers from 0 to nnz");
+  for (int r = 0; r < Co; ++r) {
+    if (indptr_[r + 1] < indptr_[r]) throw std::invalid_argument("indptr: must be non-decreasing");
+    for (int32_t j = indptr_[r]; j < indptr_[r + 1]; ++j) {
+      if (indices_[j] < 0 || indices_[j] >= K)
+        throw std::invalid_argument("indices: column out of range [0, " + std::to_string(K) + ")");
+      if (j > indptr_[r] && indices_[j] <= indices_[j - 1])
+        throw std::invalid_argument("indices: must be strictly increasing within a row");
+    }
+  }
+  // transposed pattern: rows = input channels (group base included), entries ordered by (co, tap)
+  const int C = Cg * groups, Cog = Co / groups, taps = kh * kw;
+  t_indptr_.assign(size_t(C) + 1, 0);
+  for (int r = 0; r < Co; ++r)
+    for (int32_t j = indptr_[r]; j < indptr_[r + 1]; ++j) ++t_indptr_[size_t((r / Cog) * Cg + indices_[j] / taps) + 1];
+  for (int c = 0; c < C; ++c) t_indptr_[c + 1] += t_indptr_[c];
+  std::vector<int32_t> fill(t_indptr_.begin(), t_indptr_.end() - 1);
+  t_perm_.resize(indices_.size());
+  t_co_.resize(indices_.size());
+  t_tap_.resize(indices_.size());
+  for (int r = 0; r < Co; ++r)
+    for (int32_t j = indptr_[r]; j < indptr_[r + 1]; ++j) {
+      const int ci = (r / Cog) * Cg + indices_[j] / taps;
+      const int32_t pos = fill[ci]++;
+      t_perm_[pos] = j;
+      t_co_[pos] = r;
+      t_tap_[pos] = indices_[j] % taps;
+    }
+}
+
+std::shared_ptr<const TrainGeom> TrainConv::geometry(int H, int W, int s, int p) {
+  const auto key = std::make_tuple(H, W, s, p);
+  std::lock_guard<std::mutex> lk(mutex_);
+  auto it = geoms_.find(key);
+  if (it != geoms_.end()) return it->second;
+  const int Co = shape_[0], Cg = shape_[1], kh = shape_[2], kw = shape_[3], C = cin(), Cog = Co / groups_;
+  if (s < 1 || s > 64) throw std::invalid_argument("stride: expected 1..64, got " + std::to_string(s));
+  if (p < 0 || p > 1024) throw std::invalid_argument("padding: expected 0..1024, got " + std::to_string(p));
+  if (H < 1 || W < 1 || H >= (1 << 20) || W >= (1 << 20)) throw std::invalid_argument("x: bad spatial size");
+  if (H + 2 * p < kh || W + 2 * p < kw)
+    throw std::invalid_argument("x: input (" + std::to_string(H) + "x" + std::to_string(W) + ", padding " +
+                                std::to_string(p) + ") smaller than the kernel");
+  auto gp = std::make_shared<TrainGeom>();
+  TrainGeom& g = *gp;
+  g.H = H, g.W = W, g.stride = s, g.pad = p;
+  g.Ho = (H + 2 * p - kh) / s + 1, g.Wo = (W + 2 * p - kw) / s + 1;
+  g.Hq = g.Ho + (kh - 1) / s, g.Wq = g.Wo + (kw - 1) / s;
+  g.pq = int64_t(g.Hq) * g.Wq, g.chan = int64_t(s) * s * g.pq;
+  g.pw = round16(int64_t(g.Ho) * g.Wq);
+  g.x_floats = C * g.chan + 64 + kw;
+  g.Hb = H + kh - 1, g.Wb = W + kw - 1;
+  g.pqb = int64_t(g.Hb) * g.Wb, g.pwb = round16(int64_t(H) * g.Wb);
+  g.dy_floats = Co * g.pqb + 64 + kw;
+  const int64_t lim = (int64_t(1) << 31) - 1;
+  if (g.x_floats >= lim || g.dy_floats >= lim || int64_t(Co) * g.pw >= lim || int64_t(C) * g.pwb >= lim)
+    throw std::invalid_argument("x: image too large for 32-bit offsets");
+  g.off.resize(indices_.size());
+  for (int r = 0; r < Co; ++r)
+    for (int32_t j = indptr_[r]; j < indptr_[r + 1]; ++j) {
+      const int ci = (r / Cog) * Cg + indices_[j] / (kh * kw), tap = indices_[j] % (kh * kw);
+      const int ky = tap / kw, kx = tap % kw;
+      g.off[j] = int32_t(ci * g.chan + ((ky % s) * s + kx % s) * g.pq + (ky / s) * g.Wq + kx / s);
+    }
+  g.toff.resize(indices_.size());
+  for (size_t e = 0; e < indices_.size(); ++e) {
+    const int ky = t_tap_[e] / kw, kx = t_tap_[e] % kw;
+    g.toff[e] = int32_t(t_co_[e] * g.pqb + (kh - 1 - ky) * g.Wb + (kw - 1 - kx));
+  }
+  geoms_.emplace(key, gp);
+  return gp;
+}
+
+void TrainConv::forward(const float* x, int N, int H, int W, const float* val, float* y, int stride, int pad,
+                        int threads, const TrainKernels& k) {
+  auto gp = geometry(H, W, stride, pad);
+  const TrainGeom& g = *gp;
+  if (N <= 0) return;
+  const int C = cin(), Co = rows(), nv = int(g.pw / k.lanes);
+  const int64_t img_in = int64_t(C) * H * W, img_out = int64_t(Co) * g.Ho * g.Wo;
+  std::atomic<bool> bad{false};
+  if (threads <= 1 || N >= threads) {
+    parallel_for(threads, N, [&](int64_t n, int) {
+      const float* xi = x + n * img_in;
+      if (nonfinite(xi, img_in)) bad.store(true);
+      float* planes = scratch(0, g.x_floats);
+      float* wide = scratch(1, Co * g.pw);
+      pack_x(xi, C, g, planes);
+      k.gather(planes, indptr_.data(), g.off.data(), val, 0, Co, 0, nv, wide, g.pw);
+      extract(wide, g.pw, g.Wq, 0, Co, g.Ho, g.Wo, y + n * img_out);
+    });
+  } else {
+    std::vector<float> planes(size_t(g.x_floats)), wide(size_t(Co * g.pw));
+    const int chunks = std::min(Co, 4 * threads);
+    for (int64_t n = 0; n < N; ++n) {
+      const float* xi = x + n * img_in;
+      if (nonfinite(xi, img_in)) bad.store(true);
+      pack_x(xi, C, g, planes.data());
+      parallel_for(threads, chunks, [&](int64_t t, int) {
+        const int r0 = int(int64_t(Co) * t / chunks), r1 = int(int64_t(Co) * (t + 1) / chunks);
+        k.gather(planes.data(), indptr_.data(), g.off.data(), val, r0, r1, 0, nv, wide.data(), g.pw);
+        extract(wide.data(), g.pw, g.Wq, r0, r1, g.Ho, g.Wo, y + n * img_out);
+      });
+    }
+  }
+  if (bad.load()) throw std::domain_error("x: holds NaN or Inf");
+}
+
+void TrainConv::backward(const float* x, const float* dy, int N, int H, int W, const float* val, float* dx,
+                         float* dval, int stride, int pad, int threads, const TrainKernels& k) {
+  auto gp = geometry(H, W, stride, pad);
+  const TrainGeom& g = *gp;
+  const int C = cin(), Co = rows(), kh = shape_[2], kw = shape_[3];
+  const int64_t nz = nnz();
+  if (dval) std::fill(dval, dval + nz, 0.f);
+  if (N <= 0) return;
+  const int nvx = int(g.pw / k.lanes), nvb = int(g.pwb / k.lanes);
+  const int cv = std::max(1, 512 / k.lanes);  // vectors per weight-gradient chunk (input window in L1)
+  const int64_t img_in = int64_t(C) * H * W, img_out = int64_t(Co) * g.Ho * g.Wo;
+  std::vector<float> tval;
+  if (dx) {
+    tval.resize(size_t(nz));
+    for (int64_t e = 0; e < nz; ++e) tval[size_t(e)] = val[t_perm_[size_t(e)]];
+  }
+  const int workers = std::max(1, std::min<int>(threads, N));
+  std::vector<float> acc(dval ? size_t(workers) * size_t(nz) * 16 : 0, 0.f);
+  std::atomic<bool> bad{false};
+  parallel_for(workers, N, [&](int64_t n, int w) {
+    const float* dyi = dy + n * img_out;
+    if (nonfinite(dyi, img_out)) bad.store(true);
+    if (dval && nz) {
+      float* planes = scratch(0, g.x_floats);
+      float* dyw = scratch(2, Co * g.pw);
+      pack_x(x + n * img_in, C, g, planes);
+      pack_dy_wide(dyi, Co, g, dyw);
+      float* a = acc.data() + size_t(w) * size_t(nz) * 16;
+      for (int v0 = 0; v0 < nvx; v0 += cv)
+        k.sdd(planes, dyw, g.pw, indptr_.data(), g.off.data(), 0, Co, v0, std::min(nvx, v0 + cv), a);
+    }
+    if (dx) {
+      float* dyp = scratch(3, g.dy_floats);
+      float* wide = scratch(1, C * g.pwb);
+      pack_dy_planes(dyi, Co, kh, kw, g, dyp);
+      k.gather(dyp, t_indptr_.data(), g.toff.data(), tval.data(), 0, C, 0, nvb, wide, g.pwb);
+      extract(wide, g.pwb, g.Wb, 0, C, H, W, dx + n * img_in);
+    }
+  });
+  if (bad.load()) throw std::domain_error("grad_output: holds NaN or Inf");
+  if (dval)
+    for (int64_t j = 0; j < nz; ++j) {
+      float s = 0.f;
+      for (int w = 0; w < workers; ++w) {
+        const float* a = acc.data() + (size_t(w) * size_t(nz) + size_t(j)) * 16;
+        for (int l = 0; l < 16; ++l) s += a[l];
+      }
+      dval[j] = s;
+    }
+}
+
+}  // namespace prunecal

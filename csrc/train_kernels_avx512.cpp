@@ -1,0 +1,37 @@
+// AVX-512F kernels of the sparse training conv (16 lanes; see train_kernels_impl.h). Compiled
+// with -mavx512f -mfma (CMakeLists.txt); called only when the CPU has AVX-512F and
+// PRUNECAL_NO_AVX512 is unset (select_train_kernels).
+#include "train_conv.h"
+
+#if defined(PRUNECAL_HAVE_AVX2_TU)
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace prunecal {
+namespace {
+
+struct Vec {
+  static constexpr int L = 16;
+  __m512 v;
+  static Vec zero() { return {_mm512_setzero_ps()}; }
+  static Vec set1(float a) { return {_mm512_set1_ps(a)}; }
+  static Vec load(const float* p) { return {_mm512_loadu_ps(p)}; }
+  void store(float* p) const { _mm512_storeu_ps(p, v); }
+  static Vec fma(Vec a, Vec b, Vec c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+};
+constexpr int kGatherTile = 8;
+constexpr int kSddRows = 8;
+
+}  // namespace
+}  // namespace prunecal
+
+#include "train_kernels_impl.h"
+
+namespace prunecal {
+const TrainKernels& train_kernels_avx512() {
+  static const TrainKernels k{"avx512", Vec::L, gather, sdd};
+  return k;
+}
+}  // namespace prunecal
+#endif  // PRUNECAL_HAVE_AVX2_TU
