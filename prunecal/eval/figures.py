@@ -92,7 +92,8 @@ def accuracy_ece_vs_sparsity(v: "StudyView", path: Path) -> Path | None:
             ax.set_ylabel(f"{ylab} ({kind})")
             ax.set_xlabel("target sparsity")
             ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=7, loc="lower left")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=8)
     fig.suptitle(f"{v.model}: clean (top, 95 % bootstrap band){' and mean over corruptions (bottom)' if has_c else ''}"
                  "; error bars: sd over seeds")
     return _save(fig, path)
@@ -105,7 +106,7 @@ def tradeoff_scatter(v: "StudyView", path: Path) -> Path | None:
     ref = v.reference_speed()
     if ref is None or not v.pruned_nets():
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.4), layout="constrained")
     col = _colors(v.methods)
     xs_all = [1.0]
     for ax, key, ylab in ((axes[0], "accuracy", "clean accuracy"), (axes[1], "ece", f"clean ECE ({v.n_bins} bins)")):
@@ -136,7 +137,8 @@ def tradeoff_scatter(v: "StudyView", path: Path) -> Path | None:
     if max(xs_all) / max(min(xs_all), 1e-9) > 8:
         for ax in axes:
             ax.set_xscale("log")
-    axes[0].legend(fontsize=7, loc="lower left")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=8)
     fig.suptitle(f"{v.model}: what each pruned network trades (labels: sparsity; better = up-right "
                  "for accuracy, down-right for ECE)")
     return _save(fig, path)

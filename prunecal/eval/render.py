@@ -71,7 +71,11 @@ def render_md(title: str, blocks: list[Any], out: Path) -> str:
                 if b.row_classes and b.row_classes[i] == "ref":
                     cells[0] = f"**{cells[0]}**"
                 lines.append("| " + " | ".join(cells) + " |")
-            lines += ["", f"_{md_text(b.caption)}_", ""]
+            lines += [""]
+            if b.classes and any(k in MD_MARK for r in b.classes for k in r):
+                lines += ["_" + " · ".join(f"{m} {k}" for k, m in MD_MARK.items()).replace(
+                    "within", "within the interval") + "_", ""]
+            lines += [f"_{md_text(b.caption)}_", ""]
         elif isinstance(b, Figure):
             lines += [f"![{md_cell(b.caption)}]({b.path.relative_to(out).as_posix()})", "",
                       f"_{md_text(b.caption)}_", ""]
@@ -80,7 +84,8 @@ def render_md(title: str, blocks: list[Any], out: Path) -> str:
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:12px;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;
-text-align:right;white-space:nowrap}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+text-align:right;white-space:nowrap}th{background:#f3f3f3;white-space:normal;vertical-align:bottom}
+.scroll{overflow-x:auto;max-width:100%}td:first-child,th:first-child{text-align:left}
 tr.ref td{background:#eef3fb;font-weight:600}td.better{background:#c8ecc8}td.within{background:#ececec}
 td.worse{background:#f6c6c6}td.safe{background:#6cc46c;color:#fff;font-weight:700}
 .note{background:#fff6d6;border-left:4px solid #e0b000;padding:.5em 1em}
@@ -109,7 +114,7 @@ def render_html(title: str, blocks: list[Any]) -> str:
             if not b.rows:
                 parts.append("<p><em>(no data)</em></p>")
                 continue
-            parts.append(f"<table class='{e(b.name)}'><tr>" + "".join(f"<th>{e(h)}</th>" for h in b.header)
+            parts.append(f"<div class='scroll'><table class='{e(b.name)}'><tr>" + "".join(f"<th>{e(h)}</th>" for h in b.header)
                          + "</tr>")
             for i, r in enumerate(b.rows):
                 cls = b.classes[i] if b.classes else [""] * len(r)
@@ -117,7 +122,7 @@ def render_html(title: str, blocks: list[Any]) -> str:
                 parts.append((f"<tr class='{e(rc)}'>" if rc else "<tr>") + "".join(
                     (f"<td class='{e(k)}'>" if k else "<td>") + f"{e(c)}</td>" for c, k in zip(r, cls))
                     + "</tr>")
-            parts.append(f"</table><div class='cap'>{html_text(b.caption)}</div>")
+            parts.append(f"</table></div><div class='cap'>{html_text(b.caption)}</div>")
         elif isinstance(b, Figure):
             data = base64.b64encode(b.path.read_bytes()).decode()
             parts.append(f"<figure><img alt='{e(b.caption)}' src='data:image/png;base64,{data}'>"

@@ -30,7 +30,7 @@ _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
 
 RULE = (
     "Cell colours: green = better than the unpruned network, grey = within the interval, "
-    "red = worse (markdown: 🟢 / ⚪ / 🔴). Clean accuracy and ECE: each network's 95 % interval "
+    "red = worse. Clean accuracy and ECE: each network's 95 % interval "
     "is its bootstrap CI on the test images (mean of its seeds' bounds), widened to mean ± 2 sd "
     "over seeds where that is wider; within = the pruned and unpruned intervals overlap. mCE and "
     "corruption ECE: Student-t 95 % interval of the mean paired change over the conditions "
