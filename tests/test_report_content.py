@@ -25,7 +25,7 @@ SEEDS = (0, 1)
 SEVS = (1, 3)
 # (method, sparsity, finetune_epochs, finetune_recipe)
 BASE = ("none", 0.0, 0, "none")
-NETS = (BASE, ("global_magnitude", 0.5, 0, "none"), ("global_magnitude", 0.5, 3, "r1a2b3"),
+NETS = (BASE, ("global_magnitude", 0.5, 0, "none"), ("global_magnitude", 0.5, 3, "ft-38c543845a"),
         ("l1_filter", 0.3, 0, "none"))
 RECIPE = {"lr": 0.001, "batch_size": 128, "epochs": 3, "schedule": "constant"}
 
@@ -305,7 +305,7 @@ def test_html_tables_match_markdown(report):
         header, *body = t["rows"]
         assert [dict(zip(header, r)) for r in body] == tabs[h], h
     verdict = ht[0]
-    assert verdict["class"] == "verdict"
+    assert "verdict" in verdict["class"].split()
     header = verdict["rows"][0]
     for cls in verdict["cls"][2:]:  # pruned rows
         for col in ("Δ acc (pp)", "Δ ECE TS (pp)", "mCE %", "Δ cECE (pp)", "speed-up"):
@@ -319,7 +319,7 @@ def test_csv_has_finetune_columns(report):
     assert len(got) == len(rows)
     assert {"finetune_epochs", "finetune_recipe", "seed", "raw_ece", "ts_ece", "ci_accuracy_lo"} <= set(got[0])
     ft = [r for r in got if r["finetune_epochs"] == "3"]
-    assert ft and all(r["finetune_recipe"] == "r1a2b3" for r in ft)
+    assert ft and all(r["finetune_recipe"] == "ft-38c543845a" for r in ft)
     assert {r["finetune_recipe"] for r in got if r["finetune_epochs"] == "0"} == {"none"}
     clean_ft = [r for r in ft if r["corruption"] == "clean"]
     assert {r["finetune_seconds"] for r in clean_ft} == {"10.0", "11.0"}

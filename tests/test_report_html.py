@@ -24,7 +24,8 @@ PROBE = """<script>window.addEventListener('load', () => {
   const bg = c => { const td = document.querySelector('table.verdict td.' + c);
                     return td ? getComputedStyle(td).backgroundColor : 'none'; };
   b.setAttribute('data-bg', ['better', 'within', 'worse', 'safe'].map(bg).join(';'));
-  b.setAttribute('data-width', document.documentElement.scrollWidth);
+  const v = document.querySelector('table.verdict');
+  b.setAttribute('data-verdict-fits', v.getBoundingClientRect().right <= window.innerWidth ? 1 : 0);
 });</script>"""
 
 
@@ -58,7 +59,7 @@ def test_renders_in_chromium(report, tmp_path):
     probe = tmp_path / "probe.html"
     probe.write_text(paths["html"].read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"),
                      encoding="utf-8")
-    r = _chromium("--dump-dom", probe.as_uri())
+    r = _chromium("--window-size=1400,1000", "--dump-dom", probe.as_uri())
     assert r.returncode == 0, r.stderr[-2000:]
     body = re.search(r"<body([^>]*)>", r.stdout).group(1)
     attr = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', body))
@@ -69,6 +70,7 @@ def test_renders_in_chromium(report, tmp_path):
     present = [b for b in bgs if b != "none"]
     assert present and all(b not in ("rgba(0, 0, 0, 0)", "transparent") for b in present), bgs
     assert len(set(present)) == len(present)  # better / within / worse / safe: distinct colours
+    assert attr["verdict-fits"] == "1"  # the verdict table fits a 1400 px window: no scrolling
     assert "Verdict: safe and fast?" in r.stdout and "unpruned (reference)" in r.stdout
 
 

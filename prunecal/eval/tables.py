@@ -130,7 +130,7 @@ def verdict_table(v: StudyView) -> Table:
            "size reduction on its fastest backend (named) against the unpruned network "
            f"({'on ' + ref[0] if ref else 'not in the study'}; size: its stored bytes vs the "
            "unpruned dense bytes). " + V.RULE)
-    return Table(VERDICT_HEAD, rows, cap, classes, rcls, name="verdict")
+    return Table(VERDICT_HEAD, rows, cap, classes, rcls, name="verdict wrap")
 
 
 # -- clean -------------------------------------------------------------------------------------
@@ -213,7 +213,7 @@ def recipe_table(v: StudyView) -> Table | None:
             ", ".join(f"{k}={rec[k]}" for k in sorted(rec)) or "–",
             fmt_stat(Stat(*V.mean_std(loss)) if loss else None, 1, 3),
             fmt_stat(Stat(*V.mean_std(tacc)) if tacc else None)])
-    return Table(head, rows, "Fine-tuning recipes as stored with each network (the recipe key in "
+    return Table(head, rows, name="wrap", caption="Fine-tuning recipes as stored with each network (the recipe key in "
                              "brackets is a short hash of it) and the last epoch's training loss / "
                              "accuracy, mean over seeds.")
 
