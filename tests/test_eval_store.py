@@ -7,7 +7,8 @@ import sqlite3
 import pytest
 
 from prunecal.eval import export
-from prunecal.eval.store import KEY_COLUMNS, UNIT_COLUMNS, Store, StoreFullError, is_disk_full, unit_key
+from prunecal.eval.store import (CHECKSUM_COLUMN, KEY_COLUMNS, SCHEMA_VERSION, UNIT_COLUMNS, Store,
+                                 StoreCorruptError, StoreFullError, is_disk_full, unit_key)
 
 
 def make_row(**over):
@@ -97,8 +98,10 @@ def test_is_disk_full():
 def test_corrupt_store_file(tmp_path):
     bad = tmp_path / "r.sqlite"
     bad.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(ValueError, match="cannot open result store"):
+    with pytest.raises(StoreCorruptError, match=r"r\.sqlite is damaged \(file is not a database\).*"
+                       "--rebuild-store") as ei:
         Store(bad)
+    assert "\n" not in str(ei.value) and isinstance(ei.value, ValueError)
 
 
 def test_csv_flatten(tmp_path):
@@ -240,3 +243,203 @@ def test_claim_semantics(tmp_path):
             st.claim_units("abc", [("abc", "x")], owner="a")
         with pytest.raises(ValueError, match="owner"):
             st.claim_units("abc", keys, owner="")
+
+
+# -- damage: byte flips in the file, a changed value in a row -----------------------------
+def _filled_store(path, n=40):
+    with Store(path) as st:
+        st.record_config("abc", {"model": "resnet20"})
+        for i in range(n):
+            st.insert_unit(make_row(severity=1 + i % 5, corruption=f"c{i // 5}",
+                                    accuracy=0.5 + i / 1000))
+
+
+def _read_everything(path):
+    with Store(path) as st:
+        st.configs()
+        st.done_keys("abc")
+        st.units()
+        st.check()
+        st.claim_units("abc", _keys(3), owner="x")
+        st.insert_unit(make_row(corruption="new"))
+
+
+def test_random_byte_flips_give_store_corrupt_error_only(tmp_path):
+    """Random byte flips anywhere in the file: every read either works or raises
+    StoreCorruptError (one line, naming the file and --rebuild-store), never a raw sqlite3 error."""
+    import random
+
+    clean = tmp_path / "clean.sqlite"
+    _filled_store(clean)
+    data = clean.read_bytes()
+    outcomes = {"ok": 0, "corrupt": 0}
+    for trial in range(60):
+        rng = random.Random(trial)
+        buf = bytearray(data)
+        for _ in range(1 + trial % 8):
+            pos = rng.randrange(len(buf))
+            buf[pos] ^= 1 << rng.randrange(8)
+        p = tmp_path / f"t{trial}.sqlite"
+        p.write_bytes(bytes(buf))
+        try:
+            _read_everything(p)
+            outcomes["ok"] += 1
+        except StoreCorruptError as exc:
+            msg = str(exc)
+            assert "\n" not in msg and str(p) in msg and "--rebuild-store" in msg, msg
+            outcomes["corrupt"] += 1
+    assert outcomes["corrupt"] > 0, outcomes
+
+
+def test_header_damage_is_reported(tmp_path):
+    p = tmp_path / "r.sqlite"
+    _filled_store(p)
+    buf = bytearray(p.read_bytes())
+    buf[4096 + 1] ^= 0xFF  # first byte of page 2: b-tree page type
+    buf[4096] ^= 0xFF
+    p.write_bytes(bytes(buf))
+    with pytest.raises(StoreCorruptError, match="damaged"):
+        _read_everything(p)
+
+
+def _flip_in_row(path, needle: bytes):
+    """Flip one bit inside the stored bytes of a value (found by its text or its encoding)."""
+    buf = bytearray(path.read_bytes())
+    i = buf.find(needle)
+    assert i >= 0, needle
+    buf[i + len(needle) - 1] ^= 0x01
+    path.write_bytes(bytes(buf))
+
+
+def test_flipped_bit_in_a_stored_metric_is_detected(tmp_path):
+    import struct
+
+    p = tmp_path / "r.sqlite"
+    _filled_store(p, n=10)
+    _flip_in_row(p, struct.pack(">d", 0.5 + 7 / 1000))  # the accuracy of row 7 (big-endian REAL)
+    with Store(p) as st:
+        assert st.count() == 10
+        bad = st.check()
+        assert len(bad) == 1 and "checksum mismatch" in bad[0]["problem"]
+        assert bad[0]["key"]["corruption"] == "c1" and bad[0]["key"]["severity"] == 3
+        assert "\n" not in bad[0]["line"] and str(p) in bad[0]["line"]
+        units = st.units()
+        assert len(units) == 9 and all(u["accuracy"] in [0.5 + i / 1000 for i in range(10)]
+                                       for u in units)
+        key7 = unit_key(make_row(severity=3, corruption="c1"))
+        assert key7 not in st.done_keys("abc") and len(st.done_keys("abc")) == 9
+        # the damaged unit can be claimed and re-made: the new row replaces the damaged one
+        assert st.claim_units("abc", [key7], owner="me") == [key7]
+        assert st.insert_unit(make_row(severity=3, corruption="c1", accuracy=0.507))
+        assert st.check() == [] and len(st.units()) == 10 and st.claims() == []
+        assert not st.insert_unit(make_row(severity=3, corruption="c1"))  # a good row is kept
+
+
+def test_flipped_byte_in_json_text_is_detected(tmp_path):
+    p = tmp_path / "r.sqlite"
+    with Store(p) as st:
+        st.insert_unit(make_row(metrics_ts_json={"accuracy": 0.8, "marker": "abcdefgh"}))
+        st.insert_unit(make_row(severity=4))
+    _flip_in_row(p, b"abcdefgh")
+    with Store(p) as st:
+        assert [b["key"]["severity"] for b in st.check()] == [3]
+        assert [u["severity"] for u in st.units()] == [4]
+
+
+def test_invalid_utf8_in_a_row_is_a_bad_row_not_a_crash(tmp_path):
+    p = tmp_path / "r.sqlite"
+    with Store(p) as st:
+        st.insert_unit(make_row(started_at="zzzzzzzz"))
+    buf = bytearray(p.read_bytes())
+    i = buf.find(b"zzzzzzzz")
+    buf[i] = 0xFF  # not UTF-8
+    p.write_bytes(bytes(buf))
+    with Store(p) as st:
+        assert len(st.check()) == 1 and st.units() == [] and st.done_keys() == set()
+
+
+def test_checksum_covers_every_column(tmp_path):
+    """Each column changed by SQL (as a flipped bit would) fails the row's checksum."""
+    p = tmp_path / "r.sqlite"
+    for col in UNIT_COLUMNS:
+        if col in KEY_COLUMNS:
+            continue
+        p.unlink(missing_ok=True)
+        with Store(p) as st:
+            st.insert_unit(make_row(bytes_dense=1000, macs_dense=5.0, logits_path="x",
+                                    finetune_json={"a": 1}))
+            t = UNIT_COLUMNS[col].split()[0]
+            new = {"REAL": 0.123, "INTEGER": 7, "TEXT": '{"z": 1}'}[t]
+            st.conn.execute(f"UPDATE units SET {col}=?", (new,))
+            assert len(st.check()) == 1, col
+            assert st.units() == [], col
+
+
+def _v1_store(path):
+    """A version-1 store as the first release wrote it: no fine-tuning columns, no checksums."""
+    cols = {k: t for k, t in UNIT_COLUMNS.items() if k not in ("finetune_epochs", "finetune_recipe",
+                                                              "finetune_json")}
+    key = [k for k in KEY_COLUMNS if k in cols]
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    con.execute("CREATE TABLE configs (config_hash TEXT PRIMARY KEY, config_json TEXT NOT NULL, "
+                "created_at TEXT NOT NULL, last_run_at TEXT NOT NULL, run_seq INTEGER NOT NULL)")
+    con.execute(f"CREATE TABLE units ({', '.join(f'{k} {t}' for k, t in cols.items())}, "
+                f"PRIMARY KEY ({', '.join(key)}))")
+    con.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    import json
+
+    for sev in (1, 2):
+        row = {k: v for k, v in make_row(severity=sev).items() if k in cols}
+        vals = [json.dumps(row[k]) if k.endswith("_json") and row.get(k) is not None else row.get(k)
+                for k in cols]
+        con.execute(f"INSERT INTO units ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", vals)
+    con.commit()
+    con.close()
+
+
+def test_v1_store_migrates_to_current(tmp_path):
+    p = tmp_path / "r.sqlite"
+    _v1_store(p)
+    with Store(p) as st:
+        ver = st.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+        assert int(ver) == SCHEMA_VERSION == 3
+        units = st.units()
+        assert [u["severity"] for u in units] == [1, 2]
+        assert all(u["finetune_epochs"] == 0 and u["finetune_recipe"] == "none" for u in units)
+        assert units[0]["accuracy"] == 0.8 and units[0]["ci_json"] == {"accuracy": [0.7, 0.9]}
+        assert st.check() == []
+        assert st.insert_unit(make_row(severity=3)) and not st.insert_unit(make_row(severity=1))
+    with Store(p) as st:  # reopening does not migrate again
+        assert st.count() == 3 and st.check() == []
+
+
+def test_v2_store_gets_checksums(tmp_path):
+    p = tmp_path / "r.sqlite"
+    with Store(p) as st:
+        st.insert_unit(make_row())
+        st.insert_unit(make_row(severity=4, accuracy=1))
+    # turn it into a version-2 store: no checksum column
+    con = sqlite3.connect(p)
+    cols = ", ".join(UNIT_COLUMNS)
+    con.executescript(
+        f"CREATE TABLE u2 AS SELECT {cols} FROM units; DROP TABLE units; "
+        f"ALTER TABLE u2 RENAME TO units; UPDATE meta SET value='2' WHERE key='schema_version';")
+    con.commit()
+    con.close()
+    with Store(p) as st:
+        assert CHECKSUM_COLUMN in {r[1] for r in st.conn.execute("PRAGMA table_info(units)")}
+        assert st.check() == [] and len(st.units()) == 2
+        st.conn.execute("UPDATE units SET ece=0.99 WHERE severity=4")
+        assert len(st.check()) == 1
+
+
+def test_newer_schema_refused(tmp_path):
+    p = tmp_path / "r.sqlite"
+    Store(p).close()
+    con = sqlite3.connect(p)
+    con.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    con.commit()
+    con.close()
+    with pytest.raises(ValueError, match="schema 99"):
+        Store(p)

@@ -11,15 +11,21 @@ process at any moment leaves only whole units behind.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import sqlite3
+import logging
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-SCHEMA_VERSION = 2
+log = logging.getLogger("prunecal.eval.store")
+
+SCHEMA_VERSION = 3
 """2: fine-tuning in the key (``finetune_epochs``, ``finetune_recipe``); version-1 stores are
-migrated on open (their rows are one-shot: epochs 0, recipe ``none``)."""
+migrated on open (their rows are one-shot: epochs 0, recipe ``none``).
+3: ``row_sha256``, a checksum of each unit row's values; version-2 rows get the digest of their
+values at migration. Claims (the ``claims`` table) are created in stores of any version."""
 
 KEY_COLUMNS = ("config_hash", "model", "method", "sparsity", "seed", "finetune_epochs",
                "finetune_recipe", "corruption", "severity", "backend")
@@ -68,8 +74,90 @@ UNIT_COLUMNS: dict[str, str] = {
 JSON_COLUMNS = ("metrics_json", "metrics_ts_json", "reliability_json", "ci_json", "finetune_json")
 
 
+CHECKSUM_COLUMN = "row_sha256"
+"""sha256 of a unit row's values (:func:`row_checksum`), stored beside them."""
+
+
 class StoreFullError(RuntimeError):
     """The disk (or the database's page limit) is full; nothing partial was stored."""
+
+
+class StoreCorruptError(ValueError):
+    """SQLite cannot read the store file (not a database, a malformed page or schema).
+
+    The message is one line naming the file, the problem and what to do: its results can be
+    re-made (``prunecal-eval ... --rebuild-store`` moves it aside and starts a fresh store;
+    the artefact cache is kept, so only the evaluations run again).
+    """
+
+    def __init__(self, path: str | Path, problem: Any) -> None:
+        self.path = Path(path)
+        self.problem = " ".join(str(problem).split()) or type(problem).__name__
+        super().__init__(
+            f"result store {self.path} is damaged ({self.problem}); its results can be re-made: "
+            f"re-run prunecal-eval with the same settings and --rebuild-store (moves the damaged "
+            f"file aside and starts a fresh store), or move {self.path.name} out of "
+            f"{self.path.parent} yourself")
+
+
+_CORRUPTION_WORDS = ("malformed", "not a database", "corrupt", "no such table", "no such column",
+                     "database disk image", "unsupported file format", "encrypted")
+
+
+def is_corruption(exc: BaseException) -> bool:
+    """True for SQLite errors that mean the file is damaged (not a lock, not a full disk)."""
+    if not isinstance(exc, sqlite3.DatabaseError) or is_disk_full(exc):
+        return False
+    msg = str(exc).lower()
+    if any(w in msg for w in _CORRUPTION_WORDS):
+        return True
+    # a plain DatabaseError (not Operational / Integrity / Programming ...) is SQLite's
+    # SQLITE_CORRUPT / SQLITE_NOTADB family
+    return type(exc) is sqlite3.DatabaseError
+
+
+def _sql_type(column: str) -> str:
+    return UNIT_COLUMNS[column].split()[0]
+
+
+def _normalise(column: str, value: Any) -> Any:
+    """The value as SQLite stores it in ``column`` (so a row reads back exactly as hashed)."""
+    if value is None:
+        return None
+    if column in JSON_COLUMNS:
+        return value if isinstance(value, str) else json.dumps(value, allow_nan=True)
+    t = _sql_type(column)
+    if t == "REAL":
+        v = round(float(value), 6) if column == "sparsity" else float(value)
+        return None if v != v else v  # SQLite stores NaN as NULL
+    if t == "INTEGER":
+        if isinstance(value, float) and value != value:
+            return None
+        return int(value)
+    return str(value)
+
+
+def row_checksum(values: Sequence[Any]) -> str:
+    """sha256 (hex) of a unit row's normalised values, in :data:`UNIT_COLUMNS` order."""
+    text = json.dumps(list(values), allow_nan=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _row_problem(raw: Sequence[Any], stored: Any) -> str | None:
+    """None when a raw row (UNIT_COLUMNS order) matches its stored checksum, else why not."""
+    try:
+        vals = [_normalise(c, v) for c, v in zip(UNIT_COLUMNS, raw)]
+        if any(isinstance(v, bytes) for v in vals):
+            return "a value changed type (unreadable)"
+        if row_checksum(vals) != stored:
+            return ("checksum mismatch: a value changed after it was written" if stored
+                    else "no checksum")
+        for c, v in zip(UNIT_COLUMNS, vals):
+            if c in JSON_COLUMNS and v is not None:
+                json.loads(v)
+    except (TypeError, ValueError, OverflowError) as exc:
+        return f"unreadable value ({type(exc).__name__})"
+    return None
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -95,31 +183,70 @@ def unit_key(row: dict[str, Any]) -> tuple:
 class Store:
     """The study's SQLite database (``out/results.sqlite``), WAL mode.
 
+    Every unit row carries ``row_sha256``, a digest of its values (:func:`row_checksum`),
+    verified on every read: :meth:`units` and :meth:`done_keys` leave out a row that fails it
+    (logged once per store, one line), :meth:`check` lists them, and :meth:`insert_unit`
+    replaces such a row, so re-running the same study re-makes it. A file SQLite itself
+    cannot read (not a database, a malformed page) raises :class:`StoreCorruptError` with
+    one line saying what to do.
+
     Args:
         path: database file; created with its tables when absent.
         timeout: seconds to wait for a lock held by another process.
+        check: run SQLite's ``PRAGMA quick_check`` on open (a damaged file is found at once
+            instead of midway through a run).
     """
 
-    def __init__(self, path: str | Path, *, timeout: float = 30.0) -> None:
+    def __init__(self, path: str | Path, *, timeout: float = 30.0, check: bool = True) -> None:
         self.path = Path(path)
+        self._reported_bad: set[tuple] = set()
+        self._verified: set[tuple] = set()
+        self.conn: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = self._connect(timeout)
+            if check and self.path.stat().st_size > 0:
+                self._quick_check()
             self._create()
+        except StoreCorruptError:
+            self._close_quietly()
+            raise
+        except UnicodeDecodeError as exc:  # SQLite's message quoting a damaged schema
+            self._close_quietly()
+            raise StoreCorruptError(self.path, "malformed database schema (undecodable text)") from exc
         except (sqlite3.DatabaseError, OSError) as exc:
+            self._close_quietly()
             if is_disk_full(exc):
                 raise StoreFullError(f"disk full while opening {self.path}: {exc}") from exc
+            if isinstance(exc, sqlite3.DatabaseError) and is_corruption(exc):
+                raise StoreCorruptError(self.path, exc) from exc
             raise ValueError(f"cannot open result store {self.path}: {exc}") from exc
+
+    def _close_quietly(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except sqlite3.Error:
+                pass
 
     def _connect(self, timeout: float) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+        # a flipped byte inside a text value must not stop every read: it decodes (with
+        # surrogate escapes) and then fails its row checksum
+        conn.text_factory = lambda b: b.decode("utf-8", "surrogateescape")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         return conn
 
+    def _quick_check(self) -> None:
+        rows = [r[0] for r in self.conn.execute("PRAGMA quick_check(5)")]
+        if rows != ["ok"]:
+            raise StoreCorruptError(self.path, "; ".join(str(r) for r in rows[:2]))
+
     def _create(self) -> None:
         cols = ",\n  ".join(f"{k} {t}" for k, t in UNIT_COLUMNS.items())
+        # one IMMEDIATE transaction: two processes opening one old store migrate it once
         with self._tx():
             self.conn.execute(
                 "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
@@ -128,21 +255,28 @@ class Store:
                 "config_json TEXT NOT NULL, created_at TEXT NOT NULL, last_run_at TEXT NOT NULL, "
                 "run_seq INTEGER NOT NULL)")
             self.conn.execute(
-                f"CREATE TABLE IF NOT EXISTS units (\n  {cols},\n"
+                f"CREATE TABLE IF NOT EXISTS units (\n  {cols},\n  {CHECKSUM_COLUMN} TEXT NOT NULL,\n"
                 f"  PRIMARY KEY ({', '.join(KEY_COLUMNS)}))")
             self._create_claims()
             self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                               (str(SCHEMA_VERSION),))
-        cols = {r[1] for r in self.conn.execute("PRAGMA table_info(configs)")}
-        if "run_seq" not in cols:  # stores written by the first development version
-            with self._tx():
+            cfg_cols = {r[1] for r in self.conn.execute("PRAGMA table_info(configs)")}
+            if "run_seq" not in cfg_cols:  # stores written by the first development version
                 self.conn.execute("ALTER TABLE configs ADD COLUMN run_seq INTEGER NOT NULL DEFAULT 0")
-        ver = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
-        if int(ver) == 1:
-            self._migrate_v1()
-            ver = SCHEMA_VERSION
-        if int(ver) != SCHEMA_VERSION:
-            raise ValueError(f"{self.path}: store schema {ver}, this prunecal reads {SCHEMA_VERSION}")
+            ver = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+            try:
+                ver = int(ver)
+            except (TypeError, ValueError):
+                raise StoreCorruptError(self.path, f"schema version {ver!r}") from None
+            if ver == 1:
+                self._migrate_v1()
+                ver = 2
+            if ver == 2:
+                self._migrate_v2()
+                ver = 3
+            if ver != SCHEMA_VERSION:
+                raise ValueError(f"{self.path}: store schema {ver}, this prunecal reads "
+                                 f"{SCHEMA_VERSION} (a newer prunecal wrote it)")
 
     def _create_claims(self) -> None:
         """Claims of pending units by concurrent processes (see :meth:`claim_units`)."""
@@ -153,19 +287,31 @@ class Store:
         self.conn.execute("CREATE INDEX IF NOT EXISTS claims_owner ON claims (owner)")
 
     def _migrate_v1(self) -> None:
-        """Version 1 had no fine-tuning columns: its rows become one-shot rows (epochs 0)."""
+        """Version 1 had no fine-tuning columns: its rows become one-shot rows (epochs 0).
+        Runs inside :meth:`_create`'s transaction; leaves a version-2 table."""
         cols = ",\n  ".join(f"{k} {t}" for k, t in UNIT_COLUMNS.items())
         old = [r[1] for r in self.conn.execute("PRAGMA table_info(units)")]
-        with self._tx():
-            self.conn.execute(f"CREATE TABLE units_v2 (\n  {cols},\n"
-                              f"  PRIMARY KEY ({', '.join(KEY_COLUMNS)}))")
-            shared = [c for c in old if c in UNIT_COLUMNS]
-            self.conn.execute(
-                f"INSERT INTO units_v2 ({', '.join(shared)}, finetune_epochs, finetune_recipe) "
-                f"SELECT {', '.join(shared)}, 0, 'none' FROM units")
-            self.conn.execute("DROP TABLE units")
-            self.conn.execute("ALTER TABLE units_v2 RENAME TO units")
-            self.conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+        self.conn.execute(f"CREATE TABLE units_v2 (\n  {cols},\n"
+                          f"  PRIMARY KEY ({', '.join(KEY_COLUMNS)}))")
+        shared = [c for c in old if c in UNIT_COLUMNS]
+        self.conn.execute(
+            f"INSERT INTO units_v2 ({', '.join(shared)}, finetune_epochs, finetune_recipe) "
+            f"SELECT {', '.join(shared)}, 0, 'none' FROM units")
+        self.conn.execute("DROP TABLE units")
+        self.conn.execute("ALTER TABLE units_v2 RENAME TO units")
+        self.conn.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+
+    def _migrate_v2(self) -> None:
+        """Version 2 had no row checksums: each existing row gets the digest of its values as
+        they are now (from here on a change is detected). Inside :meth:`_create`'s transaction."""
+        self.conn.execute(f"ALTER TABLE units ADD COLUMN {CHECKSUM_COLUMN} TEXT NOT NULL DEFAULT ''")
+        names = list(UNIT_COLUMNS)
+        rows = self.conn.execute(f"SELECT rowid, {', '.join(names)} FROM units").fetchall()
+        for r in rows:
+            vals = [_normalise(c, v) for c, v in zip(names, r[1:])]
+            self.conn.execute(f"UPDATE units SET {CHECKSUM_COLUMN}=? WHERE rowid=?",
+                              (row_checksum(vals), r[0]))
+        self.conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     # -- transactions -------------------------------------------------------------------
     class _Tx:
@@ -196,11 +342,15 @@ class Store:
     def _guard(self, fn, *args):
         try:
             return fn(*args)
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
             if is_disk_full(exc):
                 raise StoreFullError(f"database or disk is full ({self.path}); no partial unit "
                                      "was stored: free space and re-run the same command") from exc
+            if is_corruption(exc):
+                raise StoreCorruptError(self.path, exc) from exc
             raise
+        except UnicodeDecodeError as exc:  # SQLite's message quoting a damaged schema
+            raise StoreCorruptError(self.path, "malformed database (undecodable text)") from exc
 
     # -- configs ------------------------------------------------------------------------
     def record_config(self, config_hash: str, config: dict[str, Any]) -> None:
@@ -218,24 +368,83 @@ class Store:
 
     def configs(self) -> list[dict[str, Any]]:
         """All configs, latest run first: ``{config_hash, config, created_at, last_run_at, n_units}``."""
-        rows = self.conn.execute(
-            "SELECT c.config_hash, c.config_json, c.created_at, c.last_run_at, "
-            "(SELECT COUNT(*) FROM units u WHERE u.config_hash=c.config_hash) "
-            "FROM configs c ORDER BY c.run_seq DESC").fetchall()
-        return [dict(config_hash=h, config=json.loads(j), created_at=c, last_run_at=l, n_units=n)
-                for h, j, c, l, n in rows]
+        def run() -> list[dict[str, Any]]:
+            rows = self.conn.execute(
+                "SELECT c.config_hash, c.config_json, c.created_at, c.last_run_at, "
+                "(SELECT COUNT(*) FROM units u WHERE u.config_hash=c.config_hash) "
+                "FROM configs c ORDER BY c.run_seq DESC").fetchall()
+            out = []
+            for h, j, c, l, n in rows:
+                try:
+                    cfg = json.loads(j)
+                except (TypeError, ValueError):
+                    raise StoreCorruptError(self.path, f"unreadable configuration of study {h!r}") from None
+                out.append(dict(config_hash=h, config=cfg, created_at=c, last_run_at=l, n_units=n))
+            return out
+        return self._guard(run)
 
     def latest_config_hash(self) -> str | None:
         cfgs = self.configs()
         return cfgs[0]["config_hash"] if cfgs else None
 
     # -- units --------------------------------------------------------------------------
-    def done_keys(self, config_hash: str | None = None) -> set[tuple]:
-        """Primary-key tuples of the stored units (of one config, or all)."""
-        q = f"SELECT {', '.join(KEY_COLUMNS)} FROM units"
+    def _scan(self, config_hash: str | None, order: bool = False):
+        """(raw values in UNIT_COLUMNS order, problem or None) of every stored row."""
+        q = f"SELECT {', '.join(UNIT_COLUMNS)}, {CHECKSUM_COLUMN} FROM units"
+        args: tuple = ()
+        if config_hash:
+            q += " WHERE config_hash=?"
+            args = (config_hash,)
+        if order:
+            q += (" ORDER BY model, method, sparsity, finetune_epochs, finetune_recipe, seed, "
+                  "backend, corruption, severity")
+        out = []
+        for r in self.conn.execute(q, args):
+            raw = r[:-1]
+            out.append((raw, _row_problem(raw, r[-1])))
+        return out
+
+    def _verified_keys(self, config_hash: str | None) -> set[tuple]:
+        """Keys of the stored rows whose checksum verifies. Each row is read in full and
+        checked once per Store (cached by rowid and checksum), so claiming often stays cheap."""
+        q = f"SELECT rowid, {CHECKSUM_COLUMN}, {', '.join(KEY_COLUMNS)} FROM units"
         rows = (self.conn.execute(q + " WHERE config_hash=?", (config_hash,)) if config_hash
-                else self.conn.execute(q))
-        return {unit_key(dict(zip(KEY_COLUMNS, r))) for r in rows}
+                else self.conn.execute(q)).fetchall()
+        out = set()
+        for rowid, digest, *key in rows:
+            tag = (rowid, digest)
+            if tag not in self._verified:
+                raw = self.conn.execute(f"SELECT {', '.join(UNIT_COLUMNS)} FROM units WHERE rowid=?",
+                                        (rowid,)).fetchone()
+                if raw is None or _row_problem(raw, digest) is not None:
+                    continue
+                self._verified.add(tag)
+            out.add(unit_key(dict(zip(KEY_COLUMNS, key))))
+        return out
+
+    def done_keys(self, config_hash: str | None = None) -> set[tuple]:
+        """Primary-key tuples of the stored units (of one config, or all) whose row checksum
+        verifies: a damaged row counts as not done, so the sweep re-makes it."""
+        return self._guard(self._verified_keys, config_hash)
+
+    def check(self, config_hash: str | None = None) -> list[dict[str, Any]]:
+        """Every stored row whose checksum fails: ``{"key": {column: value}, "problem": str,
+        "line": str}`` (``line`` is one line naming the store, the unit and what to do)."""
+        def run() -> list[dict[str, Any]]:
+            out = []
+            for raw, problem in self._scan(config_hash, order=True):
+                if problem is None:
+                    continue
+                key = {k: v for k, v in zip(UNIT_COLUMNS, raw) if k in KEY_COLUMNS}
+                out.append(dict(key=key, problem=problem, line=self._bad_line(key, problem)))
+            return out
+        return self._guard(run)
+
+    def _bad_line(self, key: dict[str, Any], problem: str) -> str:
+        unit = " ".join(f"{k}={key[k]!r}" if isinstance(key[k], str) else f"{k}={key[k]}"
+                        for k in KEY_COLUMNS)
+        return (f"{self.path}: damaged unit row ({problem}) excluded: {unit}; re-run prunecal-eval "
+                "with the same settings to re-make it")
 
     # -- claims (several processes on one output folder) ---------------------------------
     def claim_units(self, config_hash: str, keys: Sequence[tuple], *, owner: str,
@@ -273,9 +482,7 @@ class Store:
             out: list[tuple] = []
             with self._tx():
                 now = time.time()
-                stored = {unit_key(dict(zip(KEY_COLUMNS, r))) for r in self.conn.execute(
-                    f"SELECT {cols} FROM units WHERE config_hash=?", (config_hash,))}
-                stored -= self._bad_keys(config_hash)  # a damaged row is re-made
+                stored = self._verified_keys(config_hash)  # a damaged row is re-made
                 taken = {unit_key(dict(zip(KEY_COLUMNS, r))) for r in self.conn.execute(
                     f"SELECT {cols} FROM claims WHERE config_hash=? AND owner<>? AND expires_at>?",
                     (config_hash, owner, now))}
@@ -320,7 +527,10 @@ class Store:
         return [dict(zip((*KEY_COLUMNS, "owner", "expires_at"), r)) for r in rows]
 
     def insert_unit(self, row: dict[str, Any]) -> bool:
-        """Insert one complete unit in one transaction; False if the key is already stored.
+        """Insert one complete unit (with its row checksum) in one transaction; False if the
+        key is already stored. A stored row of the same key that fails its checksum is
+        replaced. The unit's claim (:meth:`claim_units`), if any, is dropped in the same
+        transaction.
 
         Raises:
             ValueError: a missing or unknown column.
@@ -330,54 +540,58 @@ class Store:
         unknown = sorted(set(row) - set(UNIT_COLUMNS))
         if missing or unknown:
             raise ValueError(f"unit row: missing columns {missing}, unknown columns {unknown}")
-        vals = []
-        for c in UNIT_COLUMNS:
-            v = row.get(c)
-            if c in JSON_COLUMNS and v is not None and not isinstance(v, str):
-                v = json.dumps(v, allow_nan=True)
-            if c == "sparsity":
-                v = round(float(v), 6)
-            vals.append(v)
-        sql = (f"INSERT INTO units ({', '.join(UNIT_COLUMNS)}) "
-               f"VALUES ({', '.join('?' * len(UNIT_COLUMNS))})")
-
+        vals = [_normalise(c, row.get(c)) for c in UNIT_COLUMNS]
+        vals.append(row_checksum(vals))
+        names = [*UNIT_COLUMNS, CHECKSUM_COLUMN]
+        sql = f"INSERT INTO units ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
         key = [vals[list(UNIT_COLUMNS).index(k)] for k in KEY_COLUMNS]
+        where = " AND ".join(f"{k}=?" for k in KEY_COLUMNS)
 
         def run() -> bool:
             with self._tx():
                 # the unit is stored (now or before): its claim has served its purpose
-                self.conn.execute(
-                    f"DELETE FROM claims WHERE {' AND '.join(f'{k}=?' for k in KEY_COLUMNS)}", key)
+                self.conn.execute(f"DELETE FROM claims WHERE {where}", key)
                 try:
                     self.conn.execute(sql, vals)
                 except sqlite3.IntegrityError:
-                    return False  # only this statement failed; the claim's deletion commits
+                    old = self.conn.execute(
+                        f"SELECT {', '.join(names)} FROM units WHERE {where}", key).fetchone()
+                    if old is None or _row_problem(old[:-1], old[-1]) is None:
+                        return False  # only this statement failed; the claim's deletion commits
+                    self.conn.execute(f"DELETE FROM units WHERE {where}", key)  # damaged: re-made
+                    self.conn.execute(sql, vals)
             return True
         return self._guard(run)
 
     def units(self, config_hash: str | None = None) -> list[dict[str, Any]]:
-        """Stored units as dicts, JSON columns decoded; ordered by key."""
-        q = f"SELECT {', '.join(UNIT_COLUMNS)} FROM units"
-        args: tuple = ()
-        if config_hash:
-            q += " WHERE config_hash=?"
-            args = (config_hash,)
-        q += (" ORDER BY model, method, sparsity, finetune_epochs, finetune_recipe, seed, backend, "
-              "corruption, severity")
-        out = []
-        for r in self.conn.execute(q, args):
-            d = dict(zip(UNIT_COLUMNS, r))
-            for c in JSON_COLUMNS:
-                if d[c] is not None:
-                    d[c] = json.loads(d[c])
-            out.append(d)
-        return out
+        """Stored units as dicts, JSON columns decoded; ordered by key. A row that fails its
+        checksum is left out and logged once (one line: :meth:`check` lists them all)."""
+        def run() -> list[dict[str, Any]]:
+            out = []
+            for raw, problem in self._scan(config_hash, order=True):
+                d = dict(zip(UNIT_COLUMNS, raw))
+                if problem is not None:
+                    key = {k: d[k] for k in KEY_COLUMNS}
+                    tag = tuple(str(key[k]) for k in KEY_COLUMNS)
+                    if tag not in self._reported_bad:
+                        self._reported_bad.add(tag)
+                        log.warning("%s", self._bad_line(key, problem))
+                    continue
+                for c in JSON_COLUMNS:
+                    if d[c] is not None:
+                        d[c] = json.loads(d[c])
+                out.append(d)
+            return out
+        return self._guard(run)
 
     def count(self, config_hash: str | None = None) -> int:
-        if config_hash:
-            return self.conn.execute("SELECT COUNT(*) FROM units WHERE config_hash=?",
-                                     (config_hash,)).fetchone()[0]
-        return self.conn.execute("SELECT COUNT(*) FROM units").fetchone()[0]
+        """Number of stored rows (damaged ones included; see :meth:`check`)."""
+        def run() -> int:
+            if config_hash:
+                return self.conn.execute("SELECT COUNT(*) FROM units WHERE config_hash=?",
+                                         (config_hash,)).fetchone()[0]
+            return self.conn.execute("SELECT COUNT(*) FROM units").fetchone()[0]
+        return self._guard(run)
 
     def close(self) -> None:
         self.conn.close()
@@ -389,5 +603,6 @@ class Store:
         self.close()
 
 
-__all__ = ["Store", "StoreFullError", "KEY_COLUMNS", "UNIT_COLUMNS", "unit_key", "is_disk_full",
+__all__ = ["Store", "StoreFullError", "StoreCorruptError", "is_corruption", "row_checksum",
+           "CHECKSUM_COLUMN", "SCHEMA_VERSION", "KEY_COLUMNS", "UNIT_COLUMNS", "unit_key", "is_disk_full",
            "now_iso"]
