@@ -168,6 +168,15 @@ CASES: dict[str, tuple[Callable, int]] = {
         torch.flatten(F.adaptive_avg_pool2d(_ia(s, x), 1), 1)), 0),
     "relu(t) + t (no conv)": (lambda s, x: (lambda t: torch.relu(t) + t)(_ia(s, x)), 0),
     "dead add, conv is the output": (_dead_add, 0),
+    "dead relu, conv is the output": (lambda s, x: (lambda c: (torch.relu(c), c)[1])(s.c0(_ia(s, x))), 0),
+    # other fusions of the same pass
+    "relu(relu(x)) on the input": (lambda s, x: s.c0(torch.relu(torch.relu(x))), 0),
+    "fc(relu(fc(v)))": (lambda s, x: s.fc(torch.relu(s.fc(torch.flatten(F.adaptive_avg_pool2d(_ia(s, x), 1), 1)))),
+                        0),
+    "two subsampling shortcuts, two channel pads": (lambda s, x: F.pad(F.pad(
+        _ia(s, x)[:, :, ::2, ::2], (0, 0, 0, 0, 1, 3))[:, :, ::2, ::2], (0, 0, 0, 0, 2, 0)), 0),
+    "subsample read twice": (lambda s, x: (lambda u: u[:, :, ::2, ::2] + F.pad(u, (0, 0, 0, 0, 0, 0))[:, :, ::2, ::2])(
+        _ia(s, x)[:, :, ::2, ::2]), 0),
 }
 
 
@@ -236,6 +245,9 @@ def test_audit_pattern_differs_when_fused():
     lambda s, x: s.c0(x) + x[:, :, :, :1],                # broadcasting add
     lambda s, x: (lambda c: torch.relu_(c) + c)(s.c0(x)),  # in-place ReLU of a value read again
     lambda s, x: s.fw(s.c0(x)),                          # Linear over the last axis of (N, C, H, W)
+    lambda s, x: (lambda c: (s.b0(c), c)[1])(s.c0(x)),     # dead BN of the output conv
+    lambda s, x: (lambda c: (torch.relu_(c), c)[1])(s.c0(x)),  # in-place ReLU of the returned value
+    lambda s, x: (lambda c: (c.add_(x), c)[1])(s.c0(x)),   # in-place add into the returned value
 ])
 def test_rejected_patterns(body):
     m = Net(body)
