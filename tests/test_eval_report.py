@@ -88,7 +88,7 @@ def test_report_tables_and_findings(tmp_path):
     assert ("global_magnitude — one-shot: no sparsity safe; at 0.9: acc 74.0 % (-18.0 pp), "
             "ECE 12.0 % (TS 6.0 %)") in md
     assert "- fastest — global_magnitude at 0.9 (one-shot) on csr: 370 images/s, 3.70x" in md
-    assert len(paths["figures"]) == 6
+    assert len(paths["figures"]) == 7
     for f in paths["figures"]:
         data = f.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1024

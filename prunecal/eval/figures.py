@@ -261,5 +261,45 @@ def speedup_vs_sparsity(v: "StudyView", path: Path) -> Path | None:
     return _save(fig, path)
 
 
-__all__ = ["accuracy_ece_vs_sparsity", "tradeoff_scatter", "reliability_diagrams",
+def severity_curves(v: "StudyView", path: Path) -> Path | None:
+    """Accuracy (top) and ECE (bottom) vs corruption severity (0 = clean), mean over the
+    corruptions and seeds; one column per method, one line per pruned network (colour: sparsity,
+    line style: fine-tuning regime), the unpruned network in black in every column."""
+    if not v.severities or not v.pruned_nets():
+        return None
+    sev = [0] + list(v.severities)
+
+    def curve(n: "Net", key: str) -> list[float]:
+        ys = [v.clean_stat(n, key).mean if v.clean_stat(n, key) else math.nan]
+        for k in v.severities:
+            vals = [u[key] for sd in v.seeds for (c, kk), u in v.corruption_units_of(n, sd).items() if kk == k]
+            ys.append(float(np.mean(vals)) if vals else math.nan)
+        return ys
+
+    methods = [m for m in v.methods if v.pruned_nets(m)]
+    fig, axes = plt.subplots(2, len(methods), figsize=(4.2 * len(methods) + 1, 7), squeeze=False,
+                             layout="constrained")
+    spars = sorted({n.sparsity for n in v.pruned_nets()})
+    cmap = plt.get_cmap("viridis")
+    shade = {s: cmap(0.85 * i / max(1, len(spars) - 1)) for i, s in enumerate(spars)}
+    for j, m in enumerate(methods):
+        for i, key in enumerate(("accuracy", "ece")):
+            ax = axes[i, j]
+            if v.has_base:
+                ax.plot(sev, curve(BASE_NET, key), "k-*", ms=8, lw=2, label="unpruned")
+            for n in v.pruned_nets(m):
+                ls, mk = _style(v, n.regime)
+                ax.plot(sev, curve(n, key), ls=ls, marker=mk, ms=4, color=shade[n.sparsity],
+                        label=f"{n.sparsity:g}, {regime_label(n.regime)}")
+            ax.set_xticks(sev, ["clean"] + [str(k) for k in v.severities])
+            ax.set_xlabel("corruption severity")
+            ax.set_ylabel("accuracy" if key == "accuracy" else f"ECE ({v.n_bins} bins)")
+            ax.set_title(m, fontsize=9)
+            ax.grid(alpha=0.3)
+        axes[0, j].legend(fontsize=6, loc="lower left")
+    fig.suptitle(f"{v.model}: accuracy and ECE by corruption severity (mean over corruptions and seeds)")
+    return _save(fig, path)
+
+
+__all__ = ["accuracy_ece_vs_sparsity", "tradeoff_scatter", "severity_curves", "reliability_diagrams",
            "corruption_heatmap", "speedup_vs_sparsity"]

@@ -41,6 +41,9 @@ _FIGURES = (
      "Accuracy and ECE (before / after temperature scaling) vs sparsity, one line per method and "
      "fine-tuning regime: clean with 95 % bootstrap band (top) and mean over corruptions (bottom); "
      "error bars: sd over seeds."),
+    (F.severity_curves, "severity.png",
+     "Accuracy and ECE by corruption severity (0 = clean) for every network, one panel per method: "
+     "colour = sparsity, line style = fine-tuning regime, black = the unpruned network."),
     (F.reliability_diagrams, "reliability.png",
      "Reliability diagrams on clean data, unpruned vs the most-pruned network of each method and "
      "fine-tuning regime (first seed)."),
