@@ -346,3 +346,31 @@ def test_stored_strings_are_escaped(tmp_path):
         text = p.read_text(encoding="utf-8")
         assert "<script" not in text and "<img src=x" not in text, p.name
         assert "&lt;script&gt;" in text
+
+
+def _findings(md):
+    sec = md.split("## Findings", 1)[1].split("\n## ", 1)[0]
+    return [l[2:] for l in sec.splitlines() if l.startswith("- ")]
+
+
+def test_findings_one_line_per_method(report):
+    rows, md, _, _ = report
+    lines = _findings(md)
+    assert [l.split(" — ")[0] for l in lines] == ["unpruned (reference)", "global_magnitude", "l1_filter",
+                                                  "fastest"]
+    gm = lines[1]
+    # one-shot and fine-tuned segments on the method's one line, each with its numbers
+    one, ft = NETS[1], NETS[2]
+    assert "one-shot: " in gm and "fine-tuned 3 ep [ft-38c543845a]: " in gm
+    for net in (one, ft):
+        acc = [u["accuracy"] for u in _clean(rows, net)]
+        ts = [u["ece_ts"] for u in _clean(rows, net)]
+        assert f"acc {fmt(acc)} %" in gm and f"TS {fmt(ts)} %" in gm
+    assert lines[0].startswith(f"unpruned (reference) — acc {fmt([u['accuracy'] for u in _clean(rows, BASE)])} %")
+
+
+def test_findings_without_unpruned_network(tmp_path):
+    build_synthetic(tmp_path, nets=NETS[1:2], seeds=(0,), corruptions=("fog",))
+    lines = _findings(build_report(tmp_path)["md"].read_text(encoding="utf-8"))
+    assert len(lines) == 1 and lines[0].startswith("global_magnitude — one-shot: at 0.5: acc ")
+    assert "safe" not in lines[0]  # no verdict without the unpruned network

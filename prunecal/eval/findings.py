@@ -54,12 +54,14 @@ def method_line(v: "StudyView", method: str) -> str | None:
         safe = [n for n in nets if ass[n]["verdict"] in ("safe & faster", "safe, not faster")]
         seg = f"{regime_label(r)}: "
         top = nets[-1]
-        if safe and safe[-1] != top:
+        judged = v.has_base and ass[top]["verdict"] != "no clean interval"
+        if judged and safe and safe[-1] != top:
             s = safe[-1]
             seg += f"{ass[s]['verdict']} up to {s.sparsity:g} ({_net_numbers(v, s, ass[s])}); "
-        elif not safe:
+        elif judged and not safe:
             seg += "no sparsity safe; "
-        seg += f"at {top.sparsity:g}: {_net_numbers(v, top, ass[top])} [{ass[top]['verdict']}]"
+        seg += f"at {top.sparsity:g}: {_net_numbers(v, top, ass[top])}"
+        seg += f" [{ass[top]['verdict']}]" if judged else ""
         segs.append(seg)
     return f"{method} — " + "; ".join(segs) if segs else None
 
