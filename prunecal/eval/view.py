@@ -134,9 +134,16 @@ class StudyView:
         self.severities = sorted({u["severity"] for u in self.units if u["corruption"] != "clean"})
         self.seeds = sorted({int(u["seed"]) for u in self.units})
         self._idx: dict[tuple, dict] = {}
+        self._corr: dict[tuple[Net, int], dict[tuple[str, int], dict]] = {}
+        self._net_seeds: dict[Net, set[int]] = {}
         for u in self.units:
-            self._idx[(net_of(u), int(u["seed"]), u["corruption"], u["severity"], u["backend"])] = u
-        nets = {k[0] for k in self._idx}
+            n, sd = net_of(u), int(u["seed"])
+            self._idx[(n, sd, u["corruption"], u["severity"], u["backend"])] = u
+            self._net_seeds.setdefault(n, set()).add(sd)
+            if u["corruption"] != "clean" and u["backend"] == self.primary:
+                self._corr.setdefault((n, sd), {})[(u["corruption"], u["severity"])] = u
+        self._rob: dict[Net, dict[str, Any]] = {}
+        nets = set(self._net_seeds)
         self.regimes = sorted({n.regime for n in nets}, key=lambda r: (r != ONESHOT, r))
         order = {m: i for i, m in enumerate(self.methods)}
         self._nets = sorted(nets, key=lambda n: (not n.is_base, order.get(n.method, -1), n.sparsity,
@@ -162,7 +169,7 @@ class StudyView:
 
     def seeds_of(self, net: Net) -> list[int]:
         """The seeds with any unit of the network."""
-        return sorted({k[1] for k in self._idx if k[0] == net})
+        return sorted(self._net_seeds.get(net, ()))
 
     def clean_units(self, net: Net, backend: str | None = None) -> list[dict]:
         """The network's clean units, one per seed."""
@@ -181,8 +188,7 @@ class StudyView:
         return stat([get(u) for u in us], cis)
 
     def corruption_units_of(self, net: Net, seed: int) -> dict[tuple[str, int], dict]:
-        return {(k[2], k[3]): u for k, u in self._idx.items()
-                if k[0] == net and k[1] == seed and k[2] != "clean" and k[4] == self.primary}
+        return self._corr.get((net, seed), {})
 
     def corruption_stat(self, net: Net, key: str) -> Stat | None:
         """Per seed the mean of ``key`` (``accuracy``, ``ece``, ``ece_ts``, ``nll``, ``nll_ts``)
@@ -220,6 +226,11 @@ class StudyView:
     def robustness_net(self, net: Net) -> dict[str, Any]:
         """``{"mce", "rel_mce", "mean_error_15"}`` as Stats over seeds, ``"mce_ratios"``
         (per benchmark corruption, seed-mean) or ``{"reason": why not computed}``."""
+        if net not in self._rob:
+            self._rob[net] = self._robustness(net)
+        return self._rob[net]
+
+    def _robustness(self, net: Net) -> dict[str, Any]:
         from prunecal.metrics import robustness as R
 
         sev = self.severities
