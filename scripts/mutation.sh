@@ -71,7 +71,7 @@ run_target() {
     echo "== $t: mutating $ONLY${NAMES:+ (functions: $NAMES)}; tests: $(echo $TESTS)"
     local start=$SECONDS
     # shellcheck disable=SC2086  # NAMES: globs for mutmut, not for the shell
-    (cd "$work" && set -f && nice -n "$NICE" "$PY" -m mutmut run --max-children "$JOBS" $NAMES \
+    (cd "$work" && set -f && HYPOTHESIS_PROFILE=mutation nice -n "$NICE" "$PY" -m mutmut run --max-children "$JOBS" $NAMES \
         > "$work/run.log" 2>&1) || { tail -30 "$work/run.log"; echo "mutmut run failed for $t" >&2; return 1; }
     local secs=$((SECONDS - start))
     (cd "$work" && set -f && "$PY" -m mutmut results --all true > "$work/results.txt" 2>&1 || true)

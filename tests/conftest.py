@@ -12,6 +12,14 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# scripts/mutation.sh runs the tests with HYPOTHESIS_PROFILE=mutation: a failing example is
+# reported as found (no shrinking, which can take minutes per mutant), nothing is stored
+from hypothesis import Phase, settings as _hyp_settings  # noqa: E402
+
+_hyp_settings.register_profile("mutation", phases=[Phase.explicit, Phase.reuse, Phase.generate], database=None)
+if os.environ.get("HYPOTHESIS_PROFILE"):
+    _hyp_settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
+
 
 def shared_data_dir() -> Path | None:
     env = os.environ.get("PRUNECAL_SHARED_DATA")
