@@ -225,9 +225,11 @@ def test_clean_table_columns(report):
         assert got["seeds"] == "2"
         for col, (get, scale, nd) in CLEAN_COLS.items():
             assert got[col] == fmt([get(u) for u in us], scale, nd), (net, col)
-        lo = np.mean([u["ci_json"]["accuracy"][0] for u in us])
-        hi = np.mean([u["ci_json"]["accuracy"][1] for u in us])
-        assert got["acc 95 % CI"] == f"{100 * lo:.1f}–{100 * hi:.1f}"
+        for col, key, nd in (("acc 95 % CI", "accuracy", 1), ("ECE 95 % CI", "ece", 2),
+                             ("ECE (TS) 95 % CI", "ece_ts", 2)):
+            lo = np.mean([u["ci_json"][key][0] for u in us])
+            hi = np.mean([u["ci_json"][key][1] for u in us])
+            assert got[col] == f"{100 * lo:.{nd}f}–{100 * hi:.{nd}f}", (net, col)
 
 
 def test_corruption_table_columns(report):

@@ -46,6 +46,11 @@ def _abs(st: Stat | None, nd: int = 1) -> str:
     return t if t == "–" else t + " %"
 
 
+def _ci(st: Stat | None, nd: int = 1) -> str:
+    """The bootstrap 95 % CI (mean of the seeds' bounds), in %: ``89.4–93.5``."""
+    return f"{_pct(st.ci[0], nd)}–{_pct(st.ci[1], nd)}" if st is not None and st.ci else "–"
+
+
 def net_cells(v: StudyView, n: Net) -> list[str]:
     """method, sparsity, fine-tuning, seeds."""
     return ["unpruned (reference)" if n.is_base else n.method, f"{n.sparsity:g}",
@@ -136,7 +141,8 @@ def verdict_table(v: StudyView) -> Table:
 # -- clean -------------------------------------------------------------------------------------
 
 def clean_table(v: StudyView) -> Table:
-    head = NET_HEAD + ["achieved", "T", "acc %", "acc 95 % CI", "ECE %", "ECE % (TS)", "MCE %",
+    head = NET_HEAD + ["achieved", "T", "acc %", "acc 95 % CI", "ECE %", "ECE 95 % CI", "ECE % (TS)",
+                       "ECE (TS) 95 % CI", "MCE %",
                        "MCE % (TS)", "NLL", "NLL (TS)", "Brier", "Brier (TS)", "AURC", "AURC (TS)"]
     rows, rcls = [], []
     for n in v.nets:
@@ -144,11 +150,10 @@ def clean_table(v: StudyView) -> Table:
             continue
         s = lambda k: v.clean_stat(n, k)  # noqa: E731
         acc = s("accuracy")
-        ci = acc.ci if acc else None
         rows.append(net_cells(v, n) + [
             _pct(s("sparsity_achieved").mean if s("sparsity_achieved") else None),
-            fmt_stat(s("temperature"), 1, 2), fmt_stat(acc), f"{_pct(ci[0])}–{_pct(ci[1])}" if ci else "–",
-            fmt_stat(s("raw:ece"), nd=2), fmt_stat(s("ts:ece"), nd=2),
+            fmt_stat(s("temperature"), 1, 2), fmt_stat(acc), _ci(acc),
+            fmt_stat(s("raw:ece"), nd=2), _ci(s("ece"), 2), fmt_stat(s("ts:ece"), nd=2), _ci(s("ece_ts"), 2),
             fmt_stat(s("raw:mce")), fmt_stat(s("ts:mce")),
             fmt_stat(s("raw:nll"), 1, 3), fmt_stat(s("ts:nll"), 1, 3),
             fmt_stat(s("raw:brier"), 1, 3), fmt_stat(s("ts:brier"), 1, 3),
@@ -160,7 +165,7 @@ def clean_table(v: StudyView) -> Table:
           if n_cal else "No temperature scaling (--calib-fraction 0): TS columns equal the raw ones. ")
     cap = (f"Clean data ({n_eval if n_eval is not None else '?'} evaluation images, {v.n_bins} "
            f"{v.config.get('binning', 'width')} bins). {ts}"
-           "Values: mean over seeds (± sd over seeds with 2 or more); acc 95 % CI: bootstrap interval "
+           "Values: mean over seeds (± sd over seeds with 2 or more); 95 % CI: bootstrap interval "
            "on the test images (mean of the seeds' bounds). achieved = share of prunable weights "
            "removed relative to the unpruned network.")
     return Table(head, rows, cap, row_classes=rcls)
