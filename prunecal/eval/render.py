@@ -85,12 +85,12 @@ def render_md(title: str, blocks: list[Any], out: Path) -> str:
 CSS = """body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:12px;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;
 text-align:right;white-space:nowrap}th{background:#f3f3f3;white-space:normal;vertical-align:bottom}
-.scroll{overflow-x:auto;max-width:100%}table.wrap td{white-space:normal}td:nth-child(-n+3),th:nth-child(-n+3){text-align:left}table.verdict td:last-child{text-align:left}
+.scroll{overflow-x:auto;max-width:100%}table.wrap td{white-space:normal}td:nth-child(1),th:nth-child(1),td:nth-child(3),th:nth-child(3){text-align:left}table.verdict td:last-child{text-align:left}
 tr.ref td{background:#eef3fb;font-weight:600}td.better{background:#c8ecc8}td.within{background:#ececec}
 td.worse{background:#f6c6c6}td.safe{background:#6cc46c;color:#fff;font-weight:700}
 .note{background:#fff6d6;border-left:4px solid #e0b000;padding:.5em 1em}
 .cap{font-size:12px;color:#555;margin-bottom:1.5em;max-width:1200px}img{max-width:100%}
-code{background:#f3f3f3;padding:0 2px}li{margin:.2em 0}"""
+code{background:#f3f3f3;padding:0 2px;white-space:nowrap}li{margin:.2em 0}"""
 
 
 def html_text(s: str) -> str:
