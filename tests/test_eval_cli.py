@@ -208,3 +208,78 @@ def test_unwritable_out_is_one_line(tmp_path, capsys):
     code = run(["--out", str(blocker / "o"), *TINY])
     err = capsys.readouterr().err.strip()
     assert code in (1, 2) and len(err.splitlines()) == 1 and str(blocker) in err
+
+
+# -- settings: wrong types / ranges -> one line naming the key, exit 2, nothing written -------
+def _nothing_written(out: Path) -> bool:
+    return not (out / "results.sqlite").exists() and not (out / "config.resolved.toml").exists() \
+        and not (out / "cache").exists()
+
+
+@pytest.mark.parametrize("toml,needle", [
+    ('threads = "two"', "threads must be an integer, got a string ('two')"),
+    ("batch_size = 1.5", "batch_size must be an integer, got a number (1.5)"),
+    ("threads = true", "threads must be an integer, got a boolean (True)"),
+    ('n_bootstrap = "x"', "n_bootstrap must be an integer, got a string ('x')"),
+    ('keep_logits = "false"', "keep_logits must be true or false"),
+    ('quiet = "no"', "quiet must be true or false"),
+    ("seed = -1", "seed must be an integer between 0 and 4294967295, got -1"),
+    ("threads = 100000", "threads must be an integer between 1 and"),
+])
+def test_bad_config_values_exit_2_nothing_written(tmp_path, capsys, toml, needle):
+    from prunecal.eval.cli import run
+
+    f = tmp_path / "s.toml"
+    f.write_text("[study]\n" + toml + "\n")
+    out = tmp_path / "o"
+    assert run(["--config", str(f), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err
+    assert _nothing_written(out) and not out.exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--threads", "1000"], "--threads must be an integer between 1 and"),
+    (["--threads", "two"], "--threads must be an integer, got 'two'"),
+    (["--n-bootstrap", "-1"], "--n-bootstrap must be an integer between 0 and"),
+    (["--seed", "-1"], "--seed must be an integer between 0 and 4294967295, got -1"),
+    (["--batch-size", "1.5"], "--batch-size must be an integer, got '1.5'"),
+    (["--binning", "x"], "--binning must be one of width, mass"),
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+])
+def test_bad_flag_values_exit_2_nothing_written(tmp_path, capsys, args, needle):
+    from prunecal.eval.cli import run
+
+    out = tmp_path / "o"
+    with pytest.raises(SystemExit) if args == ["--no-such-flag"] else _no_exit() as ei:
+        code = run(["--out", str(out), *args])
+    if args == ["--no-such-flag"]:
+        code = ei.value.code
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+class _no_exit:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_out_is_a_file_and_cache_dir_under_a_file_exit_2(tmp_path, capsys):
+    from prunecal.eval.cli import run
+
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert run(["--out", str(f), *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"out: {f} is an existing file, not a folder" in err and len(err.splitlines()) == 1
+    out = tmp_path / "o"
+    assert run(["--out", str(out), "--cache-dir", str(f / "cache"), *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"cache_dir: cannot create folder {f / 'cache'}: {f} is a file" in err
+    assert not out.exists()
+    assert f.read_text() == "x"

@@ -1,14 +1,18 @@
 """Command line: ``prunecal-eval`` (run / resume a study) and ``prunecal-report`` (rebuild its report).
 
-Exit codes: 0 done; 1 disk full or an unexpected failure; 2 bad arguments (unknown model /
-method / corruption / backend names, unreadable weights, data or config); 130 interrupted.
+Exit codes: 0 done; 1 disk full or an unexpected failure (``prunecal-report --check``: damaged
+rows); 2 bad arguments (a setting of the wrong type or out of range, unknown model / method /
+corruption / backend names, unreadable weights, data or config, an output path that is a file)
+or a damaged result store (``--rebuild-store`` moves it aside); 130 interrupted.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import sqlite3
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -48,9 +52,18 @@ def _d(name: str) -> str:
     return f" (default: {v})"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors (unknown flag, missing value) on one line, exit 2."""
+
+    def error(self, message: str):  # noqa: D401
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``prunecal-eval`` argument parser (every default is stated in the help)."""
-    p = argparse.ArgumentParser(
+    """The ``prunecal-eval`` argument parser (every default is stated in the help). Values are
+    taken as text and checked by :func:`prunecal.eval.config.check_setting`, the same schema
+    as the config-file keys."""
+    p = _Parser(
         prog="prunecal-eval", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG,
         description="Prune a CNN post hoc and measure its calibration, corruption robustness and "
                     "CPU speed; results go to OUT/results.sqlite, OUT/report.{md,html}, OUT/results.csv.")
@@ -76,13 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--sparse-backend", dest="sparse_backend", help="comma-separated backends from dense,torch,csr,bsr; "
       "the first evaluates every unit, the others only the clean units (speed and an equivalence "
       "check of their logits)" + _d("sparse_backend"))
-    a("--threads", type=int, help="CPU threads for torch and the native kernels" + _d("threads"))
-    a("--batch-size", dest="batch_size", type=int, help="images per forward pass" + _d("batch_size"))
+    a("--threads", help="CPU threads for torch and the native kernels" + _d("threads"))
+    a("--batch-size", dest="batch_size", help="images per forward pass" + _d("batch_size"))
     a("--seeds", help="comma-separated seeds; every seeded stage (random pruning, slimming, "
       "fine-tuning order and augmentation, the calibration split, bootstrap) runs once per seed and "
       "the report shows mean +- std over seeds" + _d("seeds"))
-    a("--seed", type=int, help="a single seed (same as --seeds N)")
-    a("--corruption-seed", dest="corruption_seed", type=int, help="seed of the generated corruptions "
+    a("--seed", help="a single seed (same as --seeds N)")
+    a("--corruption-seed", dest="corruption_seed", help="seed of the generated corruptions "
       "(the same corrupted images for every --seeds value)" + _d("corruption_seed"))
     g = p.add_argument_group("fine-tuning (the seed study's protocol: prune -> fine-tune -> evaluate)")
     b = g.add_argument
@@ -93,45 +106,49 @@ def build_parser() -> argparse.ArgumentParser:
       "in any layout load_cifar10 accepts (e.g. train_jpeg.npz, or exact_subset.npz's x_train); "
       "required when an epoch count > 0")
     b("--finetune-split", dest="finetune_split", help="split of --finetune-data" + _d("finetune_split"))
-    b("--finetune-limit", dest="finetune_limit", type=int, help="use only the first N training "
+    b("--finetune-limit", dest="finetune_limit", help="use only the first N training "
       "images (default: all)")
-    b("--finetune-lr", dest="finetune_lr", type=float, help="learning rate (the paper: 0.001)"
+    b("--finetune-lr", dest="finetune_lr", help="learning rate (the paper: 0.001)"
       + _d("finetune_lr"))
-    b("--finetune-batch-size", dest="finetune_batch_size", type=int, help="images per SGD step"
+    b("--finetune-batch-size", dest="finetune_batch_size", help="images per SGD step"
       + _d("finetune_batch_size"))
-    b("--finetune-momentum", dest="finetune_momentum", type=float, help="SGD momentum"
+    b("--finetune-momentum", dest="finetune_momentum", help="SGD momentum"
       + _d("finetune_momentum"))
-    b("--finetune-weight-decay", dest="finetune_weight_decay", type=float, help="SGD weight decay"
+    b("--finetune-weight-decay", dest="finetune_weight_decay", help="SGD weight decay"
       + _d("finetune_weight_decay"))
-    b("--finetune-schedule", dest="finetune_schedule", choices=C.FINETUNE_SCHEDULES,
+    b("--finetune-schedule", dest="finetune_schedule", metavar="{" + ",".join(C.FINETUNE_SCHEDULES) + "}",
       help="LR schedule; constant lets a longer run continue a shorter one's checkpoint"
       + _d("finetune_schedule"))
-    b("--finetune-augment", dest="finetune_augment", choices=("true", "false"),
+    b("--finetune-augment", dest="finetune_augment", metavar="{true,false}",
       help="random crop (pad 4) + horizontal flip (default: true)")
-    b("--finetune-backend", dest="finetune_backend", choices=C.FINETUNE_BACKENDS,
+    b("--finetune-backend", dest="finetune_backend", metavar="{" + ",".join(C.FINETUNE_BACKENDS) + "}",
       help="where fine-tuning runs: torch (masked dense), csr (prunecal's sparse training kernels, "
       "when built), auto (csr where it is measured faster)" + _d("finetune_backend"))
-    b("--slimming-l1", dest="slimming_l1", type=float, help="network slimming (Liu et al. 2017, "
+    b("--slimming-l1", dest="slimming_l1", help="network slimming (Liu et al. 2017, "
       "1e-4 there): L1 penalty on BN scales in a sparsity-training stage before bn_channel pruning; "
       "0 = prune the network as it is" + _d("slimming_l1"))
-    b("--slimming-epochs", dest="slimming_epochs", type=int, help="epochs of that sparsity training "
+    b("--slimming-epochs", dest="slimming_epochs", help="epochs of that sparsity training "
       "(on --finetune-data)" + _d("slimming_epochs"))
-    a("--n-bins", dest="n_bins", type=int, help="bins of ECE / MCE / reliability diagrams" + _d("n_bins"))
-    a("--binning", choices=("width", "mass"), help="equal-width or equal-mass bins" + _d("binning"))
-    a("--calib-fraction", dest="calib_fraction", type=float,
+    a("--n-bins", dest="n_bins", help="bins of ECE / MCE / reliability diagrams" + _d("n_bins"))
+    a("--binning", metavar="{width,mass}", help="equal-width or equal-mass bins" + _d("binning"))
+    a("--calib-fraction", dest="calib_fraction",
       help="fraction of the clean images held out (seeded split) to fit each pruned model's "
       "temperature; never evaluated; 0 disables temperature scaling" + _d("calib_fraction"))
-    a("--n-bootstrap", dest="n_bootstrap", type=int, help="bootstrap resamples of the clean-unit 95 %% "
+    a("--n-bootstrap", dest="n_bootstrap", help="bootstrap resamples of the clean-unit 95 %% "
       "intervals (0 = none)" + _d("n_bootstrap"))
     a("--keep-logits", dest="keep_logits", action="store_true", default=None,
       help="save each unit's logits, labels and image indices as OUT/logits/*.npz (default: off)")
-    a("--limit", type=int, help="use only the first N images of --data (default: all)")
+    a("--limit", help="use only the first N images of --data (default: all)")
     a("--cache-dir", dest="cache_dir", metavar="DIR", help="cache of pruned models and corrupted "
       "images (default: OUT/cache)")
     a("--no-report", dest="no_report", action="store_true", help="do not write the report at the end")
     a("--dry-run", dest="dry_run", action="store_true", help="print how many units the study has, are "
       "stored and would run, then exit without evaluating")
     a("--quiet", action="store_true", default=None, help="plain log lines instead of progress bars")
+    a("--rebuild-store", dest="rebuild_store", action="store_true",
+      help="when OUT/results.sqlite is damaged (SQLite cannot read it), move it aside as "
+      "results.sqlite.damaged-TIME and start a fresh store; the cache is kept, so only the "
+      "evaluations run again (an intact store is kept as it is)")
     return p
 
 
@@ -142,9 +159,8 @@ def config_from_args(args: argparse.Namespace) -> C.StudyConfig:
         cfg = C.config_from_mapping(C.load_config_file(args.config), cfg)
     names = {f for f in C.StudyConfig.__dataclass_fields__} | {"seed"}
     flags = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    if "finetune_augment" in flags:
-        flags["finetune_augment"] = flags["finetune_augment"] == "true"
-    return C.config_from_mapping(flags, cfg)
+    # the same schema as the config keys: flag values are text, parsed by each setting's type
+    return C.config_from_mapping(flags, cfg, text=True, flags=True)
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -166,11 +182,12 @@ def run(argv: Sequence[str] | None = None) -> int:
     """Parse, run and report; returns the exit code (see module doc)."""
     from prunecal.registry import UnknownNameError
 
-    from .store import Store, StoreFullError, is_disk_full
+    from .store import Store, StoreCorruptError, StoreFullError, is_corruption, is_disk_full
 
     args = build_parser().parse_args(argv)
     try:
         cfg = config_from_args(args)
+        C.check_output_paths(cfg)  # nothing is written before every setting has been checked
     except (C.ConfigError, FileNotFoundError, ValueError) as exc:
         return _fail(_one_line(exc), 2)
     _setup_logging(cfg.quiet)
@@ -191,6 +208,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     store = None
     try:
         out.mkdir(parents=True, exist_ok=True)
+        if args.rebuild_store:
+            moved = rebuild_store(out / "results.sqlite")
+            if moved:
+                log.warning("damaged result store moved to %s; starting a fresh store", moved)
         store = Store(out / "results.sqlite")
         resolved = C.to_dict(cfg)
         resolved.update(config_hash=prep.config_hash, weights_sha256=prep.weights_sha256,
@@ -228,6 +249,12 @@ def run(argv: Sequence[str] | None = None) -> int:
         return 130
     except StoreFullError as exc:
         return _fail(f"{_one_line(exc)}", 1)
+    except StoreCorruptError as exc:
+        return _fail(_one_line(exc), 2)
+    except sqlite3.DatabaseError as exc:  # not through Store's guard (a damaged file, a lock)
+        if is_corruption(exc):
+            return _fail(_one_line(StoreCorruptError(out / "results.sqlite", exc)), 2)
+        return _fail(f"result store {out / 'results.sqlite'}: {_one_line(exc)}", 1)
     except (UnknownNameError, C.ConfigError, FileNotFoundError) as exc:
         return _fail(_one_line(exc), 2)
     except OSError as exc:
@@ -251,20 +278,83 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.exit(run(argv))
 
 
+def rebuild_store(db: str | Path) -> Path | None:
+    """Move a damaged result store (one SQLite cannot read) aside as ``<name>.damaged-<UTC time>``
+    (with its ``-wal``; the ``-shm`` index is dropped) so that a fresh one can start; returns the
+    new path, or None when the store is absent or intact (then it is kept as it is)."""
+    from .store import Store, StoreCorruptError
+
+    db = Path(db)
+    if not db.exists():
+        return None
+    try:
+        Store(db).close()
+        return None
+    except StoreCorruptError:
+        pass
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest = db.with_name(f"{db.name}.damaged-{stamp}")
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = db.with_name(f"{db.name}.damaged-{stamp}-{n}")
+    os.replace(db, dest)
+    wal = db.with_name(db.name + "-wal")
+    if wal.exists():
+        os.replace(wal, dest.with_name(dest.name + "-wal"))
+    db.with_name(db.name + "-shm").unlink(missing_ok=True)
+    return dest
+
+
 def build_report_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="prunecal-report",
-                                description="(Re)build OUT/report.md, OUT/report.html, OUT/figures/ "
-                                            "and OUT/results.csv from OUT/results.sqlite.")
+    p = _Parser(prog="prunecal-report",
+                description="(Re)build OUT/report.md, OUT/report.html, OUT/figures/ "
+                            "and OUT/results.csv from OUT/results.sqlite. Every row's checksum is "
+                            "verified: a damaged row is named on stderr (one line each) and left "
+                            "out of the report.")
     p.add_argument("out", metavar="OUT", help="output folder of a prunecal-eval run")
     p.add_argument("--config-hash", dest="config_hash", help="which study in the store to report "
                    "(default: the one run last); `--list` shows them")
     p.add_argument("--list", action="store_true", help="list the studies in the store and exit")
+    p.add_argument("--check", action="store_true", help="verify the store (SQLite's integrity check "
+                   "and every row's checksum), list every damaged row and exit: 0 all intact, 1 "
+                   "damaged rows (re-run prunecal-eval with the same settings to re-make them), "
+                   "2 the file itself is damaged")
     return p
+
+
+class _StderrLines(logging.Handler):
+    """Warnings of the store (damaged rows) as ``prunecal-report: warning: ...`` lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"prunecal-report: warning: {record.getMessage()}", file=sys.stderr)
+
+
+def _report_check(db: Path) -> int:
+    from .store import Store
+
+    with Store(db) as st:
+        problems = [str(r[0]) for r in st.conn.execute("PRAGMA integrity_check(20)")]
+        if problems != ["ok"]:
+            from .store import StoreCorruptError
+
+            raise StoreCorruptError(db, "; ".join(problems[:3]))
+        bad = st.check()
+        n = st.count()
+        n_cfg = len(st.configs())
+    for b in bad:
+        print(b["line"])
+    if bad:
+        print(f"prunecal-report: {len(bad)} of {n} unit rows in {db} are damaged; re-run "
+              "prunecal-eval with the same settings to re-make them", file=sys.stderr)
+        return 1
+    print(f"{db}: {n} unit rows in {n_cfg} studies, every row checksum verifies")
+    return 0
 
 
 def report_run(argv: Sequence[str] | None = None) -> int:
     """``prunecal-report``; returns the exit code."""
-    from .store import Store, StoreFullError
+    from .store import Store, StoreCorruptError, StoreFullError, is_corruption
 
     args = build_report_parser().parse_args(argv)
     db = Path(args.out) / "results.sqlite"
@@ -272,19 +362,32 @@ def report_run(argv: Sequence[str] | None = None) -> int:
         print(f"prunecal-report: error: no result store at {db} (run prunecal-eval --out "
               f"{args.out} first)", file=sys.stderr)
         return 2
-    if args.list:
-        with Store(db) as st:
-            for c in st.configs():
-                print(f"{c['config_hash']}  {c['n_units']:5d} units  last run {c['last_run_at']}  "
-                      f"model {c['config'].get('model')}")
-        return 0
+    store_log = logging.getLogger("prunecal.eval.store")
+    handler = _StderrLines(logging.WARNING)
+    store_log.addHandler(handler)
+    propagate, store_log.propagate = store_log.propagate, False
     try:
+        if args.check:
+            return _report_check(db)
+        if args.list:
+            with Store(db) as st:
+                for c in st.configs():
+                    print(f"{c['config_hash']}  {c['n_units']:5d} units  last run {c['last_run_at']}  "
+                          f"model {c['config'].get('model')}")
+            return 0
         from .report import build_report
 
         paths = build_report(args.out, config_hash=args.config_hash)
-    except (ValueError, StoreFullError) as exc:
+    except sqlite3.DatabaseError as exc:
+        msg = StoreCorruptError(db, exc) if is_corruption(exc) else f"result store {db}: {exc}"
+        print(f"prunecal-report: error: {_one_line(msg)}", file=sys.stderr)
+        return 2
+    except (ValueError, StoreFullError) as exc:  # StoreCorruptError is a ValueError
         print(f"prunecal-report: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    finally:
+        store_log.removeHandler(handler)
+        store_log.propagate = propagate
     for k in ("md", "html", "csv"):
         print(paths[k])
     return 0

@@ -107,7 +107,7 @@ def _split_list(value: Any) -> list[str]:
     return [str(value)]
 
 
-def parse_severities(value: Any) -> tuple[int, ...]:
+def parse_severities(value: Any, *, label: str = "severities") -> tuple[int, ...]:
     """``"1-5"``, ``"1,3,5"``, ``3`` or ``[1, 2]`` -> sorted unique ints in 1..5."""
     out: set[int] = set()
     items = [value] if isinstance(value, int) else _split_list(value)
@@ -120,45 +120,274 @@ def parse_severities(value: Any) -> tuple[int, ...]:
             else:
                 out.add(int(s))
         except ValueError:
-            raise ConfigError(f"severities: cannot parse {s!r} (use e.g. '1-5' or '1,3,5')") from None
+            raise ConfigError(f"{label}: cannot parse {s!r} (use e.g. '1-5' or '1,3,5')") from None
     if not out or min(out) < 1 or max(out) > 5:
-        raise ConfigError(f"severities must lie in 1..5, got {sorted(out)}")
+        raise ConfigError(f"{label} must lie in 1..5, got {sorted(out)}")
     return tuple(sorted(out))
 
 
-def _coerce(name: str, value: Any) -> Any:
+# -- the one schema of every setting (config keys and flags) ---------------------------------
+MAX_SEED = 2**32 - 1  # numpy's seeding range
+_BIG = 2**31 - 1
+
+
+def max_threads() -> int:
+    """The most ``threads`` a study may ask for: 4x this machine's CPUs, at most 256 (more
+    threads than cores only slow the native kernels down)."""
+    return max(1, min(256, 4 * (os.cpu_count() or 1)))
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Type and range of one setting. ``kind``: int, float, bool, str, path, choice, ints,
+    floats, strs, severities, corruptions; ``optional``: None allowed (unset)."""
+
+    kind: str
+    lo: float | None = None
+    hi: float | None = None
+    hi_open: bool = False  # hi excluded
+    lo_open: bool = False  # lo excluded
+    optional: bool = False
+    choices: tuple[str, ...] = ()
+    hint: str = ""
+
+
+SCHEMA: dict[str, Setting] = {
+    "model": Setting("str"),
+    "weights": Setting("path", optional=True),
+    "data": Setting("path", optional=True),
+    "split": Setting("str"),
+    "cifar10c": Setting("path", optional=True),
+    "methods": Setting("strs"),
+    "sparsities": Setting("floats", 0.0, 1.0, hi_open=True),
+    "corruptions": Setting("corruptions"),
+    "severities": Setting("severities", 1, 5),
+    "sparse_backend": Setting("strs"),
+    "threads": Setting("int", 1, None),  # upper bound: max_threads()
+    "batch_size": Setting("int", 1, 1 << 20),
+    "seeds": Setting("ints", 0, MAX_SEED),
+    "corruption_seed": Setting("int", 0, MAX_SEED),
+    "finetune_epochs": Setting("ints", 0, 100_000),
+    "finetune_data": Setting("path", optional=True),
+    "finetune_split": Setting("str"),
+    "finetune_limit": Setting("int", 1, _BIG, optional=True, hint="image"),
+    "finetune_lr": Setting("float", 0.0, None, lo_open=True),
+    "finetune_batch_size": Setting("int", 1, 1 << 20),
+    "finetune_momentum": Setting("float", 0.0, 1.0, hi_open=True),
+    "finetune_weight_decay": Setting("float", 0.0, None),
+    "finetune_schedule": Setting("choice", choices=FINETUNE_SCHEDULES),
+    "finetune_augment": Setting("bool"),
+    "finetune_backend": Setting("choice", choices=FINETUNE_BACKENDS),
+    "slimming_l1": Setting("float", 0.0, None),
+    "slimming_epochs": Setting("int", 1, 100_000),
+    "n_bins": Setting("int", 1, 100_000),
+    "binning": Setting("choice", choices=("width", "mass")),
+    "calib_fraction": Setting("float", 0.0, 1.0, hi_open=True),
+    "n_bootstrap": Setting("int", 0, 1_000_000),
+    "keep_logits": Setting("bool"),
+    "limit": Setting("int", 2, _BIG, optional=True, hint="images"),
+    "cache_dir": Setting("path", optional=True),
+    "quiet": Setting("bool"),
+    "out": Setting("path"),
+}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e18 else repr(float(v))
+
+
+def _bounds_text(st: Setting, name: str) -> str:
+    hi = max_threads() if name == "threads" else st.hi
+    if hi is not None and hi >= _BIG and st.kind in ("int", "ints") and st.lo is not None and hi != MAX_SEED:
+        hi = None  # an int bound only there to keep values in range: ">= lo"
+    if st.lo is not None and hi is not None:
+        if st.kind in ("int", "ints"):
+            return f"between {_num(st.lo)} and {_num(hi)}"
+        return f"in {'(' if st.lo_open else '['}{_num(st.lo)}, {_num(hi)}{')' if st.hi_open else ']'}"
+    if st.lo is not None:
+        return f"{'>' if st.lo_open else '>='} {_num(st.lo)}"
+    return ""
+
+
+def _check_range(label: str, name: str, st: Setting, v: float) -> None:
+    hi = max_threads() if name == "threads" else st.hi
+    bad = (v != v or v in (float("inf"), float("-inf"))
+           or (st.lo is not None and (v <= st.lo if st.lo_open else v < st.lo))
+           or (hi is not None and (v >= hi if st.hi_open else v > hi)))
+    if not bad:
+        return
+    what = {"int": "an integer", "ints": "integers", "float": "a finite number",
+            "floats": "finite numbers", "severities": "integers"}.get(st.kind, "a value")
+    got = _num(v) if v == v and abs(v) != float("inf") else repr(v)
+    if name == "threads":
+        raise ConfigError(f"{label} must be {what} {_bounds_text(st, name)} (at most 4x the "
+                          f"{os.cpu_count() or 1} CPUs of this machine, and 256), got {got}")
+    if name in ("sparsities", "calib_fraction", "finetune_momentum"):
+        raise ConfigError(f"{label} must lie in [{_num(st.lo)}, {_num(st.hi)}), got {got}")
     if name == "severities":
-        return parse_severities(value)
-    if name in _TUPLE_FIELDS:
-        typ = _TUPLE_FIELDS[name]
-        try:
-            vals = tuple(typ(v) for v in _split_list(value))
-        except ValueError:
-            raise ConfigError(f"{name}: cannot parse {value!r} as a list of {typ.__name__}") from None
-        if not vals:
-            raise ConfigError(f"{name} must not be empty")
-        return tuple(dict.fromkeys(vals))
-    if name == "corruptions":
-        vals = _split_list(value)
+        raise ConfigError(f"{label} must lie in 1..5, got {got}")
+    if st.hint:
+        raise ConfigError(f"{label} must be {_bounds_text(st, name)} {st.hint}, got {got}")
+    raise ConfigError(f"{label} must be {what} {_bounds_text(st, name)}, got {got}")
+
+
+def _typename(v: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", tuple: "a list", dict: "a table"}.get(type(v), type(v).__name__)
+
+
+def _scalar(label: str, name: str, st: Setting, v: Any, text: bool) -> Any:
+    """One value of kind int / float (from a file: its own type; from a flag: text)."""
+    kind = st.kind.rstrip("s") if st.kind in ("ints", "floats") else st.kind
+    if kind == "int":
+        if text and isinstance(v, str):
+            try:
+                v = int(v.strip())
+            except ValueError:
+                raise ConfigError(f"{label} must be an integer, got {v!r}") from None
+        if not _is_int(v):
+            raise ConfigError(f"{label} must be an integer, got {_typename(v)} ({v!r})")
+    else:
+        if text and isinstance(v, str):
+            try:
+                v = float(v.strip())
+            except ValueError:
+                raise ConfigError(f"{label} must be a number, got {v!r}") from None
+        if not _is_number(v):
+            raise ConfigError(f"{label} must be a number, got {_typename(v)} ({v!r})")
+        v = float(v)
+    _check_range(label, name, st, v)
+    return v
+
+
+def check_setting(name: str, value: Any, *, label: str | None = None, text: bool = False) -> Any:
+    """Check one setting against :data:`SCHEMA` and return its value as the config holds it.
+
+    ``text=True`` for values typed on the command line (strings parsed by the setting's type);
+    otherwise (config files, Python) values must already have the right type: ``threads = "two"``,
+    ``batch_size = 1.5``, ``threads = true`` or ``keep_logits = "false"`` raise. Booleans are
+    strict (``true`` / ``false`` only). Raises :class:`ConfigError` naming ``label`` (default:
+    the setting's name).
+    """
+    st = SCHEMA[name]
+    label = label or name
+    if value is None:
+        if st.optional:
+            return None
+        raise ConfigError(f"{label} must be set")
+    k = st.kind
+    if k in ("int", "float"):
+        return _scalar(label, name, st, value, text)
+    if k == "bool":
+        if text and isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        if not isinstance(value, bool):
+            raise ConfigError(f"{label} must be true or false (a boolean), got {_typename(value)} "
+                              f"({value!r})")
+        return value
+    if k in ("str", "path", "choice"):
+        if not isinstance(value, str):
+            raise ConfigError(f"{label} must be a string, got {_typename(value)} ({value!r})")
+        if not value.strip():
+            raise ConfigError(f"{label} must not be empty")
+        if "\0" in value:
+            raise ConfigError(f"{label} must not contain a NUL character")
+        if k == "choice" and value not in st.choices:
+            raise ConfigError(f"{label} must be one of {', '.join(st.choices)}, got {value!r}")
+        return value
+    if k == "severities":
+        if isinstance(value, bool) or not isinstance(value, (int, str, list, tuple)):
+            raise ConfigError(f"{label}: expected e.g. '1-5', '1,3,5' or a list of integers, got "
+                              f"{_typename(value)} ({value!r})")
+        if isinstance(value, (list, tuple)) and any(isinstance(x, bool) or not isinstance(x, (int, str))
+                                                    for x in value):
+            raise ConfigError(f"{label}: list items must be integers 1..5, got {list(value)!r}")
+        return parse_severities(value, label=label)
+    if k == "corruptions":
+        if isinstance(value, str):
+            vals = _split_list(value)
+        elif isinstance(value, (list, tuple)) and all(isinstance(x, str) for x in value):
+            vals = [x.strip() for x in value]
+        else:
+            raise ConfigError(f"{label} must be a keyword or a list of names, got {_typename(value)} "
+                              f"({value!r})")
         if len(vals) == 1 and vals[0] in ("all", "benchmark", "extra", "none"):
             return vals[0]
+        if not vals:
+            raise ConfigError(f"{label} must not be empty (use 'none' for clean data only)")
         return tuple(dict.fromkeys(vals))
-    return value
+    # lists: ints / floats / strs, from a list or a comma-separated string
+    if isinstance(value, str):
+        items: list[Any] = _split_list(value)
+        item_text = True
+    elif isinstance(value, (list, tuple)):
+        items, item_text = list(value), text
+    elif k != "strs" and (_is_number(value)):
+        items, item_text = [value], text
+    else:
+        raise ConfigError(f"{label} must be a list or a comma-separated string, got "
+                          f"{_typename(value)} ({value!r})")
+    if not items:
+        raise ConfigError(f"{label} must not be empty")
+    if k == "strs":
+        bad = [x for x in items if not isinstance(x, str) or not x.strip()]
+        if bad:
+            raise ConfigError(f"{label} must be names (strings), got {bad[0]!r}")
+        out = [x.strip() for x in items]
+    else:
+        out = []
+        for x in items:
+            try:
+                out.append(_scalar(label, name, st, x, item_text))
+            except ConfigError as exc:
+                if "must be an integer" in str(exc) or "must be a number" in str(exc):
+                    raise ConfigError(f"{label}: cannot parse {value!r} as a list of "
+                                      f"{'int' if k == 'ints' else 'float'} ({x!r})") from None
+                raise
+    return tuple(dict.fromkeys(out))
 
 
-def config_from_mapping(data: Mapping[str, Any], base: StudyConfig | None = None) -> StudyConfig:
-    """Overlay ``data`` (keys = field names, ``-`` or ``_``) on ``base``; unknown keys raise."""
+def _coerce(name: str, value: Any, *, label: str | None = None, text: bool = False) -> Any:
+    return check_setting(name, value, label=label, text=text)
+
+
+def config_from_mapping(data: Mapping[str, Any], base: StudyConfig | None = None, *,
+                        text: bool = False, flags: bool = False) -> StudyConfig:
+    """Overlay ``data`` (keys = field names, ``-`` or ``_``) on ``base``; unknown keys raise.
+
+    Every value is checked against :data:`SCHEMA` (type and range, see :func:`check_setting`)
+    before anything else happens; an error names the key as given (``--key`` with
+    ``flags=True``). ``text=True``: values are command-line strings.
+    """
     cfg = dataclasses.replace(base or DEFAULTS)
     names = {f.name for f in dataclasses.fields(StudyConfig)}
     for key, value in data.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"setting names must be strings, got {key!r}")
         name = key.replace("-", "_")
+        label = "--" + name.replace("_", "-") if flags else key
         if name == "seed":  # one seed: the older spelling of seeds
-            name, value = "seeds", value if value is None or isinstance(value, (list, tuple)) else [value]
+            if value is None:
+                continue
+            if isinstance(value, (list, tuple)):
+                name = "seeds"
+            else:
+                seed = check_setting("corruption_seed", value, label=label, text=text)
+                setattr(cfg, "seeds", (seed,))
+                continue
         if name not in names:
             raise ConfigError(f"unknown setting {key!r}; valid: {', '.join(sorted(names))}")
         if value is None:
             continue
-        setattr(cfg, name, _coerce(name, value))
+        setattr(cfg, name, check_setting(name, value, label=label, text=text))
     validate(cfg)
     return cfg
 
@@ -186,56 +415,41 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def validate(cfg: StudyConfig) -> None:
-    """Range checks that need no registry; raises :class:`ConfigError`."""
-    for s in cfg.sparsities:
-        if not 0.0 <= s < 1.0:
-            raise ConfigError(f"sparsities must lie in [0, 1), got {s}")
-    if cfg.threads < 1:
-        raise ConfigError(f"threads must be >= 1, got {cfg.threads}")
-    if cfg.batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
-    if cfg.n_bins < 1:
-        raise ConfigError(f"n_bins must be >= 1, got {cfg.n_bins}")
-    if not 0.0 <= cfg.calib_fraction < 1.0:
-        raise ConfigError(f"calib_fraction must lie in [0, 1), got {cfg.calib_fraction}")
-    if cfg.limit is not None and cfg.limit < 2:
-        raise ConfigError(f"limit must be >= 2 images, got {cfg.limit}")
-    if cfg.binning not in ("width", "mass"):
-        raise ConfigError(f"binning must be 'width' or 'mass', got {cfg.binning!r}")
-    for s in cfg.seeds:
-        if s < 0:
-            raise ConfigError(f"seeds must be non-negative integers, got {s}")
-    if cfg.corruption_seed < 0:
-        raise ConfigError(f"corruption_seed must be a non-negative integer, got {cfg.corruption_seed}")
-    for e in cfg.finetune_epochs:
-        if e < 0:
-            raise ConfigError(f"finetune_epochs must be integers >= 0, got {e}")
-    if not (cfg.finetune_lr > 0 and cfg.finetune_lr < float("inf")):
-        raise ConfigError(f"finetune_lr must be a finite number > 0, got {cfg.finetune_lr}")
-    if cfg.finetune_batch_size < 1:
-        raise ConfigError(f"finetune_batch_size must be >= 1, got {cfg.finetune_batch_size}")
-    if not 0.0 <= cfg.finetune_momentum < 1.0:
-        raise ConfigError(f"finetune_momentum must lie in [0, 1), got {cfg.finetune_momentum}")
-    if cfg.finetune_weight_decay < 0:
-        raise ConfigError(f"finetune_weight_decay must be >= 0, got {cfg.finetune_weight_decay}")
-    if cfg.finetune_limit is not None and cfg.finetune_limit < 1:
-        raise ConfigError(f"finetune_limit must be >= 1 image, got {cfg.finetune_limit}")
-    if cfg.finetune_schedule not in FINETUNE_SCHEDULES:
-        raise ConfigError(f"finetune_schedule must be one of {', '.join(FINETUNE_SCHEDULES)}, "
-                          f"got {cfg.finetune_schedule!r}")
-    if cfg.finetune_backend not in FINETUNE_BACKENDS:
-        raise ConfigError(f"finetune_backend must be one of {', '.join(FINETUNE_BACKENDS)}, "
-                          f"got {cfg.finetune_backend!r}")
-    if cfg.slimming_l1 < 0:
-        raise ConfigError(f"slimming_l1 must be >= 0, got {cfg.slimming_l1}")
-    if cfg.slimming_epochs < 1:
-        raise ConfigError(f"slimming_epochs must be >= 1, got {cfg.slimming_epochs}")
+    """Every field against :data:`SCHEMA` (type and range) and the checks across fields; raises
+    :class:`ConfigError` naming the setting. Needs no registry (names are checked by
+    :func:`resolve`)."""
+    for name in SCHEMA:
+        value = getattr(cfg, name)
+        if isinstance(value, tuple) and SCHEMA[name].kind in ("ints", "floats", "strs", "severities"):
+            value = list(value)
+        check_setting(name, value)
     needs_train = any(e > 0 for e in cfg.finetune_epochs) or (
         cfg.slimming_l1 > 0 and "bn_channel" in cfg.methods)
     if needs_train and cfg.finetune_data is None:
         raise ConfigError("finetune_data is required when finetune_epochs has a value > 0 or "
                           "slimming_l1 > 0 (a CIFAR-10 training set: e.g. train_jpeg.npz or an npz "
                           "with x_train/y_train)")
+
+
+def check_output_paths(cfg: StudyConfig) -> None:
+    """``out`` and ``cache_dir`` must be (or be creatable as) folders: an existing file at either,
+    or a file among their parents, raises :class:`ConfigError` before anything is written."""
+    out = Path(os.path.expanduser(cfg.out))
+    paths = [("out", out), ("cache_dir", Path(os.path.expanduser(cfg.cache_dir)) if cfg.cache_dir
+                            else out / "cache")]
+    for name, p in paths:
+        label = name if name == "out" or cfg.cache_dir else "out"
+        if p.exists():
+            if not p.is_dir():
+                raise ConfigError(f"{label}: {p} is an existing file, not a folder")
+            continue
+        for parent in p.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise ConfigError(f"{label}: cannot create folder {p}: {parent} is a file")
+                if not os.access(parent, os.W_OK | os.X_OK):
+                    raise ConfigError(f"{label}: cannot create folder {p}: {parent} is not writable")
+                break
 
 
 def corruption_names(spec: str | Sequence[str]) -> list[str]:
@@ -356,6 +570,7 @@ def results_hash(cfg: StudyConfig, *, weights_sha256: str, data_fingerprint: str
 
 __all__ = [
     "StudyConfig", "DEFAULTS", "ConfigError", "DEFAULT_WEIGHTS", "DEFAULT_DATA",
-    "config_from_mapping", "load_config_file", "validate", "resolve", "corruption_names",
+    "config_from_mapping", "load_config_file", "validate", "check_setting", "check_output_paths",
+    "SCHEMA", "Setting", "max_threads", "resolve", "corruption_names",
     "parse_severities", "to_dict", "to_toml", "results_hash", "RESULTS_VERSION",
 ]
