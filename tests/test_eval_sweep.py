@@ -129,7 +129,7 @@ def test_report_outputs(study):
     for title in ("Findings", "Clean accuracy and calibration", "Corruption robustness", "Speed and size"):
         assert f"## {title}" in md and f"<h2>{title}</h2>" in html
     figs = sorted((study / "figures").glob("*.png"))
-    assert {f.name for f in figs} == {"accuracy_ece_vs_sparsity.png", "reliability.png",
+    assert {f.name for f in figs} >= {"accuracy_ece_vs_sparsity.png", "reliability.png",
                                       "heatmap_error.png", "heatmap_ece.png", "speedup.png", "tradeoff.png"}
     assert all(_png_ok(f) for f in figs)
     for f in figs:

@@ -38,7 +38,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -294,164 +294,121 @@ def prepare(cfg: C.StudyConfig) -> Prepared:
 
 
 @dataclass
-class _Net:
-    model: nn.Module  # pruned (and fine-tuned), dense torch
+class NetResult:
+    """A network ready to evaluate: its dense torch model (pruned, fine-tuned), temperature,
+    size figures and fine-tuning record (what a Ray network task returns)."""
+
+    model: nn.Module
     temperature: float
     info: dict[str, Any]
     finetune: dict[str, Any] | None
+
+
+def build_network(ctx: StageContext, p: Prepared, net: Network, *,
+                  keep_epochs: tuple[int, ...] = ()) -> NetResult:
+    """Run (or read from the cache) every model-side stage of ``net``."""
+    from prunecal import prune as P
+
+    model, ft = ctx.network(net, keep_epochs=keep_epochs)
+    cal_x, cal_y = p.calibration(net.seed)
+    t = ctx.temperature(net, model, cal_x, cal_y, fingerprint(cal_x, cal_y))
+    # achieved sparsity: 1 - nonzero prunable weights / prunable weights of the UNPRUNED
+    # network (so structured pruning, which shrinks the network, is counted the same way)
+    rep = P.sparsity_report(model)
+    base_params = int(P.sparsity_report(ctx.base_model(net.seed)).prunable_params)
+    info: dict[str, Any] = dict(
+        params_total=int(rep.total_params), params_nonzero=int(rep.total_nonzero),
+        macs_dense=float(rep.dense_macs), macs_effective=float(rep.effective_macs),
+        sparsity_achieved=1.0 - float(rep.prunable_nonzero) / float(base_params))
+    return NetResult(model, t, info, ft)
+
+
+@dataclass
+class _Net:
+    result: NetResult
     by_backend: dict[str, tuple[nn.Module, int | None, int | None]]
     ref_logits: np.ndarray | None = None
 
 
-class Sweep:
-    """Runs the pending units of a study and stores them.
+CorruptedFn = Callable[[str, int], np.ndarray]
+"""``(corruption, severity) -> uint8 images`` of ALL loaded images (test-set order)."""
+
+
+class UnitRunner:
+    """Evaluates units into store rows; networks and compiled backends are kept between units
+    of the same network. Shared by the local sweep and the Ray executor's tasks.
 
     Args:
-        cfg: a resolved config (:func:`prunecal.eval.config.resolve`).
-        store: the result store (written by this process only).
-        progress: a :class:`Progress`-like object (``start(total_units, total_images)``,
-            ``advance_images(n)``, ``unit_done(unit, row)``, ``stop()``, optionally
-            ``pause()`` / ``resume()`` around fine-tuning); ``None`` for logs only.
+        cfg, p: the resolved config and its prepared inputs.
+        ctx: the stage context (artefact cache) networks are built from.
+        corrupted: source of corrupted image sets.
+        on_batch: called with the number of images after each evaluated batch.
+        pause, resume: called around a fine-tuning that runs here (progress displays).
     """
 
-    def __init__(self, cfg: C.StudyConfig, store: Store, *, progress: Any = None) -> None:
-        self.cfg = cfg
-        self.store = store
-        self.progress = progress
-        out = Path(cfg.out)
-        self.out = out
-        cache_root = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
-        self.cache = ArtefactCache(cache_root)
-        self.corruption_root = cache_root / "corruptions"
-        self._corr_mem: dict[tuple[str, int], np.ndarray] = {}
+    def __init__(self, cfg: C.StudyConfig, p: Prepared, ctx: StageContext, corrupted: CorruptedFn,
+                 *, on_batch: Callable[[int], None] | None = None,
+                 pause: Callable[[], None] | None = None,
+                 resume: Callable[[], None] | None = None) -> None:
+        self.cfg, self.p, self.ctx, self.corrupted = cfg, p, ctx, corrupted
+        self.on_batch, self.pause, self.resume = on_batch, pause, resume
+        self.out = Path(cfg.out)
         self._nets: dict[Network, _Net] = {}
-        self._base_params: int | None = None
 
-    def context(self, p: Prepared) -> StageContext:
-        return StageContext(self.cfg, self.cache, p.weights_sha256, p.mean, p.std, p.train_images,
-                            p.train_labels, p.recipe, quiet=self.cfg.quiet or self.progress is None)
+    def add_network(self, net: Network, result: NetResult) -> None:
+        """Use an already built network (e.g. from a Ray object reference)."""
+        self._nets[net] = _Net(result, {})
 
-    # -- pieces --------------------------------------------------------------------------
-    def _net(self, p: Prepared, net: Network) -> _Net:
-        if net in self._nets:
-            return self._nets[net]
-        from prunecal import prune as P
+    def network(self, net: Network) -> _Net:
+        if net not in self._nets:
+            if self._nets and next(iter(self._nets)).finetune_epochs != net.finetune_epochs:
+                self._nets.clear()  # a new phase: the previous phase's networks are done
+            pausing = net.finetune_epochs > 0 and self.pause is not None
+            if pausing:
+                self.pause()  # fine-tuning shows its own bar
+            try:
+                result = build_network(self.ctx, self.p, net, keep_epochs=tuple(self.cfg.finetune_epochs))
+            finally:
+                if pausing and self.resume is not None:
+                    self.resume()
+            self._nets[net] = _Net(result, {})
+        return self._nets[net]
 
-        if self._nets and next(iter(self._nets)).finetune_epochs != net.finetune_epochs:
-            self._nets.clear()  # a new phase: the previous phase's networks are done
-        ctx = self.context(p)
-        paused = False
-        if net.finetune_epochs > 0 and self.progress is not None and hasattr(self.progress, "pause"):
-            self.progress.pause()  # fine-tuning shows its own bar
-            paused = True
-        try:
-            model, ft = ctx.network(net, keep_epochs=tuple(self.cfg.finetune_epochs))
-        finally:
-            if paused:
-                self.progress.resume()
-        cal_x, cal_y = p.calibration(net.seed)
-        t = ctx.temperature(net, model, cal_x, cal_y, fingerprint(cal_x, cal_y))
-        # achieved sparsity: 1 - nonzero prunable weights / prunable weights of the UNPRUNED
-        # network (so structured pruning, which shrinks the network, is counted the same way)
-        rep = P.sparsity_report(model)
-        if self._base_params is None:
-            self._base_params = int(P.sparsity_report(ctx.base_model(net.seed)).prunable_params)
-        info: dict[str, Any] = dict(
-            params_total=int(rep.total_params), params_nonzero=int(rep.total_nonzero),
-            macs_dense=float(rep.dense_macs), macs_effective=float(rep.effective_macs),
-            sparsity_achieved=1.0 - float(rep.prunable_nonzero) / float(self._base_params))
-        entry = _Net(model, t, info, ft, {})
-        self._nets[net] = entry
-        return entry
+    def backend_model(self, n: _Net, backend: str) -> tuple[nn.Module, int | None, int | None]:
+        if backend not in n.by_backend:
+            n.by_backend[backend] = compile_backend(n.result.model, backend, self.cfg.threads)
+        return n.by_backend[backend]
 
-    def _backend_model(self, net: _Net, backend: str) -> tuple[nn.Module, int | None, int | None]:
-        if backend not in net.by_backend:
-            net.by_backend[backend] = compile_backend(net.model, backend, self.cfg.threads)
-        return net.by_backend[backend]
-
-    def _images(self, p: Prepared, seed: int, corruption: str, severity: int
-                ) -> tuple[np.ndarray, np.ndarray]:
-        ev_x, ev_y, ev_idx = p.evaluation(seed)
+    def images(self, seed: int, corruption: str, severity: int) -> tuple[np.ndarray, np.ndarray]:
+        ev_x, ev_y, ev_idx = self.p.evaluation(seed)
         if corruption == "clean":
             return ev_x, ev_y
-        key = (corruption, severity)
-        if key not in self._corr_mem:
-            all_idx = np.arange(len(p.labels))
-            if self.cfg.cifar10c is not None:
-                from prunecal.data import load_cifar10c
+        return self.corrupted(corruption, severity)[ev_idx], ev_y
 
-                imgs, labs = load_cifar10c(self.cfg.cifar10c, corruption, severity, indices=all_idx)
-                imgs, labs = np.asarray(imgs), np.asarray(labs)
-                if not np.array_equal(labs, p.labels):
-                    raise ValueError(f"--cifar10c {self.cfg.cifar10c}: its labels do not match the "
-                                     "evaluation images; --data must hold the official test set in order")
-            else:
-                from prunecal.corruptions import CorruptionCache
-
-                # all loaded images, randomness keyed by each image's index in the loaded data
-                # (= the test set): every seed's evaluation subset gets the same rows
-                imgs = np.asarray(CorruptionCache(self.corruption_root).get(
-                    p.images, corruption, severity, seed=self.cfg.corruption_seed, indices=all_idx))
-            # units run condition by condition (plan()), so only the current condition is kept
-            self._corr_mem = {key: imgs}
-        return self._corr_mem[key][ev_idx], ev_y
-
-    # -- run -----------------------------------------------------------------------------
-    def pending(self, p: Prepared) -> list[Unit]:
-        done = self.store.done_keys(p.config_hash)
-        return [u for u in plan(self.cfg) if full_key(p, u) not in done]
-
-    def run(self, p: Prepared) -> int:
-        """Evaluate and store every pending unit; returns how many were stored now."""
-        cfg = self.cfg
-        torch.set_num_threads(cfg.threads)
-        todo = self.pending(p)
-        if self.progress:
-            self.progress.start(len(todo), sum(len(p.splits[u.seed][1]) for u in todo))
-        stored = 0
-        try:
-            for u in todo:
-                if self.progress and hasattr(self.progress, "unit_start"):
-                    self.progress.unit_start(u)
-                row = self.run_unit(p, u)
-                if self.store.insert_unit(row):
-                    stored += 1
-                if self.progress:
-                    self.progress.unit_done(u, row)
-                else:
-                    log.info("%s %s@%g seed %d ft %d %s/%d [%s]: acc %.4f ece %.4f (T=%.3f) %.0f img/s",
-                             cfg.model, u.method, u.sparsity, u.seed, u.finetune_epochs, u.corruption,
-                             u.severity, u.backend, row["accuracy"], row["ece"], row["temperature"],
-                             row["images_per_s"])
-        finally:
-            if self.progress:
-                self.progress.stop()
-        return stored
-
-    def run_unit(self, p: Prepared, u: Unit) -> dict[str, Any]:
+    def row(self, u: Unit) -> dict[str, Any]:
         """Run every stage one unit needs (cached ones are read) and return its store row."""
-        cfg = self.cfg
+        cfg, p = self.cfg, self.p
         started = now_iso()
         primary = cfg.sparse_backend[0]
-        net = self._net(p, u.network)
-        model, bytes_dense, bytes_sparse = self._backend_model(net, u.backend)
-        images, labels = self._images(p, u.seed, u.corruption, u.severity)
+        n = self.network(u.network)
+        net = n.result
+        model, bytes_dense, bytes_sparse = self.backend_model(n, u.backend)
+        images, labels = self.images(u.seed, u.corruption, u.severity)
         clean = u.corruption == "clean"
-        adv = self.progress.advance_images if self.progress else None
         try:
             logits, res, secs = evaluate_images(model, images, labels, p.mean, p.std, net.temperature,
-                                                cfg, clean=clean, seed=u.seed, on_batch=adv)
+                                                cfg, clean=clean, seed=u.seed, on_batch=self.on_batch)
         except ValueError as exc:
             raise ValueError(f"{exc} ({u})") from None
         if clean:
             if u.backend == primary:
-                net.ref_logits = logits
+                n.ref_logits = logits
             else:
-                ref = net.ref_logits
+                ref = n.ref_logits
                 if ref is None:
-                    ref_model = self._backend_model(net, primary)[0]
+                    ref_model = self.backend_model(n, primary)[0]
                     ref, _ = forward_logits(ref_model, images, p.mean, p.std, cfg.batch_size)
-                    net.ref_logits = ref
+                    n.ref_logits = ref
                 raw = res["raw"]
                 raw["ref_backend"] = primary
                 raw["ref_max_abs_diff"] = float(np.abs(ref - logits).max())
@@ -461,7 +418,7 @@ class Sweep:
                     log.warning("backend %s disagrees with %s on %s@%g: max |logit diff| %.3g, "
                                 "argmax agreement %.4f", u.backend, primary, u.method, u.sparsity,
                                 raw["ref_max_abs_diff"], raw["ref_argmax_agree"])
-        logits_path = self._save_logits(p, u, logits, labels) if cfg.keep_logits else None
+        logits_path = self._save_logits(u, logits, labels) if cfg.keep_logits else None
         raw, ts = res["raw"], res["ts"]
         return dict(
             config_hash=p.config_hash, model=cfg.model, method=u.method, sparsity=u.sparsity,
@@ -477,7 +434,8 @@ class Sweep:
             bytes_sparse=bytes_sparse, logits_path=logits_path, started_at=started,
             finished_at=now_iso(), finetune_json=net.finetune, **net.info)
 
-    def _save_logits(self, p: Prepared, u: Unit, logits: np.ndarray, labels: np.ndarray) -> str:
+    def _save_logits(self, u: Unit, logits: np.ndarray, labels: np.ndarray) -> str:
+        p = self.p
         name = (f"{p.config_hash}_{u.method}_{u.sparsity:g}_s{u.seed}_ft{u.finetune_epochs}_"
                 f"{u.corruption}_{u.severity}_{u.backend}.npz")
         path = self.out / "logits" / name
@@ -486,5 +444,117 @@ class Sweep:
         return str(path.relative_to(self.out))
 
 
+def corrupted_source(cfg: C.StudyConfig, p: Prepared, cache_root: Path) -> CorruptedFn:
+    """``(corruption, severity) -> images``: the official CIFAR-10-C files (``cfg.cifar10c``) or
+    generated corruptions of all loaded images (cached on disk under ``cache_root``), each image's
+    randomness keyed by its index in the loaded data (= the test set); the last set is kept in
+    memory (units run condition by condition)."""
+    memo: dict[tuple[str, int], np.ndarray] = {}
+
+    def get(corruption: str, severity: int) -> np.ndarray:
+        key = (corruption, severity)
+        if key in memo:
+            return memo[key]
+        all_idx = np.arange(len(p.labels))
+        if cfg.cifar10c is not None:
+            from prunecal.data import load_cifar10c
+
+            imgs, labs = load_cifar10c(cfg.cifar10c, corruption, severity, indices=all_idx)
+            imgs, labs = np.asarray(imgs), np.asarray(labs)
+            if not np.array_equal(labs, p.labels):
+                raise ValueError(f"--cifar10c {cfg.cifar10c}: its labels do not match the "
+                                 "evaluation images; --data must hold the official test set in order")
+        else:
+            from prunecal.corruptions import CorruptionCache
+
+            imgs = np.asarray(CorruptionCache(cache_root / "corruptions").get(
+                p.images, corruption, severity, seed=cfg.corruption_seed, indices=all_idx))
+        memo.clear()
+        memo[key] = imgs
+        return imgs
+
+    return get
+
+
+def cache_root(cfg: C.StudyConfig) -> Path:
+    """The artefact cache folder: ``cache_dir`` or ``OUT/cache``."""
+    return Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out) / "cache"
+
+
+def stage_context(cfg: C.StudyConfig, p: Prepared, *, quiet: bool) -> StageContext:
+    return StageContext(cfg, ArtefactCache(cache_root(cfg)), p.weights_sha256, p.mean, p.std,
+                        p.train_images, p.train_labels, p.recipe, quiet=quiet)
+
+
+class Sweep:
+    """Runs the pending units of a study in this process and stores each one as it finishes.
+
+    Args:
+        cfg: a resolved config (:func:`prunecal.eval.config.resolve`).
+        store: the result store (written by this process only).
+        progress: a :class:`Progress`-like object (``start(total_units, total_images)``,
+            ``advance_images(n)``, ``unit_done(unit, row)``, ``stop()``, optionally
+            ``pause()`` / ``resume()`` around fine-tuning); ``None`` for logs only.
+    """
+
+    def __init__(self, cfg: C.StudyConfig, store: Store, *, progress: Any = None) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.progress = progress
+        self.out = Path(cfg.out)
+        self.cache = ArtefactCache(cache_root(cfg))
+        self._runner: UnitRunner | None = None
+
+    def runner(self, p: Prepared) -> UnitRunner:
+        if self._runner is None or self._runner.p is not p:
+            pr = self.progress
+            self._runner = UnitRunner(
+                self.cfg, p, stage_context(self.cfg, p, quiet=self.cfg.quiet or pr is None),
+                corrupted_source(self.cfg, p, cache_root(self.cfg)),
+                on_batch=pr.advance_images if pr else None,
+                pause=getattr(pr, "pause", None), resume=getattr(pr, "resume", None))
+        return self._runner
+
+    def _images(self, p: Prepared, seed: int, corruption: str, severity: int):
+        return self.runner(p).images(seed, corruption, severity)
+
+    def pending(self, p: Prepared) -> list[Unit]:
+        done = self.store.done_keys(p.config_hash)
+        return [u for u in plan(self.cfg) if full_key(p, u) not in done]
+
+    def run(self, p: Prepared) -> int:
+        """Evaluate and store every pending unit; returns how many were stored now."""
+        cfg = self.cfg
+        torch.set_num_threads(cfg.threads)
+        todo = self.pending(p)
+        runner = self.runner(p)
+        if self.progress:
+            self.progress.start(len(todo), sum(len(p.splits[u.seed][1]) for u in todo))
+        stored = 0
+        try:
+            for u in todo:
+                if self.progress and hasattr(self.progress, "unit_start"):
+                    self.progress.unit_start(u)
+                row = runner.row(u)
+                if self.store.insert_unit(row):
+                    stored += 1
+                if self.progress:
+                    self.progress.unit_done(u, row)
+                else:
+                    log_row(u, row, cfg.model)
+        finally:
+            if self.progress:
+                self.progress.stop()
+        return stored
+
+
+def log_row(u: Unit, row: dict[str, Any], model: str) -> None:
+    log.info("%s %s@%g seed %d ft %d %s/%d [%s]: acc %.4f ece %.4f (T=%.3f) %.0f img/s", model,
+             u.method, u.sparsity, u.seed, u.finetune_epochs, u.corruption, u.severity, u.backend,
+             row["accuracy"], row["ece"], row["temperature"], row["images_per_s"])
+
+
 __all__ = ["Sweep", "Unit", "Prepared", "prepare", "plan", "networks", "model_groups", "conditions",
-           "forward_logits", "score", "BASELINE", "fingerprint", "SPEED_REPEATS", "full_key"]
+           "forward_logits", "score", "BASELINE", "fingerprint", "SPEED_REPEATS", "full_key",
+           "UnitRunner", "NetResult", "build_network", "corrupted_source", "stage_context",
+           "cache_root"]
