@@ -73,6 +73,47 @@ class _SafeUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _check_magic(path: Path, kind: str) -> None:
+    """A clear one-line error for a file that is not what its name says (numpy would otherwise
+    take any non-zip, non-npy bytes for a pickle and talk about ``allow_pickle``)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as e:
+        raise ValueError(f"could not read {path}: {e.strerror or e}") from None
+    if kind == "npz":
+        if head.startswith(_ZIP_MAGIC):
+            return
+        what = ("an .npy array, not an npz archive" if head.startswith(_NPY_MAGIC)
+                else "empty" if not head else "not a zip archive of .npy arrays")
+        raise ValueError(f"{path} is not an npz file ({what})")
+    if not head.startswith(_NPY_MAGIC):
+        what = ("an npz archive" if head.startswith(_ZIP_MAGIC) else "empty" if not head
+                else "no .npy header")
+        raise ValueError(f"{path} is not an .npy file ({what})")
+
+
+def _labels(path: Path, y, what: str = "labels") -> np.ndarray:
+    """Labels as int64, refusing values that are not whole numbers (3.7 is not truncated to 3)."""
+    y = np.asarray(y)
+    if y.dtype == np.bool_ or not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+        raise ValueError(f"{path}: {what} must be integers 0..9, got dtype {y.dtype}")
+    if np.issubdtype(y.dtype, np.floating):
+        bad = ~np.isfinite(y) | (y != np.round(y))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"{path}: {what} must be whole numbers 0..9, got {y.flat[i].item()!r} at "
+                             f"position {i} (not truncated)")
+    if y.size and (y.min() < 0 or y.max() > 9):
+        raise ValueError(f"{path}: {what} outside 0..9 (min {y.min()}, max {y.max()}); corrupt "
+                         "file or not CIFAR-10")
+    return y.astype(np.int64)
+
+
 def _get(d: dict, key: str):
     return d[key] if key in d else d.get(key.encode())
 
@@ -90,7 +131,7 @@ def _read_py_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         keys = sorted(k.decode() if isinstance(k, bytes) else str(k) for k in d)
         raise ValueError(f"CIFAR-10 batch {path} lacks 'data'/'labels' (keys: {keys})")
     data = np.asarray(data)
-    labels = np.asarray(labels, dtype=np.int64)
+    labels = _labels(path, labels)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (data.shape[0],):
         raise ValueError(f"CIFAR-10 batch {path}: expected data uint8 (N, 3072) and N labels, "
                          f"got {data.dtype} {data.shape} and {labels.shape}")
@@ -171,6 +212,7 @@ def _decode_jpegs(path: Path, buf: np.ndarray, offsets: np.ndarray, rows: np.nda
 
 
 def _load_npz(path: Path, split: str, indices, limit, workers, decoder) -> tuple[np.ndarray, np.ndarray]:
+    _check_magic(path, "npz")
     try:
         z = np.load(path, allow_pickle=False)
     except Exception as e:  # noqa: BLE001
@@ -180,7 +222,8 @@ def _load_npz(path: Path, split: str, indices, limit, workers, decoder) -> tuple
             keys = set(z.files)
             if {"jpeg", "offsets", "y"} <= keys:
                 _check_single_split(path, split)
-                buf, offsets, y = z["jpeg"], z["offsets"].astype(np.int64), z["y"]
+                buf, offsets = z["jpeg"], z["offsets"].astype(np.int64)
+                y = _labels(path, z["y"], "y")
                 n = len(y)
                 if offsets.shape != (n + 1,) or offsets[0] < 0 or offsets[-1] > buf.size or np.any(np.diff(offsets) < 0):
                     raise ValueError(f"CIFAR-10 npz {path}: offsets inconsistent with {n} labels and "
@@ -189,13 +232,17 @@ def _load_npz(path: Path, split: str, indices, limit, workers, decoder) -> tuple
                 rows = np.arange(n)[sel]
                 return _decode_jpegs(path, buf, offsets, rows, workers, decoder), y[rows]
             if f"x_{split}" in keys and f"y_{split}" in keys:
-                x, y = z[f"x_{split}"], z[f"y_{split}"]
+                xk, yk = f"x_{split}", f"y_{split}"
             elif {"x", "y"} <= keys:
                 _check_single_split(path, split)
-                x, y = z["x"], z["y"]
+                xk, yk = "x", "y"
             else:
                 raise ValueError(f"CIFAR-10 npz {path} has no {split!r} data: keys {sorted(keys)}; expected "
                                  f"x_{split}/y_{split}, x/y, or jpeg/offsets/y")
+            x, y = z[xk], _labels(path, z[yk], yk)
+            if x.ndim < 1 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+                raise ValueError(f"CIFAR-10 npz {path}: {x.shape[0] if x.ndim else 0} images ({xk}) but "
+                                 f"{y.shape[0] if y.ndim else 0} labels ({yk}); they must match")
             sel = _select(len(x), indices, limit)
             return x[sel], y[sel]
     except ValueError:
@@ -340,6 +387,7 @@ def load_class_names(path: str | os.PathLike | None = None) -> tuple[str, ...]:
             if c.suffix == ".txt":
                 names = tuple(s.strip() for s in c.read_text().splitlines() if s.strip())
             elif c.suffix == ".npz":
+                _check_magic(c, "npz")
                 with np.load(c, allow_pickle=False) as z:
                     if "class_names" not in z.files:
                         continue

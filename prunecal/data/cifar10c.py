@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .cifar10 import _select
+from .cifar10 import _check_magic, _labels, _select
 
 __all__ = ["BENCHMARK_CORRUPTIONS", "EXTRA_CORRUPTIONS", "available_corruptions", "load_cifar10c"]
 
@@ -35,6 +35,7 @@ def available_corruptions(path: str | os.PathLike) -> list[str]:
 
 
 def _mmap(path: Path) -> np.ndarray:
+    _check_magic(path, "npy")
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - bad header, truncated data, pickled object arrays
@@ -91,7 +92,5 @@ def load_cifar10c(path: str | os.PathLike, corruption: str, severity: int, *,
         images = np.array(x[rows[0]:rows[-1] + 1] if len(rows) else x[:0])
     else:
         images = np.array(x[rows])
-    labels = np.array(y[rows], dtype=np.int64)
-    if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise ValueError(f"CIFAR-10-C labels {lf}: values outside 0..9")
+    labels = _labels(lf, np.array(y[rows]), "CIFAR-10-C labels")
     return images, labels
