@@ -36,6 +36,23 @@ def _pair(v: IntPair, name: str) -> int:
     return v
 
 
+_INT_MAX = 2**31 - 1  # the native core takes these parameters as C ints
+
+
+def _in_int_range(v: int, name: str) -> int:
+    """``v`` if the native core's C ``int`` holds it, else a one-line ValueError naming it
+    (instead of pybind11's multi-line "incompatible function arguments")."""
+    if not -_INT_MAX - 1 <= v <= _INT_MAX:
+        raise ValueError(f"{name}: {v} is out of range (the native kernels take values up to {_INT_MAX})")
+    return v
+
+
+def _threads(threads: Optional[int]) -> int:
+    if type(threads) is int and threads > _INT_MAX:
+        _in_int_range(threads, "threads")
+    return default_threads(threads)
+
+
 def _check_weight(weight: object) -> Weight:
     if not isinstance(weight, (CSRWeight, BSRWeight)):
         raise TypeError(f"weight: expected CSRWeight or BSRWeight, got {type(weight).__name__}")
@@ -112,7 +129,7 @@ def sparse_conv2d(x: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor] 
     b = None if bias is None else _bias_tensor(bias, out_shape[1])  # (a reference: kept alive during the call)
     if out_shape[0]:
         packed._conv2d_ptr(x.data_ptr(), *shape, out, 0 if b is None else b.data_ptr(), s, p, d, groups, bool(relu),
-                           default_threads(threads), isa)
+                           _threads(threads), isa)
     y = torch.from_numpy(out)
     return y[0] if unbatched else y
 
@@ -130,6 +147,9 @@ def _conv_call(weight: object, shape: torch.Size, stride: IntPair, padding: IntP
     s, p, d = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
     if type(groups) is not int:
         raise TypeError(f"groups: expected an int, got {type(groups).__name__}")
+    for v, name in ((s, "stride"), (p, "padding"), (d, "dilation"), (groups, "groups"),
+                    (shape[2], "x: height"), (shape[3], "x: width")):
+        _in_int_range(v, name)
     packed = weight.packed()
     c_out, c_in_per_group = weight.shape[0], weight.shape[1]
     if groups < 1 or c_out % groups:
@@ -178,7 +198,7 @@ def sparse_linear(x: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor] 
     out = np.empty((x2.shape[0], n_out), dtype=np.float32)
     b = _bias(bias, n_out)
     if x2.shape[0]:
-        weight.packed().linear(x2.numpy(), out, b, bool(relu), default_threads(threads), isa)
+        weight.packed().linear(x2.numpy(), out, b, bool(relu), _threads(threads), isa)
     return torch.from_numpy(out).reshape(*lead, n_out)
 
 
