@@ -274,3 +274,19 @@ def test_bn_folded_into_conv_with_residual_matches_torch_per_channel():
         y = compile_plan(m, "csr", input_size=(C, H, W))(x)
     for k in range(C):
         torch.testing.assert_close(y[:, k], ref[:, k], rtol=1e-5, atol=1e-5)
+
+
+def test_bn_after_a_sparsify_layer_that_carries_its_relu():
+    """sparsify() fuses the ReLU of ``bn(relu(conv(x)))`` into the conv layer and leaves the BN:
+    the plan must not fold that BN into the layer (it would run before the ReLU)."""
+    m = Net(lambda s, x: s.b0(torch.relu(s.c0(x))))
+    x = torch.randn(2, C, H, W)
+    with torch.no_grad():
+        ref = m(x)
+        for backend in ("dense", "csr"):
+            fast = sparsify(m, backend)
+            assert any(getattr(mod, "relu", False) is True for mod in fast.modules())  # the ReLU is in the layer
+            with pytest.raises(PlanUnsupported, match="BatchNorm"):
+                compile_plan(fast, "csr", input_size=(C, H, W))
+            torch.testing.assert_close(compile_plan(fast, "csr", input_size=(C, H, W), fallback=True)(x), ref,
+                                       rtol=1e-4, atol=1e-4)
