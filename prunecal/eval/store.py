@@ -404,23 +404,26 @@ class Store:
             out.append((raw, _row_problem(raw, r[-1])))
         return out
 
+    def _row_ok(self, rowid: int, digest: Any) -> bool:
+        """Whether the row ``rowid`` matches its checksum ``digest`` (read in full and checked
+        once per Store: cached by rowid and checksum)."""
+        tag = (rowid, digest)
+        if tag in self._verified:
+            return True
+        raw = self.conn.execute(f"SELECT {', '.join(UNIT_COLUMNS)} FROM units WHERE rowid=?",
+                                (rowid,)).fetchone()
+        if raw is None or _row_problem(raw, digest) is not None:
+            return False
+        self._verified.add(tag)
+        return True
+
     def _verified_keys(self, config_hash: str | None) -> set[tuple]:
-        """Keys of the stored rows whose checksum verifies. Each row is read in full and
-        checked once per Store (cached by rowid and checksum), so claiming often stays cheap."""
+        """Keys of the stored rows whose checksum verifies."""
         q = f"SELECT rowid, {CHECKSUM_COLUMN}, {', '.join(KEY_COLUMNS)} FROM units"
         rows = (self.conn.execute(q + " WHERE config_hash=?", (config_hash,)) if config_hash
                 else self.conn.execute(q)).fetchall()
-        out = set()
-        for rowid, digest, *key in rows:
-            tag = (rowid, digest)
-            if tag not in self._verified:
-                raw = self.conn.execute(f"SELECT {', '.join(UNIT_COLUMNS)} FROM units WHERE rowid=?",
-                                        (rowid,)).fetchone()
-                if raw is None or _row_problem(raw, digest) is not None:
-                    continue
-                self._verified.add(tag)
-            out.add(unit_key(dict(zip(KEY_COLUMNS, key))))
-        return out
+        return {unit_key(dict(zip(KEY_COLUMNS, key))) for rowid, digest, *key in rows
+                if self._row_ok(rowid, digest)}
 
     def done_keys(self, config_hash: str | None = None) -> set[tuple]:
         """Primary-key tuples of the stored units (of one config, or all) whose row checksum
@@ -477,25 +480,31 @@ class Store:
                 raise ValueError(f"claim_units: key of config {k[0]!r} among keys of {config_hash!r}")
             norm.append((k, unit_key(dict(zip(KEY_COLUMNS, k)))))
         cols = ", ".join(KEY_COLUMNS)
+        where = " AND ".join(f"{k}=?" for k in KEY_COLUMNS)
 
         def run() -> list[tuple]:
             out: list[tuple] = []
+            seen: set[tuple] = set()
             with self._tx():
                 now = time.time()
-                stored = self._verified_keys(config_hash)  # a damaged row is re-made
-                taken = {unit_key(dict(zip(KEY_COLUMNS, r))) for r in self.conn.execute(
-                    f"SELECT {cols} FROM claims WHERE config_hash=? AND owner<>? AND expires_at>?",
-                    (config_hash, owner, now))}
-                for k, nk in norm:
+                for k, nk in norm:  # index lookups of the given keys only: cheap per call
                     if limit is not None and len(out) >= limit:
                         break
-                    if nk in stored or nk in taken:
+                    if nk in seen:  # a key listed twice is claimed once
                         continue
+                    seen.add(nk)
+                    row = self.conn.execute(
+                        f"SELECT rowid, {CHECKSUM_COLUMN} FROM units WHERE {where}", nk).fetchone()
+                    if row is not None and self._row_ok(*row):
+                        continue  # stored (a damaged row is re-made: claimable)
+                    held = self.conn.execute(
+                        f"SELECT owner, expires_at FROM claims WHERE {where}", nk).fetchone()
+                    if held is not None and held[0] != owner and held[1] > now:
+                        continue  # another owner's lease is running
                     self.conn.execute(
                         f"INSERT OR REPLACE INTO claims ({cols}, owner, expires_at) "
                         f"VALUES ({', '.join('?' * (len(KEY_COLUMNS) + 2))})",
                         (*nk, owner, now + lease_s))
-                    taken.add(nk)  # a key listed twice is claimed once
                     out.append(k)
             return out
         return self._guard(run)
