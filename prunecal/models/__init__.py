@@ -1,4 +1,10 @@
-"""Model registry: CIFAR ResNets, VGG-BN, MobileNetV2 and optional torchvision models.
+"""Model registry: CIFAR ResNets, pre-activation ResNets, VGG-BN, MobileNetV2 and optional
+torchvision models.
+
+The CIFAR architectures of the study prunecal grew from (Mitra, Schwalbe & Klein 2024):
+``resnet110`` (L1-filter), ``vgg16_bn_l1`` (L1-filter), ``vgg19_bn`` (BN-channel and global
+magnitude), ``preresnet110`` (global magnitude), ``preresnet164`` (BN-channel, with network
+slimming's channel selection); see :mod:`.preresnet_cifar` and :mod:`.vgg_cifar`.
 
 >>> from prunecal import models
 >>> net = models.create("resnet20", weights="../shared/data/weights/resnet20-12fca82f.th")
@@ -22,6 +28,7 @@ from prunecal.registry import Registry, UnknownNameError
 
 from .checkpoint import file_sha256, load_checkpoint, read_state_dict, save_checkpoint
 from .mobilenetv2_cifar import MobileNetV2Cifar
+from .preresnet_cifar import ChannelSelection, PreResNetCifar, preresnet_cifar
 from .resnet_cifar import BasicBlock, OptionAShortcut, ResNetCifar, resnet_cifar
 from .torchvision_models import TV_NAMES, MissingDependencyError, build_torchvision, has_torchvision
 from .vgg_cifar import VGGCifar, vgg_cifar
@@ -30,6 +37,7 @@ __all__ = [
     "MODELS", "ModelSpec", "create", "available", "spec", "register_model",
     "load_checkpoint", "save_checkpoint", "read_state_dict", "file_sha256",
     "ResNetCifar", "BasicBlock", "OptionAShortcut", "VGGCifar", "MobileNetV2Cifar",
+    "PreResNetCifar", "ChannelSelection",
     "MissingDependencyError", "UnknownNameError", "CIFAR_MEAN", "CIFAR_STD", "IMAGENET_MEAN", "IMAGENET_STD",
 ]
 
@@ -50,8 +58,8 @@ class ModelSpec:
         num_classes: output logits.
         mean, std: per-channel normalisation of RGB in [0, 1] (``to_tensor``).
         input_size: ``(C, H, W)`` of one input image.
-        family: ``"resnet_cifar"``, ``"vgg_cifar"``, ``"mobilenetv2_cifar"``,
-            ``"torchvision"`` or ``"custom"``.
+        family: ``"resnet_cifar"``, ``"preresnet_cifar"``, ``"vgg_cifar"``,
+            ``"mobilenetv2_cifar"``, ``"torchvision"`` or ``"custom"``.
     """
 
     name: str
@@ -129,9 +137,20 @@ def _register_builtins() -> None:
     for depth in (20, 32, 44, 56, 110):
         register_model(f"resnet{depth}", family="resnet_cifar")(
             lambda num_classes=10, _d=depth, **kw: resnet_cifar(_d, num_classes, **kw))
-    for cfg in ("vgg11", "vgg13", "vgg16", "vgg19"):
+    for cfg in ("vgg11", "vgg13", "vgg16"):
         register_model(f"{cfg}_bn", family="vgg_cifar")(
             lambda num_classes=10, _c=cfg, **kw: vgg_cifar(_c, num_classes, **kw))
+    # The paper's VGGs: network slimming's VGG-19 and L1-filter pruning's VGG-16.
+    register_model("vgg19_bn", family="vgg_cifar")(
+        lambda num_classes=10, **kw: vgg_cifar("vgg19", num_classes, paper=True, **kw))
+    register_model("vgg16_bn_l1", family="vgg_cifar")(
+        lambda num_classes=10, **kw: vgg_cifar("vgg16", num_classes, paper=True, classifier="mlp", **kw))
+    # The paper's PreResNets: 110 (bottleneck, n=12; block="basic": n=18) and 164 (bottleneck,
+    # network slimming's model and its BN initialisation 0.5).
+    register_model("preresnet110", family="preresnet_cifar")(
+        lambda num_classes=10, **kw: preresnet_cifar(110, num_classes, **kw))
+    register_model("preresnet164", family="preresnet_cifar")(
+        lambda num_classes=10, **kw: preresnet_cifar(164, num_classes, **{"bn_weight_init": 0.5, **kw}))
     register_model("mobilenetv2", family="mobilenetv2_cifar")(
         lambda num_classes=10, **kw: MobileNetV2Cifar(num_classes=num_classes, **kw))
     if has_torchvision():

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 __all__ = ["slice_conv_out", "slice_conv_in", "slice_depthwise", "slice_bn",
-           "slice_linear_in", "is_depthwise"]
+           "slice_linear_in", "slice_selection", "is_depthwise"]
 
 
 def _check_keep(keep: torch.Tensor, n: int, what: str) -> torch.Tensor:
@@ -108,3 +108,16 @@ def slice_linear_in(linear: nn.Linear, keep: torch.Tensor, spatial: int = 1) -> 
     linear.weight = _param(linear.weight[:, cols], linear.weight.requires_grad)
     linear.in_features = int(cols.numel())
     return linear
+
+
+@torch.no_grad()
+def slice_selection(sel: nn.Module, keep: torch.Tensor) -> nn.Module:
+    """Keep outputs ``keep`` of a channel-selection layer
+    (:class:`prunecal.models.ChannelSelection`): ``keep`` indexes its *currently selected*
+    channels (its output), so selecting again only narrows the selection; the layer's input
+    (the BatchNorm before it) keeps every channel."""
+    cur = sel.selected()
+    keep = _check_keep(keep, int(cur.numel()), "slice_selection").to(cur.device)
+    sel.indexes.zero_()
+    sel.indexes[cur[keep]] = 1.0
+    return sel

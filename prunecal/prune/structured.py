@@ -20,6 +20,20 @@ left alone. Hence, by default:
   its BN, the depthwise conv and BN, project conv in), plus any other uncoupled
   conv (e.g. project convs of blocks without a residual, the last 1x1 conv).
 
+Pre-activation networks (:mod:`prunecal.models.preresnet_cifar`) normalise the residual
+stream with a BatchNorm at the head of every block, whose channels are coupled through the
+sums. Network slimming (Liu et al. 2017) prunes them anyway with a *channel selection* after
+that BN (:class:`prunecal.models.ChannelSelection`): the BN keeps every channel and the
+selection passes only the kept ones to the next conv. Each selection whose input is a
+``BatchNorm2d`` therefore starts a second kind of group (``kind='select'``): the selection's
+output channels, flowing through channel-wise ops into one conv or (after pooling / flatten)
+``Linear``; removing channels zeroes entries of ``select.indexes`` and slices the consumer's
+inputs. Only ``bn_channel`` prunes these groups (ranked by that BN's ``|gamma|``, globally
+with the convs' BNs, as network slimming does); ``l1_filter`` has no filters to rank there
+and prunes the conv groups only. PreResNets: the internal channels of every block (``conv1``
+out / ``bn2`` / ``conv2`` in, and ``conv2`` / ``bn3`` / ``conv3`` in a bottleneck) are conv
+groups; ``select`` of every block and the final ``select`` are selection groups.
+
 Methods:
 - ``l1_filter`` (Li et al. 2017, "Pruning Filters for Efficient ConvNets"): rank the
   producer conv's filters by the L1 norm of their weights; per group by default
@@ -42,8 +56,9 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.preresnet_cifar import ChannelSelection
 from .channel_surgery import (is_depthwise, slice_bn, slice_conv_in, slice_conv_out,
-                              slice_depthwise, slice_linear_in)
+                              slice_depthwise, slice_linear_in, slice_selection)
 
 __all__ = ["ChannelGroup", "find_channel_groups", "select_channels", "remove_channels", "restore_structure",
            "l1_filter", "bn_channel", "structured_prune"]
@@ -56,13 +71,17 @@ class ChannelGroup:
     """Channels that are removed together.
 
     Attributes:
-        producer: name of the ``Conv2d`` whose output channels define the group.
-        channels: number of channels.
+        producer: name of the ``Conv2d`` whose output channels define the group (for
+            ``kind='select'``: of the channel-selection layer).
+        channels: number of channels (of a selection: currently selected).
         members: modules sliced along their channel axis, in forward order (the
             producer, BatchNorms, depthwise convs).
         consumer: the module whose input channels are sliced.
         spatial: features per channel at the consumer (``Linear`` after a flatten of a
             ``C x H x W`` map: ``H*W``; 1 for convs and after global pooling).
+        kind: ``'conv'`` or ``'select'`` (a :class:`~prunecal.models.ChannelSelection`).
+        source: for ``'select'``: the ``BatchNorm2d`` feeding the selection (kept whole;
+            its ``|gamma|`` ranks the channels); else ``None``.
     """
 
     producer: str
@@ -70,6 +89,8 @@ class ChannelGroup:
     members: tuple[str, ...]
     consumer: str
     spatial: int = 1
+    kind: str = "conv"
+    source: str | None = None
 
 
 class _LeafTracer(fx.Tracer):
@@ -148,9 +169,10 @@ def _start_dim(u: fx.Node, default: int) -> int:
     return u.kwargs.get("start_dim", default)
 
 
-def _follow(start: fx.Node, mods: dict[str, nn.Module], calls: Counter) -> ChannelGroup | None:
-    producer: nn.Conv2d = mods[start.target]
+def _follow(start: fx.Node, mods: dict[str, nn.Module], calls: Counter, channels: int,
+            kind: str = "conv", source: str | None = None) -> ChannelGroup | None:
     members = [start.target]
+    extra = {} if kind == "conv" else {"kind": kind, "source": source}
     cur, flat = start, False
     while True:
         users = [u for u in cur.users if not _is_shape_only(u)]
@@ -163,19 +185,17 @@ def _follow(start: fx.Node, mods: dict[str, nn.Module], calls: Counter) -> Chann
             m = mods[u.target]
             if isinstance(m, nn.Conv2d) and not flat:
                 if m.groups == 1:
-                    return ChannelGroup(start.target, producer.out_channels, tuple(members),
-                                        u.target, 1)
+                    return ChannelGroup(start.target, channels, tuple(members), u.target, 1, **extra)
                 if is_depthwise(m):
                     members.append(u.target)
                     cur = u
                     continue
                 return None
             if isinstance(m, nn.Linear) and flat:
-                c = producer.out_channels
-                if m.in_features % c:
+                if m.in_features % channels:
                     return None
-                return ChannelGroup(start.target, c, tuple(members), u.target,
-                                    m.in_features // c)
+                return ChannelGroup(start.target, channels, tuple(members), u.target,
+                                    m.in_features // channels, **extra)
             if isinstance(m, nn.BatchNorm2d) and not flat:
                 members.append(u.target)
             elif isinstance(m, nn.Flatten) and not flat and m.start_dim == 1:
@@ -243,10 +263,17 @@ def find_channel_groups(model: nn.Module) -> list[ChannelGroup]:
         if node.op != "call_module" or calls[node.target] != 1:
             continue
         m = mods[node.target]
+        g = None
         if isinstance(m, nn.Conv2d) and m.groups == 1:
-            g = _follow(node, mods, calls)
-            if g is not None:
-                groups.append(g)
+            g = _follow(node, mods, calls, m.out_channels)
+        elif isinstance(m, ChannelSelection):
+            src = node.args[0] if len(node.args) == 1 and not node.kwargs else None
+            if isinstance(src, fx.Node) and src.op == "call_module" and calls[src.target] == 1 \
+                    and isinstance(mods[src.target], nn.BatchNorm2d) \
+                    and mods[src.target].num_features == m.num_channels:
+                g = _follow(node, mods, calls, int(m.selected().numel()), "select", src.target)
+        if g is not None:
+            groups.append(g)
     if not groups:
         raise ValueError(f"structured pruning: {type(model).__name__} has no channel group "
                          "that can be removed without breaking residual/concat couplings")
@@ -292,7 +319,14 @@ def select_channels(groups: list[ChannelGroup], scores: list[torch.Tensor], spar
 def remove_channels(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
     """Keep only channels ``keep`` of ``group`` in ``model`` (in place)."""
     mods = dict(model.named_modules())
-    slice_conv_out(mods[group.producer], keep)
+    if group.kind == "select":
+        sel = mods[group.producer]
+        if int(sel.selected().numel()) != group.channels:
+            raise ValueError(f"channel selection {group.producer!r} selects "
+                             f"{int(sel.selected().numel())} channels, the group has {group.channels}")
+        slice_selection(sel, keep)
+    else:
+        slice_conv_out(mods[group.producer], keep)
     for name in group.members[1:]:
         m = mods[name]
         if isinstance(m, nn.BatchNorm2d):
@@ -372,15 +406,22 @@ ScoreFn = Callable[[nn.Module, list[ChannelGroup], Scope], list[torch.Tensor]]
 
 def structured_prune(model: nn.Module, sparsity: float, *, method: str, score_fn: ScoreFn,
                      scope: Scope, seed: int = 0, layers: Iterable[str] | None = None,
-                     min_channels: int = 1) -> nn.Module:
+                     min_channels: int = 1, selections: bool = True) -> nn.Module:
     """Remove the ``sparsity`` fraction of lowest-scoring prunable channels (in place).
 
     ``score_fn(model, groups, scope)`` returns one score tensor ``(channels,)`` per group.
-    Records ``model.prune_info``; returns ``model``.
+    ``selections=False`` leaves channel-selection groups out. Records ``model.prune_info``;
+    returns ``model``.
     """
     if scope not in ("global", "layer"):
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
-    groups = _select_groups(find_channel_groups(model), layers)
+    found = find_channel_groups(model)
+    if not selections:
+        found = [g for g in found if g.kind == "conv"]
+        if not found:
+            raise ValueError(f"{method}: {type(model).__name__} has no conv channel group to prune "
+                             "(only channel selections, which bn_channel prunes)")
+    groups = _select_groups(found, layers)
     before = _n_params(model)
     keeps = select_channels(groups, score_fn(model, groups, scope), sparsity, scope, min_channels)
     for g, keep in zip(groups, keeps):
@@ -394,7 +435,9 @@ def structured_prune(model: nn.Module, sparsity: float, *, method: str, score_fn
         "scope": scope,
         "groups": {g.producer: {"channels": g.channels, "kept": int(k.numel()),
                                 "kept_index": k.tolist(), "members": list(g.members),
-                                "consumer": g.consumer} for g, k in zip(groups, keeps)},
+                                "consumer": g.consumer,
+                                **({"kind": g.kind, "source": g.source} if g.kind != "conv" else {})}
+                   for g, k in zip(groups, keeps)},
         "achieved_sparsity": (total - kept) / total,
         "params_before": before, "params_after": after, "param_fraction": after / before,
     }
@@ -414,6 +457,13 @@ def _bn_scores(model: nn.Module, groups: list[ChannelGroup], scope: Scope) -> li
     mods = dict(model.named_modules())
     out = []
     for g in groups:
+        if g.kind == "select":
+            bn = mods[g.source]
+            if bn.weight is None:
+                raise ValueError(f"bn_channel: BatchNorm {g.source!r} before channel selection "
+                                 f"{g.producer!r} has no affine weight to rank by")
+            out.append(bn.weight.detach().abs()[mods[g.producer].selected().to(bn.weight.device)])
+            continue
         bn = next((mods[n] for n in g.members if isinstance(mods[n], nn.BatchNorm2d)), None)
         if bn is None or bn.weight is None:
             raise ValueError(f"bn_channel: channel group of {g.producer!r} has no affine "
@@ -428,10 +478,11 @@ def l1_filter(model: nn.Module, sparsity: float, *, seed: int = 0, scope: Scope 
 
     Options: ``scope`` (``'layer'`` default: the same fraction per group; ``'global'``:
     one ranking by mean ``|w|``), ``layers`` (producer conv names to restrict to),
-    ``min_channels`` (kept per group, default 1).
+    ``min_channels`` (kept per group, default 1). Channel selections are not pruned.
     """
     return structured_prune(model, sparsity, method="l1_filter", score_fn=_l1_scores,
-                            scope=scope, seed=seed, layers=layers, min_channels=min_channels)
+                            scope=scope, seed=seed, layers=layers, min_channels=min_channels,
+                            selections=False)
 
 
 def bn_channel(model: nn.Module, sparsity: float, *, seed: int = 0, scope: Scope = "global",
@@ -439,7 +490,9 @@ def bn_channel(model: nn.Module, sparsity: float, *, seed: int = 0, scope: Scope
     """BN-scaling-factor channel pruning (network slimming, post hoc); in place.
 
     Options: ``scope`` (``'global'`` default: ``|gamma|`` ranked across groups;
-    ``'layer'``), ``layers``, ``min_channels`` (as for :func:`l1_filter`).
+    ``'layer'``), ``layers`` (producer convs and channel-selection layers),
+    ``min_channels`` (as for :func:`l1_filter`). Channel-selection groups are ranked by
+    the ``|gamma|`` of the BatchNorm before the selection.
     """
     return structured_prune(model, sparsity, method="bn_channel", score_fn=_bn_scores,
                             scope=scope, seed=seed, layers=layers, min_channels=min_channels)
