@@ -141,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--limit", help="use only the first N images of --data (default: all)")
     a("--cache-dir", dest="cache_dir", metavar="DIR", help="cache of pruned models and corrupted "
       "images (default: OUT/cache)")
+    a("--executor", help="where the units run: local (this process; several processes on one --out "
+      "share the work) or ray (Ray tasks on a cluster or a local Ray: pip install 'prunecal[ray]')"
+      + _d("executor"))
+    a("--ray-address", dest="ray_address", metavar="ADDR", help="Ray cluster to join with --executor "
+      "ray: 'auto' (the running cluster) or the head's host:port (default: start a local Ray)")
     a("--no-report", dest="no_report", action="store_true", help="do not write the report at the end")
     a("--dry-run", dest="dry_run", action="store_true", help="print how many units the study has, are "
       "stored and would run, then exit without evaluating")
@@ -237,7 +242,14 @@ def run(argv: Sequence[str] | None = None) -> int:
         if args.dry_run:
             print(f"{prep.config_hash}: {total} units, {total - len(todo)} stored, {len(todo)} to run")
             return 0
-        sweep.run(prep)
+        if cfg.executor == "ray":
+            from .ray_executor import run_ray
+
+            counts = run_ray(cfg, store, prep, address=cfg.ray_address)
+            if counts["failed"]:
+                log.warning("%d unit(s) failed; re-run the same command to retry them", counts["failed"])
+        else:
+            sweep.run(prep)
         if not args.no_report:
             from .report import build_report
 

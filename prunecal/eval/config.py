@@ -75,6 +75,8 @@ class StudyConfig:
     finetune_backend: str = "auto"  # auto | torch | csr (sparse training kernels)
     slimming_l1: float = 0.0  # network slimming: L1 on BN scales before bn_channel (Liu et al.: 1e-4)
     slimming_epochs: int = 1  # epochs of that sparsity training (on finetune_data)
+    executor: str = "local"  # local (this process) | ray (Ray tasks: pip install 'prunecal[ray]')
+    ray_address: str | None = None  # None: start a local Ray; "auto": join the running cluster
     n_bins: int = 15
     binning: str = "width"
     calib_fraction: float = 0.2
@@ -97,6 +99,7 @@ _TUPLE_FIELDS = {"methods": str, "sparsities": float, "severities": int, "sparse
                  "seeds": int, "finetune_epochs": int}
 FINETUNE_SCHEDULES = ("constant", "cosine")
 FINETUNE_BACKENDS = ("auto", "torch", "csr")
+EXECUTORS = ("local", "ray")
 
 
 def _split_list(value: Any) -> list[str]:
@@ -180,6 +183,8 @@ SCHEMA: dict[str, Setting] = {
     "finetune_backend": Setting("choice", choices=FINETUNE_BACKENDS),
     "slimming_l1": Setting("float", 0.0, None),
     "slimming_epochs": Setting("int", 1, 100_000),
+    "executor": Setting("choice", choices=EXECUTORS),
+    "ray_address": Setting("str", optional=True),
     "n_bins": Setting("int", 1, 100_000),
     "binning": Setting("choice", choices=("width", "mass")),
     "calib_fraction": Setting("float", 0.0, 1.0, hi_open=True),
@@ -477,6 +482,10 @@ def resolve(cfg: StudyConfig) -> StudyConfig:
     from prunecal import models, prune
 
     cfg = dataclasses.replace(cfg)
+    if cfg.executor == "ray":
+        from .ray_executor import import_ray
+
+        import_ray()  # ConfigError saying how to install Ray, before anything is written
     models.MODELS.get(cfg.model)
     for m in cfg.methods:
         prune.METHODS.get(m)

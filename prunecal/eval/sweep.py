@@ -36,6 +36,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import socket
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -522,30 +526,113 @@ class Sweep:
         done = self.store.done_keys(p.config_hash)
         return [u for u in plan(self.cfg) if full_key(p, u) not in done]
 
+    def _network_ready(self, p: Prepared, runner: UnitRunner, net: Network) -> bool:
+        """True when evaluating ``net`` needs no fine-tuning here (one-shot, built, or cached)."""
+        if net.finetune_epochs == 0 or net in runner._nets:
+            return True
+        ctx = runner.ctx
+        return ctx.cache.path("finetune", ctx.model_key(net)).is_file()
+
     def run(self, p: Prepared) -> int:
-        """Evaluate and store every pending unit; returns how many were stored now."""
+        """Evaluate and store every pending unit; returns how many were stored now.
+
+        Several processes may run the same study on one folder: each unit is claimed in the
+        store before it runs (a lease renewed in the background while this process lives), and a
+        network to fine-tune is claimed too, so concurrent runs share the units and fine-tune
+        each network once; units another process holds are retried until stored or its lease
+        expires (its process died)."""
         cfg = self.cfg
         torch.set_num_threads(cfg.threads)
         todo = self.pending(p)
         runner = self.runner(p)
         if self.progress:
             self.progress.start(len(todo), sum(len(p.splits[u.seed][1]) for u in todo))
+        owner = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
+        renewer = ClaimRenewer(self.store.path, owner, CLAIM_LEASE_S)
         stored = 0
         try:
-            for u in todo:
-                if self.progress and hasattr(self.progress, "unit_start"):
-                    self.progress.unit_start(u)
-                row = runner.row(u)
-                if self.store.insert_unit(row):
-                    stored += 1
-                if self.progress:
-                    self.progress.unit_done(u, row)
-                else:
-                    log_row(u, row, cfg.model)
+            remaining = todo
+            while remaining:
+                deferred: list[Unit] = []
+                for u in remaining:
+                    if not self._network_ready(p, runner, u.network):
+                        if not self.store.claim_units(p.config_hash, [network_claim_key(p, u.network)],
+                                                      owner=owner, lease_s=CLAIM_LEASE_S):
+                            deferred.append(u)  # another process fine-tunes it now
+                            continue
+                        runner.network(u.network)
+                    key = full_key(p, u)
+                    if not self.store.claim_units(p.config_hash, [key], owner=owner,
+                                                  lease_s=CLAIM_LEASE_S):
+                        deferred.append(u)  # stored meanwhile, or another process runs it
+                        continue
+                    if self.progress and hasattr(self.progress, "unit_start"):
+                        self.progress.unit_start(u)
+                    row = runner.row(u)
+                    if self.store.insert_unit(row):
+                        stored += 1
+                    if self.progress:
+                        self.progress.unit_done(u, row)
+                    else:
+                        log_row(u, row, cfg.model)
+                done = self.store.done_keys(p.config_hash)
+                left = [u for u in deferred if full_key(p, u) not in done]
+                if left and len(left) == len(remaining):
+                    time.sleep(CLAIM_POLL_S)  # all held by live processes: wait for them
+                remaining = left
         finally:
+            renewer.stop()
+            try:
+                self.store.release_claims(owner)
+            except Exception:  # noqa: BLE001 - a damaged / full store must not mask the cause
+                pass
             if self.progress:
                 self.progress.stop()
         return stored
+
+
+CLAIM_LEASE_S = 120.0
+"""Seconds a claim lives without renewal; renewed every quarter of that while its process runs."""
+CLAIM_POLL_S = 1.0
+"""Pause before retrying units that other live processes hold."""
+
+
+def network_claim_key(p: Prepared, net: Network) -> tuple:
+    """A claim-table key for fine-tuning ``net`` (the unit key with corruption ``__network__``)."""
+    return unit_key(dict(config_hash=p.config_hash, model=p.cfg.model, method=net.method,
+                         sparsity=net.sparsity, seed=net.seed, finetune_epochs=net.finetune_epochs,
+                         finetune_recipe=p.recipe_key(net.finetune_epochs),
+                         corruption="__network__", severity=0, backend="-"))
+
+
+class ClaimRenewer:
+    """Background thread renewing ``owner``'s claims every ``lease_s / 4`` seconds (own SQLite
+    connection); it dies with its process, so a killed run's claims expire."""
+
+    def __init__(self, path: Path, owner: str, lease_s: float) -> None:
+        self._stop = threading.Event()
+        self._args = (path, owner, lease_s)
+        self._thread = threading.Thread(target=self._run, name="prunecal-claims", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        path, owner, lease_s = self._args
+        try:
+            st = Store(path)
+        except Exception:  # noqa: BLE001 - the main thread reports store problems
+            return
+        try:
+            while not self._stop.wait(lease_s / 4):
+                try:
+                    st.renew_claims(owner, lease_s)
+                except Exception:  # noqa: BLE001 - e.g. a busy store: retry next time
+                    pass
+        finally:
+            st.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def log_row(u: Unit, row: dict[str, Any], model: str) -> None:
