@@ -14,30 +14,88 @@
 #include "plan.h"    // plan_avx512_active (CPU has AVX-512F, PRUNECAL_NO_AVX512 unset)
 #include "thread_pool.h"
 
+// The copy loops below run once per layer call over every input / gradient value: built for
+// AVX-512F, AVX2 and the baseline ISA, the loader picks one for the CPU (GCC/Clang on x86-64 Linux).
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+#define PRUNECAL_TRAIN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define PRUNECAL_TRAIN_INLINE inline __attribute__((always_inline))
+#else
+#define PRUNECAL_TRAIN_CLONES
+#define PRUNECAL_TRAIN_INLINE inline
+#endif
+
 namespace prunecal {
-namespace {
+namespace train_detail {
 
-int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
+constexpr uint32_t kExp = 0x7f800000u;  // NaN / Inf: all exponent bits set
 
-bool nonfinite(const float* x, int64_t n) {
+// d[i] = s[i] for i < n (bit copies); returns whether any value was NaN / Inf.
+PRUNECAL_TRAIN_INLINE bool copy_check(uint32_t* __restrict d, const uint32_t* __restrict s, int n) {
   uint32_t m = 0;
-  const uint32_t* u = reinterpret_cast<const uint32_t*>(x);
-  for (int64_t i = 0; i < n; ++i) m |= uint32_t((u[i] & 0x7f800000u) == 0x7f800000u);
+  for (int i = 0; i < n; ++i) {
+    const uint32_t u = s[i];
+    d[i] = u;
+    m |= uint32_t((u & kExp) == kExp);
+  }
   return m != 0;
 }
 
-// The calling thread's scratch buffer number `i` with at least n floats.
-float* scratch(int i, int64_t n) {
-  thread_local std::vector<float> bufs[4];
-  std::vector<float>& b = bufs[i];
-  if (int64_t(b.size()) < n) b.assign(size_t(n), 0.f);
-  return b.data();
+// d[j] = s[j * st] for j < n (bit copies); returns whether any value was NaN / Inf.
+PRUNECAL_TRAIN_INLINE bool gather_check(uint32_t* __restrict d, const uint32_t* __restrict s, int n, int st) {
+  uint32_t m = 0;
+  for (int j = 0; j < n; ++j) {
+    const uint32_t u = s[int64_t(j) * st];
+    d[j] = u;
+    m |= uint32_t((u & kExp) == kExp);
+  }
+  return m != 0;
 }
 
-// One image (C, H, W) into its zero-padded phase planes (train_conv.h).
-void pack_x(const float* img, int C, const TrainGeom& g, float* planes) {
-  std::memset(planes, 0, sizeof(float) * size_t(g.x_floats));
+// a[k] = s[2k], b[k] = s[2k + 1] for k < n (bit copies); returns whether any value was NaN / Inf.
+PRUNECAL_TRAIN_INLINE bool deinterleave_check(uint32_t* __restrict a, uint32_t* __restrict b,
+                                              const uint32_t* __restrict s, int n) {
+  uint32_t m = 0;
+  for (int k = 0; k < n; ++k) {
+    const uint32_t u = s[2 * k], v = s[2 * k + 1];
+    a[k] = u;
+    b[k] = v;
+    m |= uint32_t((u & kExp) == kExp) | uint32_t((v & kExp) == kExp);
+  }
+  return m != 0;
+}
+
+// d[j * st] = s[j] for j < n; returns whether any value was NaN / Inf.
+PRUNECAL_TRAIN_INLINE bool scatter_check(uint32_t* __restrict d, const uint32_t* __restrict s, int n, int st) {
+  uint32_t m = 0;
+  for (int j = 0; j < n; ++j) {
+    const uint32_t u = s[j];
+    d[int64_t(j) * st] = u;
+    m |= uint32_t((u & kExp) == kExp);
+  }
+  return m != 0;
+}
+
+PRUNECAL_TRAIN_CLONES bool any_nonfinite(const uint32_t* s, int64_t n) {
+  uint32_t m = 0;
+  for (int64_t i = 0; i < n; ++i) m |= uint32_t((s[i] & kExp) == kExp);
+  return m != 0;
+}
+
+PRUNECAL_TRAIN_INLINE void copy_rows(float* __restrict d, int64_t d_pitch, const float* __restrict s, int64_t s_pitch,
+                                     int rows, int n) {
+  for (int r = 0; r < rows; ++r)
+    for (int i = 0; i < n; ++i) d[r * d_pitch + i] = s[r * s_pitch + i];
+}
+
+inline const uint32_t* bits(const float* p) { return reinterpret_cast<const uint32_t*>(p); }
+inline uint32_t* bits(float* p) { return reinterpret_cast<uint32_t*>(p); }
+
+// One image (C, H, W) into its zero-padded phase planes (train_conv.h); `zero`: clear the
+// buffer first (else its padding is known to be zero). Returns whether x holds NaN / Inf.
+PRUNECAL_TRAIN_CLONES bool pack_x(const float* img, int C, const TrainGeom& g, float* planes, bool zero) {
+  if (zero) std::memset(planes, 0, sizeof(float) * size_t(g.x_floats));
   const int s = g.stride, p = g.pad, H = g.H, W = g.W, Hq = g.Hq, Wq = g.Wq;
+  bool bad = false;
   for (int c = 0; c < C; ++c) {
     const float* X = img + int64_t(c) * H * W;
     float* P0 = planes + c * g.chan;
@@ -47,7 +105,18 @@ void pack_x(const float* img, int C, const TrainGeom& g, float* planes) {
       const float* src = X + int64_t(y) * W;
       if (s == 1) {
         const int n = std::min(W, Wq - p);
-        if (n > 0) std::memcpy(P0 + int64_t(i) * Wq + p, src, sizeof(float) * size_t(n));
+        if (n > 0) bad |= copy_check(bits(P0 + int64_t(i) * Wq + p), bits(src), n);
+        continue;
+      }
+      if (s == 2) {  // one pass: x = 2k + e goes to phase (e + p) % 2, column (2k + e + p) / 2
+        const int e0 = 0, e1 = 1;
+        float* r0 = P0 + int64_t(py * 2 + ((e0 + p) & 1)) * g.pq + int64_t(i) * Wq + (e0 + p) / 2;
+        float* r1 = P0 + int64_t(py * 2 + ((e1 + p) & 1)) * g.pq + int64_t(i) * Wq + (e1 + p) / 2;
+        const int n0 = std::min((W + 1) / 2, Wq - (e0 + p) / 2), n1 = std::min(W / 2, Wq - (e1 + p) / 2);
+        const int both = std::max(0, std::min(n0, n1));
+        if (both) bad |= deinterleave_check(bits(r0), bits(r1), bits(src), both);
+        if (n0 > both) bad |= gather_check(bits(r0 + both), bits(src + 2 * both), n0 - both, 2);
+        if (n1 > both) bad |= gather_check(bits(r1 + both), bits(src + 2 * both + 1), n1 - both, 2);
         continue;
       }
       for (int px = 0; px < s; ++px) {
@@ -56,49 +125,79 @@ void pack_x(const float* img, int C, const TrainGeom& g, float* planes) {
         const int j_lo = p > px ? (p - px + s - 1) / s : 0;
         const int last = W - 1 + p - px;
         const int j_hi = last < 0 ? j_lo : std::min(Wq, last / s + 1);
-        for (int j = j_lo; j < j_hi; ++j) row[j] = src[j * s + px - p];
+        if (j_hi > j_lo) bad |= gather_check(bits(row + j_lo), bits(src + j_lo * s + px - p), j_hi - j_lo, s);
       }
     }
   }
+  return bad;
 }
 
-// dy (C_out, Ho, Wo) of one image into wide rows of pw (zeros off the output grid).
-void pack_dy_wide(const float* dy, int Co, const TrainGeom& g, float* out) {
-  std::memset(out, 0, sizeof(float) * size_t(Co * g.pw));
+// dy (C_out, Ho, Wo) of one image into wide rows of pw (zeros off the output grid); `zero` as in
+// pack_x. Returns whether dy holds NaN / Inf.
+PRUNECAL_TRAIN_CLONES bool pack_dy_wide(const float* dy, int Co, const TrainGeom& g, float* out, bool zero) {
+  if (zero) std::memset(out, 0, sizeof(float) * size_t(Co * g.pw));
+  bool bad = false;
   for (int co = 0; co < Co; ++co)
     for (int oy = 0; oy < g.Ho; ++oy)
-      std::memcpy(out + co * g.pw + int64_t(oy) * g.Wq, dy + (int64_t(co) * g.Ho + oy) * g.Wo,
-                  sizeof(float) * size_t(g.Wo));
+      bad |= copy_check(bits(out + co * g.pw + int64_t(oy) * g.Wq), bits(dy + (int64_t(co) * g.Ho + oy) * g.Wo), g.Wo);
+  return bad;
 }
 
-// dy (C_out, Ho, Wo) of one image zero-inserted and padded into planes of Hb x Wb.
-void pack_dy_planes(const float* dy, int Co, int kh, int kw, const TrainGeom& g, float* out) {
-  std::memset(out, 0, sizeof(float) * size_t(g.dy_floats));
+// dy (C_out, Ho, Wo) of one image zero-inserted and padded into planes of Hb x Wb; `zero` as in
+// pack_x.
+PRUNECAL_TRAIN_CLONES void pack_dy_planes(const float* dy, int Co, int kh, int kw, const TrainGeom& g, float* out, bool zero) {
+  if (zero) std::memset(out, 0, sizeof(float) * size_t(g.dy_floats));
   const int s = g.stride, Py = kh - 1 - g.pad, Px = kw - 1 - g.pad;
+  // output columns ox with X = Px + ox * s in [0, Wb)
+  const int o_lo = Px < 0 ? (-Px + s - 1) / s : 0;
+  const int o_hi = std::min(g.Wo, (g.Wb - 1 - Px) < 0 ? 0 : (g.Wb - 1 - Px) / s + 1);
+  if (o_hi <= o_lo) return;
   for (int co = 0; co < Co; ++co) {
     float* P = out + co * g.pqb;
     for (int oy = 0; oy < g.Ho; ++oy) {
       const int Y = Py + oy * s;
       if (Y < 0 || Y >= g.Hb) continue;
-      const float* src = dy + (int64_t(co) * g.Ho + oy) * g.Wo;
-      float* row = P + int64_t(Y) * g.Wb;
-      if (s == 1 && Px >= 0 && Px + g.Wo <= g.Wb) {
-        std::memcpy(row + Px, src, sizeof(float) * size_t(g.Wo));
-        continue;
-      }
-      for (int ox = 0; ox < g.Wo; ++ox) {
-        const int X = Px + ox * s;
-        if (X >= 0 && X < g.Wb) row[X] = src[ox];
-      }
+      const float* src = dy + (int64_t(co) * g.Ho + oy) * g.Wo + o_lo;
+      float* row = P + int64_t(Y) * g.Wb + Px + o_lo * s;
+      if (s == 1) copy_check(bits(row), bits(src), o_hi - o_lo);
+      else scatter_check(bits(row), bits(src), o_hi - o_lo, s);
     }
   }
 }
 
 // Rows [r0, r1) of wide rows (pitch pw, row width wq) into (rows, ho, wo) planes.
-void extract(const float* wide, int64_t pw, int wq, int r0, int r1, int ho, int wo, float* out) {
+PRUNECAL_TRAIN_CLONES void extract(const float* wide, int64_t pw, int wq, int r0, int r1, int ho, int wo, float* out) {
   for (int r = r0; r < r1; ++r)
-    for (int y = 0; y < ho; ++y)
-      std::memcpy(out + (int64_t(r) * ho + y) * wo, wide + r * pw + int64_t(y) * wq, sizeof(float) * size_t(wo));
+    copy_rows(out + int64_t(r) * ho * wo, wo, wide + r * pw, wq, ho, wo);
+}
+
+}  // namespace train_detail
+
+namespace {
+
+using namespace train_detail;
+
+int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
+
+// The calling thread's scratch buffer number `i` (at least n floats). With `g`, *fresh tells
+// whether the buffer may hold anything but a previous packing of the same geometry (so that
+// its zero borders must be cleared).
+float* scratch(int i, int64_t n, const std::shared_ptr<const TrainGeom>& g = nullptr, bool* fresh = nullptr) {
+  struct Buf {
+    std::vector<float> data;
+    std::shared_ptr<const TrainGeom> layout;  // kept alive: the pointer cannot be reused
+  };
+  thread_local Buf bufs[4];
+  Buf& b = bufs[i];
+  if (int64_t(b.data.size()) < n) {
+    b.data.assign(size_t(n), 0.f);
+    b.layout = nullptr;
+  }
+  if (fresh) {
+    *fresh = b.layout != g;
+    b.layout = g;
+  }
+  return b.data.data();
 }
 
 }  // namespace
@@ -209,11 +308,10 @@ void TrainConv::forward(const float* x, int N, int H, int W, const float* val, f
   std::atomic<bool> bad{false};
   if (threads <= 1 || N >= threads) {
     parallel_for(threads, N, [&](int64_t n, int) {
-      const float* xi = x + n * img_in;
-      if (nonfinite(xi, img_in)) bad.store(true);
-      float* planes = scratch(0, g.x_floats);
+      bool fresh;
+      float* planes = scratch(0, g.x_floats, gp, &fresh);
       float* wide = scratch(1, Co * g.pw);
-      pack_x(xi, C, g, planes);
+      if (pack_x(x + n * img_in, C, g, planes, fresh)) bad.store(true);
       k.gather(planes, indptr_.data(), g.off.data(), val, 0, Co, 0, nv, wide, g.pw);
       extract(wide, g.pw, g.Wq, 0, Co, g.Ho, g.Wo, y + n * img_out);
     });
@@ -221,9 +319,7 @@ void TrainConv::forward(const float* x, int N, int H, int W, const float* val, f
     std::vector<float> planes(size_t(g.x_floats)), wide(size_t(Co * g.pw));
     const int chunks = std::min(Co, 4 * threads);
     for (int64_t n = 0; n < N; ++n) {
-      const float* xi = x + n * img_in;
-      if (nonfinite(xi, img_in)) bad.store(true);
-      pack_x(xi, C, g, planes.data());
+      if (pack_x(x + n * img_in, C, g, planes.data(), false)) bad.store(true);
       parallel_for(threads, chunks, [&](int64_t t, int) {
         const int r0 = int(int64_t(Co) * t / chunks), r1 = int(int64_t(Co) * (t + 1) / chunks);
         k.gather(planes.data(), indptr_.data(), g.off.data(), val, r0, r1, 0, nv, wide.data(), g.pw);
@@ -255,20 +351,23 @@ void TrainConv::backward(const float* x, const float* dy, int N, int H, int W, c
   std::atomic<bool> bad{false};
   parallel_for(workers, N, [&](int64_t n, int w) {
     const float* dyi = dy + n * img_out;
-    if (nonfinite(dyi, img_out)) bad.store(true);
     if (dval && nz) {
-      float* planes = scratch(0, g.x_floats);
-      float* dyw = scratch(2, Co * g.pw);
-      pack_x(x + n * img_in, C, g, planes);
-      pack_dy_wide(dyi, Co, g, dyw);
+      bool fresh_x, fresh_dy;
+      float* planes = scratch(0, g.x_floats, gp, &fresh_x);
+      float* dyw = scratch(2, Co * g.pw, gp, &fresh_dy);
+      pack_x(x + n * img_in, C, g, planes, fresh_x);  // (x was checked by the forward pass)
+      if (pack_dy_wide(dyi, Co, g, dyw, fresh_dy)) bad.store(true);
       float* a = acc.data() + size_t(w) * size_t(nz) * 16;
       for (int v0 = 0; v0 < nvx; v0 += cv)
         k.sdd(planes, dyw, g.pw, indptr_.data(), g.off.data(), 0, Co, v0, std::min(nvx, v0 + cv), a);
+    } else if (any_nonfinite(bits(dyi), img_out)) {
+      bad.store(true);
     }
     if (dx) {
-      float* dyp = scratch(3, g.dy_floats);
+      bool fresh;
+      float* dyp = scratch(3, g.dy_floats, gp, &fresh);
       float* wide = scratch(1, C * g.pwb);
-      pack_dy_planes(dyi, Co, kh, kw, g, dyp);
+      pack_dy_planes(dyi, Co, kh, kw, g, dyp, fresh);
       k.gather(dyp, t_indptr_.data(), g.toff.data(), tval.data(), 0, C, 0, nvb, wide, g.pwb);
       extract(wide, g.pwb, g.Wb, 0, C, H, W, dx + n * img_in);
     }
