@@ -131,10 +131,6 @@ def test_planted_pickle_with_matching_manifest_never_runs(cache, tmp_path, form)
     assert not marker.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="hole in prunecal/eval/cache.py: ArtefactCache.load_model "
-                   "catches ValueError/RuntimeError/AttributeError/OSError/KeyError but not "
-                   "pickle.UnpicklingError, which torch.load(weights_only=True) raises for a "
-                   "refused global: the sweep dies with a traceback instead of rebuilding")
 def test_planted_pickle_with_matching_manifest_is_rebuilt(clean, cache, tmp_path):
     marker = tmp_path / "marker"
     path = model_artefact(cache)
