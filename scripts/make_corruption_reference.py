@@ -9,14 +9,16 @@ Two sub-commands:
 from the six published pictures, exactly as the CIFAR generator prepares them
 (``cv2.imread``, ``cv2.resize(fx=0.2, fy=0.2)``, BGR -> RGB), stored as lossless PNG.
 
+``summary``: the markdown table of ``docs/corruptions.md`` from a measured table.
+
 ``accuracy``: accuracy of the shipped ResNet-20 on the first ``--n`` shipped original-pixel
 CIFAR-10 test images (``prunecal/assets/cifar10_test500.npz``), corrupted by this script's
 own implementation of every published corruption (19) at every severity, ``--repeats``
 times with different random draws (numpy ``RandomState(seed)`` per corruption, severity and
 repeat, consumed image after image as the published script consumes the global stream);
 writes a JSON table (mean, standard deviation and every run per cell) that
-``tests/test_corruption_fidelity.py`` reads. With ``--with-prunecal`` it also measures
-``prunecal.corruptions.corrupt`` over the same number of seeds (for ``docs/corruptions.md``).
+``tests/test_corruption_fidelity.py`` reads. With ``--prunecal-repeats K`` it also measures
+``prunecal.corruptions.corrupt`` with seeds 0..K-1 (for ``docs/corruptions.md``).
 Nothing of ``prunecal.corruptions`` is used for the reference images: corruption code here
 follows the published definitions with the libraries the authors used (scikit-image, SciPy,
 OpenCV, Pillow, ImageMagick through Wand).
@@ -29,7 +31,7 @@ wheel (Apache-2.0)::
     python -m zipfile -e /tmp/ic/imagecorruptions-1.1.2-py3-none-any.whl /tmp/ic/x
     python scripts/make_corruption_reference.py textures --frost-dir /tmp/ic/x/imagecorruptions/frost
     nice -n 5 python scripts/make_corruption_reference.py accuracy \\
-        --frost-dir /tmp/ic/x/imagecorruptions/frost --n 400 --repeats 8 --with-prunecal \\
+        --frost-dir /tmp/ic/x/imagecorruptions/frost --n 300 --repeats 6 --prunecal-repeats 3 \\
         --out tests/data/corruption_reference.json
 
 How the committed table was made: see its ``meta`` entry (library versions, command, time).
@@ -96,7 +98,7 @@ class Published:
 
         library.MagickMotionBlurImage.argtypes = (ctypes.c_void_p, ctypes.c_double, ctypes.c_double, ctypes.c_double)
         self._lib, self._wand = library, WandImage
-        self.frost = scaled_frost(frost_dir)
+        self.frost_tex = scaled_frost(frost_dir)
 
     @staticmethod
     def _u8(x: np.ndarray) -> np.ndarray:  # np.uint8(np.clip(x, 0, 1) * 255)
@@ -192,7 +194,7 @@ class Published:
 
     def frost(self, x, s, rs):
         a, b = [(1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)][s - 1]
-        tex = self.frost[rs.randint(5)]
+        tex = self.frost_tex[rs.randint(5)]
         r0, c0 = rs.randint(0, tex.shape[0] - 32), rs.randint(0, tex.shape[1] - 32)
         return np.uint8(np.clip(a * np.array(x) + b * tex[r0:r0 + 32, c0:c0 + 32], 0, 255))
 
@@ -301,14 +303,20 @@ class Published:
 
 # ----------------------------------------------------------------------------- accuracy
 
-def _accuracy(net, spec, x: np.ndarray, y: np.ndarray) -> float:
+def _correct(net, spec, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """bool (N,): whether the network classifies each image correctly."""
     import torch
 
     from prunecal.data import to_tensor
 
     with torch.no_grad():
         pred = net(to_tensor(x, spec.mean, spec.std)).argmax(1).numpy()
-    return float((pred == y).mean())
+    return pred == y
+
+
+def _bits(ok: np.ndarray) -> str:
+    """Per-image correctness as hex of ``np.packbits`` (big-endian bit order)."""
+    return np.packbits(ok).tobytes().hex()
 
 
 def _seed(repeat: int, name: str, sev: int) -> int:
@@ -327,57 +335,99 @@ def cmd_accuracy(a: argparse.Namespace) -> None:
     net = models.create("resnet20", weights=str(ROOT / "prunecal" / "assets" / "resnet20-12fca82f.th"))
     spec = models.spec("resnet20")
     names = a.names or list(NAMES)
-    table: dict = {"clean": _accuracy(net, spec, x, y), "reference": {}, "prunecal": {}}
-    t0 = time.time()
-    for name in names:
-        reps = 1 if name in DETERMINISTIC else a.repeats
-        fn = getattr(pub, name)
-        runs = np.zeros((5, reps))
-        mine = np.zeros((5, reps))
-        for sev in range(1, 6):
-            for r in range(reps):
-                rs = np.random.RandomState(_seed(r, name, sev))
-                xc = np.stack([fn(img, sev, rs) for img in x])
-                runs[sev - 1, r] = _accuracy(net, spec, xc, y)
-                if a.with_prunecal:
-                    from prunecal.corruptions import corrupt
-
-                    mine[sev - 1, r] = _accuracy(net, spec, corrupt(x, name, sev, seed=r), y)
-        table["reference"][name] = {"mean": runs.mean(1).tolist(), "std": runs.std(1, ddof=1).tolist() if reps > 1
-                                    else [0.0] * 5, "runs": runs.tolist()}
-        if a.with_prunecal:
-            table["prunecal"][name] = {"mean": mine.mean(1).tolist(), "runs": mine.tolist()}
-        print(f"{name:18s} ref {np.round(100 * runs.mean(1), 1)}"
-              + (f"  prunecal {np.round(100 * mine.mean(1), 1)}" if a.with_prunecal else "")
-              + f"  ({time.time() - t0:.0f} s)", flush=True)
     from wand.version import MAGICK_VERSION
 
-    table["meta"] = {
-        "what": "ResNet-20 (prunecal/assets/resnet20-12fca82f.th) top-1 accuracy on the first n images of "
-                "prunecal/assets/cifar10_test500.npz, corrupted by scripts/make_corruption_reference.py "
-                "(independent implementation of hendrycks/robustness make_cifar_c.py); per corruption, 5 "
-                "severities; 'runs' holds each repeat (different random draws), 'std' their sample std",
-        "n_images": int(a.n), "repeats": int(a.repeats), "deterministic_repeats": 1,
+    meta = {
+        "what": "whether ResNet-20 (prunecal/assets/resnet20-12fca82f.th) classifies each of the first n images of "
+                "prunecal/assets/cifar10_test500.npz correctly (hex of numpy.packbits of the bool vector), clean "
+                "and corrupted by scripts/make_corruption_reference.py (independent implementation of "
+                "hendrycks/robustness make_cifar_c.py): reference[name][severity - 1][repeat]; repeats use "
+                "different random draws (deterministic corruptions: one); prunecal[name][severity - 1][seed]: "
+                "the same for prunecal.corruptions.corrupt(x, name, severity, seed)",
+        "n_images": int(a.n), "repeats": int(a.repeats), "prunecal_repeats": int(a.prunecal_repeats),
         "seeds": "RandomState((1000003 * (repeat + 1) + 1009 * corruption_index + severity) % 2**32), "
                  "corruption_index in the published order",
-        "prunecal_seeds": "corrupt(..., seed=repeat), repeat = 0..repeats-1" if a.with_prunecal else None,
         "command": "python " + " ".join(sys.argv),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": {"imagemagick": MAGICK_VERSION, "numpy": np.__version__, "scipy": scipy.__version__,
                      "scikit-image": skimage.__version__, "opencv": cv2.__version__,
                      "pillow": Image.__version__, "torch": torch.__version__, "python": platform.python_version()},
         "frost_textures": "the six pictures of the imagecorruptions 1.1.2 wheel (= hendrycks/robustness), "
                           "cv2.imread + cv2.resize(fx=0.2, fy=0.2)",
     }
-    if a.names and a.out.is_file():  # partial rerun: merge into the existing table
+    table: dict = {"meta": meta, "clean": _bits(_correct(net, spec, x, y)), "reference": {}, "prunecal": {}}
+    if a.resume and a.out.is_file():  # keep the corruptions already measured with the same settings
         old = json.loads(a.out.read_text())
-        for key in ("reference", "prunecal"):
-            old.setdefault(key, {}).update(table[key])
-        old["meta"] = table["meta"]
-        table = old
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(table, indent=1) + "\n")
+        same = all(old["meta"].get(k) == meta[k] for k in ("n_images", "repeats", "prunecal_repeats"))
+        if same:
+            table["reference"], table["prunecal"] = old["reference"], old.get("prunecal", {})
+    t0 = time.time()
+    for name in names:
+        if name in table["reference"]:
+            continue
+        reps = 1 if name in DETERMINISTIC else a.repeats
+        preps = 1 if name in DETERMINISTIC else a.prunecal_repeats
+        fn = getattr(pub, name)
+        runs: list[list[str]] = [[] for _ in range(5)]
+        mine: list[list[str]] = [[] for _ in range(5)]
+        acc = np.zeros((5, reps))
+        acc_mine = np.zeros((5, max(preps, 1)))
+        for sev in range(1, 6):
+            for r in range(reps):
+                rs = np.random.RandomState(_seed(r, name, sev))
+                ok = _correct(net, spec, np.stack([fn(img, sev, rs) for img in x]), y)
+                runs[sev - 1].append(_bits(ok))
+                acc[sev - 1, r] = ok.mean()
+            for r in range(preps):
+                from prunecal.corruptions import corrupt
+
+                ok = _correct(net, spec, corrupt(x, name, sev, seed=r), y)
+                mine[sev - 1].append(_bits(ok))
+                acc_mine[sev - 1, r] = ok.mean()
+        table["reference"][name] = runs
+        if preps:
+            table["prunecal"][name] = mine
+        meta["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = a.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(table, indent=1) + "\n")
+        tmp.replace(a.out)  # after every corruption: an interrupted run resumes with --resume
+        print(f"{name:18s} ref {np.round(100 * acc.mean(1), 1)}"
+              + (f"  prunecal {np.round(100 * acc_mine.mean(1), 1)}" if preps else "")
+              + f"  ({time.time() - t0:.0f} s)", flush=True)
     print(f"wrote {a.out} after {time.time() - t0:.0f} s")
+
+
+def _acc_runs(runs: list[str], n: int) -> np.ndarray:
+    """(R, n) bool correctness of each run on the first n images."""
+    return np.stack([np.unpackbits(np.frombuffer(bytes.fromhex(h), np.uint8))[:n].astype(bool) for h in runs])
+
+
+def cmd_summary(a: argparse.Namespace) -> None:
+    """Markdown table: reference vs prunecal accuracy per corruption and severity (for the docs)."""
+    t = json.loads(a.table.read_text())
+    n = t["meta"]["n_images"]
+    clean = _acc_runs([t["clean"]], n).mean()
+    print(f"clean accuracy {100 * clean:.1f} % on {n} images\n")
+    print("| corruption | reference, severity 1-5 | prunecal, severity 1-5 | prunecal - reference (mean of 5) | z |")
+    print("|---|---|---|---|---|")
+    for name in NAMES:
+        if name not in t["reference"] or name not in t.get("prunecal", {}):
+            continue
+        ref, mine, diffs, var = [], [], [], 0.0
+        for sev in range(5):
+            r = _acc_runs(t["reference"][name][sev], n).astype(float)
+            m = _acc_runs(t["prunecal"][name][sev], n).astype(float)
+            ref.append(100 * r.mean())
+            mine.append(100 * m.mean())
+            diffs.append(100 * (m.mean() - r.mean()))
+            if r.shape[0] > 1:  # one run's variance from the draws, pooled per image
+                v = (r.mean(0) * (1 - r.mean(0))).sum() / n ** 2 * r.shape[0] / (r.shape[0] - 1)
+                var += 1e4 * v * (1 / r.shape[0] + 1 / m.shape[0])
+        d = float(np.mean(diffs))
+        se = np.sqrt(var) / 5
+        z = f"{d / se:+.1f}" if se > 0 else ("0 (identical)" if max(map(abs, diffs)) == 0 else "deterministic")
+        print(f"| {name} | {' / '.join(f'{v:.1f}' for v in ref)} | {' / '.join(f'{v:.1f}' for v in mine)} | "
+              f"{d:+.2f}" + (f" ± {se:.2f}" if se > 0 else "") + f" | {z} |")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -387,14 +437,18 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--frost-dir", type=Path, required=True, help="folder with frost1.png .. frost6.jpg")
     r = sub.add_parser("accuracy", help="measure the reference accuracy table")
     r.add_argument("--frost-dir", type=Path, required=True)
-    r.add_argument("--n", type=int, default=400, help="first N shipped test images")
-    r.add_argument("--repeats", type=int, default=8, help="random draws per stochastic cell")
+    r.add_argument("--n", type=int, default=300, help="first N shipped test images")
+    r.add_argument("--repeats", type=int, default=6, help="random draws per stochastic cell")
     r.add_argument("--names", nargs="+", default=None, choices=NAMES)
-    r.add_argument("--with-prunecal", action="store_true", help="also measure prunecal (same number of seeds)")
+    r.add_argument("--prunecal-repeats", type=int, default=0,
+                   help="also measure prunecal.corruptions.corrupt with seeds 0..K-1 (for docs/corruptions.md)")
+    r.add_argument("--resume", action="store_true", help="keep corruptions already in --out (same settings)")
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--out", type=Path, default=ROOT / "tests" / "data" / "corruption_reference.json")
+    m = sub.add_parser("summary", help="markdown table of a measured table (reference vs prunecal)")
+    m.add_argument("table", type=Path, nargs="?", default=ROOT / "tests" / "data" / "corruption_reference.json")
     a = ap.parse_args(argv)
-    {"textures": cmd_textures, "accuracy": cmd_accuracy}[a.cmd](a)
+    {"textures": cmd_textures, "accuracy": cmd_accuracy, "summary": cmd_summary}[a.cmd](a)
 
 
 if __name__ == "__main__":
