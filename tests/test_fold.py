@@ -75,9 +75,9 @@ def test_fold_bad_inputs():
         fold.fold_bn_params(conv.weight, conv.bias, bn)
     with pytest.raises(ValueError, match="running statistics"):
         fold.fold_bn_params(conv.weight, conv.bias, nn.BatchNorm2d(4, track_running_stats=False))
-    with pytest.raises(ValueError, match="not a BatchNorm"):
+    with pytest.raises(ValueError, match="^bn: cannot fold: not a BatchNorm$"):
         fold.fold_bn_params(conv.weight, conv.bias, nn.ReLU())
-    with pytest.raises(TypeError, match="conv"):
+    with pytest.raises(TypeError, match="^conv: expected nn.Conv2d, got Linear$"):
         fold.fold_conv_bn(nn.Linear(3, 4), _random_bn(4))
 
 
@@ -117,10 +117,10 @@ def test_find_chains_respects_other_users():
     got = {str(c.layer.target): (c.bn is not None and str(c.bn.target), c.relu is not None) for c in chains}
     assert got["c1"] == ("b1", True)
     assert got["c2"] == ("b2", False)
-    assert got["c3"] == (False, False) and "several users" in notes["c3"]
+    assert got["c3"] == (False, False) and notes["c3"] == "output has several users; BatchNorm not folded"
     assert got["c4"] == (False, True)
     assert got["c5"] == ("b5", True)
-    assert got["c6"] == (False, False) and "more than once" in notes["c6"]
+    assert got["c6"] == (False, False) and notes["c6"] == "module called more than once; not folded or fused"
     assert got["c7"] == ("b7", False)
     assert got["fc"] == (False, True)
 
@@ -213,21 +213,21 @@ def test_fold_bn_params_errors_name_the_problem():
         fold.fold_bn_params(w, None, _random_bn(5))
     with pytest.raises(ValueError, match="BatchNorm1d is not BatchNorm2d"):
         fold.fold_bn_params(w, None, nn.BatchNorm1d(3).eval())
-    for name in ("running_mean", "weight", "bias"):
+    for name in ("running_mean", "running_var", "weight", "bias"):
         bn = _random_bn(3)
         with torch.no_grad():
             getattr(bn, name)[0] = float("inf")
         with pytest.raises(ValueError, match=f"bn: {name} has non-finite"):
             fold.fold_bn_params(w, None, bn)
-    bn = _random_bn(3, eps=1e-3)
+    bn = _random_bn(3, eps=0.5)
     with torch.no_grad():
-        bn.running_var[2] = -1e-3  # var + eps == 0: no finite scale
-    with pytest.raises(ValueError, match="running_var \\+ eps must be > 0"):
+        bn.running_var[2] = -0.5  # var + eps == 0 exactly: no finite scale
+    with pytest.raises(ValueError, match=r"^bn: running_var \+ eps must be > 0$"):
         fold.fold_bn_params(w, None, bn)
     bn.running_var[2] = -1.0
     with pytest.raises(ValueError, match="must be > 0"):
         fold.fold_bn_params(w, None, bn)
-    bn.running_var[2] = -0.5e-3  # var + eps > 0 although var < 0: foldable
+    bn.running_var[2] = -0.25  # var + eps > 0 although var < 0: foldable
     fold.fold_bn_params(w, None, bn)
 
 
@@ -376,3 +376,27 @@ def test_find_sequential_chains_edges():
         [("3", None, "4")]
     plain.add_module("5", None)  # None children are skipped, not an error
     assert len(fold.find_sequential_chains(plain)) == 2
+
+
+def test_find_chains_notes_only_where_a_bn_is_skipped():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c, self.r, self.d = nn.Conv2d(2, 2, 1), nn.ReLU(), nn.Conv2d(2, 2, 1)
+            self.e, self.b = nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2)
+            self.f, self.g = nn.Conv2d(2, 2, 1), nn.Conv2d(2, 2, 1)
+
+        def forward(self, x):
+            a = self.c(x)
+            x = self.r(a) + self.d(a)          # two module users, none a BN: no note
+            x = self.b(self.e(x))
+            x = torch.sigmoid(self.f(x))       # one-argument functions that are not ReLU
+            return self.g(x).sigmoid()
+
+    gm = torch.fx.symbolic_trace(Net().eval())
+    chains, notes = fold.find_chains(gm)
+    assert notes == {}
+    assert {str(c.layer.target): (c.bn is not None, c.relu is not None) for c in chains} == \
+        {"c": (False, False), "d": (False, False), "e": (True, False), "f": (False, False), "g": (False, False)}
+    chains, notes = fold.find_chains(gm, fold_bn=False)  # BN folding off: nothing to explain
+    assert notes == {} and all(c.bn is None for c in chains)
