@@ -21,7 +21,7 @@ struct Vec {
   static Vec fma(Vec a, Vec b, Vec c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
 };
 constexpr int kGatherTile = 8;
-constexpr int kSddRows = 8;
+constexpr int kSddRows = 12;
 
 }  // namespace
 }  // namespace prunecal
