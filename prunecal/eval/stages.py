@@ -30,6 +30,9 @@ BASELINE = "none"
 """Method name stored for the unpruned network (sparsity 0)."""
 NO_RECIPE = "none"
 """``finetune_recipe`` of one-shot (not fine-tuned) networks."""
+SPARSE_TRAIN_MIN_SPARSITY = 0.8
+"""``finetune_backend = "auto"`` fine-tunes through the sparse kernels from this fraction of
+pruned conv / linear weights on (docs/sparse-training.md has the measured break-even)."""
 
 
 @dataclass(frozen=True)
@@ -202,39 +205,80 @@ class StageContext:
         pruned = self.pruned(net.method, net.sparsity, net.seed)
         names = [n for n, m in pruned.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
         masks = get_masks(pruned, names)
+        backend = self.train_backend(pruned)
         model, opt_state, history, seconds = pruned, None, None, 0.0
+        label = f"{self.cfg.model} {net.method}@{net.sparsity:g} seed {net.seed}"
         if hit is not None:
             model, opt_state = hit[0], hit[2]
             history, seconds = hit[1].get("history"), float(hit[1].get("seconds", 0.0))
-        label = f"{self.cfg.model} {net.method}@{net.sparsity:g} seed {net.seed}"
+            was = (hit[1].get("recipe") or {}).get("backend", "torch")
+            if was != backend:  # the optimizer's parameters differ between the two paths
+                log.warning("fine-tune %s: checkpoint made with the %s backend, resuming with %s "
+                            "(SGD momentum restarts)", label, was, backend)
+                opt_state = None
         t0 = time.perf_counter()
         keep = set(keep_epochs) | {target}
+        if backend == "csr":
+            from prunecal.sparse.train import trainable
+
+            runner: nn.Module = trainable(model, "csr", threads=self.cfg.threads)
+            to_torch = runner.to_torch  # type: ignore[assignment]
+            masks_arg = None  # pruned zeros are not parameters there: kept by construction
+        else:
+            runner, masks_arg = model, masks
+
+            def to_torch() -> nn.Module:
+                return model
 
         def checkpoint(epoch: int, hist: dict, opt: torch.optim.Optimizer) -> None:
             spent = seconds + time.perf_counter() - t0
-            self.cache.save_model(self.cache.path("finetune", f"{chain}_e{epoch}"), model,
-                                  optimizer=opt.state_dict(), **self._ft_meta(epoch, hist, spent))
+            self.cache.save_model(self.cache.path("finetune", f"{chain}_e{epoch}"), to_torch(),
+                                  optimizer=opt.state_dict(),
+                                  **self._ft_meta(epoch, hist, spent, backend))
             prev = self.cache.path("finetune", f"{chain}_e{epoch - 1}")
             if epoch - 1 not in keep and prev.exists():
                 for p in (prev, prev.with_name(prev.name + ".sha256")):
                     p.unlink(missing_ok=True)
-            log.info("fine-tune %s: epoch %d/%d loss %.4f train acc %.4f (%.0f s)", label, epoch,
-                     target, hist["loss"][-1], hist["train_acc"][-1], spent)
+            log.info("fine-tune %s: epoch %d/%d loss %.4f train acc %.4f (%.0f s, %s)", label, epoch,
+                     target, hist["loss"][-1], hist["train_acc"][-1], spent, backend)
 
         if k:
             log.info("fine-tune %s: resuming at epoch %d of %d", label, k, target)
-        hist = train(model, self.train_images, self.train_labels, epochs=target, lr=r.lr,
+        hist = train(runner, self.train_images, self.train_labels, epochs=target, lr=r.lr,
                      batch_size=r.batch_size, momentum=r.momentum, weight_decay=r.weight_decay,
                      mean=self.mean, std=self.std, seed=net.seed, progress=not self.quiet,
-                     augment=r.augment, masks=masks, schedule=r.schedule, start_epoch=k,
+                     augment=r.augment, masks=masks_arg, schedule=r.schedule, start_epoch=k,
                      optimizer_state=opt_state, on_epoch_end=checkpoint,
+                     channels_last=backend == "torch",
                      history={kk: list(v) for kk, v in history.items()} if history else None)
-        return model.eval(), self._ft_meta(target, hist, seconds + time.perf_counter() - t0)
+        out = to_torch()
+        out.prune_info = getattr(pruned, "prune_info", None)
+        return out.eval(), self._ft_meta(target, hist, seconds + time.perf_counter() - t0, backend)
 
-    def _ft_meta(self, epochs: int, hist: dict, seconds: float) -> dict[str, Any]:
+    def train_backend(self, pruned: nn.Module) -> str:
+        """``torch`` (masked dense) or ``csr`` (prunecal.sparse.trainable) for fine-tuning
+        ``pruned``: as ``finetune_backend`` says; ``auto`` takes csr when the native kernels are
+        built and at least :data:`SPARSE_TRAIN_MIN_SPARSITY` of the conv / linear weights are
+        pruned zeros (below that masked dense torch was measured as fast or faster)."""
+        choice = self.cfg.finetune_backend
+        if choice == "torch":
+            return "torch"
+        if not C.native_available():
+            if choice == "csr":
+                raise C.ConfigError("finetune_backend csr needs the native core prunecal._C "
+                                    "(pip install . or scripts/dev_build.sh)")
+            return "torch"
+        if choice == "csr":
+            return "csr"
+        ws = [m.weight for m in pruned.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        total = sum(w.numel() for w in ws)
+        zeros = sum(int((w == 0).sum()) for w in ws)
+        return "csr" if total and zeros / total >= SPARSE_TRAIN_MIN_SPARSITY else "torch"
+
+    def _ft_meta(self, epochs: int, hist: dict, seconds: float, backend: str) -> dict[str, Any]:
         assert self.recipe is not None
         return {"recipe": {**self.recipe.to_dict(), "epochs": epochs, "key": self.recipe.key(),
-                           "backend": "torch"},
+                           "backend": backend},
                 "history": {k: list(hist.get(k, [])) for k in ("epoch", "loss", "train_acc", "lr")},
                 "seconds": float(seconds)}
 
