@@ -22,14 +22,12 @@ from prunecal.eval import config as C
 from prunecal.eval.cli import run
 from prunecal.eval.store import Store
 
+from _eval_data import write_split
+
 
 @pytest.fixture(scope="module")
 def split_npz(tmp_path_factory) -> Path:
-    z = np.load(C.DEFAULT_DATA)
-    x, y = (z["x"], z["y"]) if "x" in z else (z["x_test"], z["y_test"])
-    p = tmp_path_factory.mktemp("data") / "split.npz"
-    np.savez(p, x_train=x[:300], y_train=y[:300], x_test=x[300:], y_test=y[300:])
-    return p
+    return write_split(tmp_path_factory.mktemp("data") / "split.npz", slice(0, 300), slice(300, 500))
 
 
 def _args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -89,12 +87,11 @@ def test_pruned_zeros_stay_zero_after_finetuning(study):
     for p in tuned:
         m, meta, opt = cache.load_model(p, build)
         assert opt is not None  # the optimizer state travels with each epoch's checkpoint
-        seed = {0: None, 1: None}
         ref = None
-        for s, cand in by_seed.items():  # the pruned parent: same zero pattern in the first conv
+        for cand in by_seed.values():  # the pruned parent: same zero pattern in the first conv
             w0 = dict(cand.named_modules())["layer1.0.conv1"].weight
             if torch.equal(w0 == 0, dict(m.named_modules())["layer1.0.conv1"].weight == 0):
-                ref, seed = cand, s
+                ref = cand
         assert ref is not None
         changed = 0
         for (name, a), (_, b) in zip(ref.named_modules(), m.named_modules()):

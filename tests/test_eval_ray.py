@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prunecal.eval import config as C
 from prunecal.eval.cli import run
 from prunecal.eval.store import Store
+
+from _eval_data import write_split
 
 KEY = ("method", "sparsity", "seed", "finetune_epochs", "corruption", "severity", "backend")
 TIMING = {"images_per_s", "eval_seconds", "started_at", "finished_at", "finetune_json", "row_checksum"}
@@ -25,11 +26,7 @@ TIMING = {"images_per_s", "eval_seconds", "started_at", "finished_at", "finetune
 
 @pytest.fixture(scope="module")
 def split_npz(tmp_path_factory) -> Path:
-    z = np.load(C.DEFAULT_DATA)
-    x, y = (z["x"], z["y"]) if "x" in z else (z["x_test"], z["y_test"])
-    p = tmp_path_factory.mktemp("data") / "split.npz"
-    np.savez(p, x_train=x[:200], y_train=y[:200], x_test=x[400:480], y_test=y[400:480])
-    return p
+    return write_split(tmp_path_factory.mktemp("data") / "split.npz", slice(0, 200), slice(400, 480))
 
 
 def _args(data: Path, out: Path, *extra: str) -> list[str]:
