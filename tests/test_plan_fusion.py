@@ -290,3 +290,45 @@ def test_bn_after_a_sparsify_layer_that_carries_its_relu():
                 compile_plan(fast, "csr", input_size=(C, H, W))
             torch.testing.assert_close(compile_plan(fast, "csr", input_size=(C, H, W), fallback=True)(x), ref,
                                        rtol=1e-4, atol=1e-4)
+
+
+def _signature(pm: PlanModule) -> str:
+    """The plan's native ops, one word each: kind, +relu where a ReLU is fused, +res where the
+    residual add is in the conv's epilogue (flatten is no op: the same buffer)."""
+    words = []
+    for line in pm.describe().splitlines()[1:]:
+        w = line.split()[0]
+        w += "+relu" if " +relu" in line else ""
+        w += "+res" if " +residual" in line else ""
+        words.append(w)
+    return " ".join(words)
+
+
+# worked out by hand from the fusion rules (module docstring of prunecal.sparse.plan): c3 + b3
+# (the `_ia` prefix) is always one conv, BN folded away
+SIGNATURES = {
+    "relu(conv(t)) + t": "conv conv+relu add",
+    "relu(relu(conv(t)) + t)": "conv conv+relu add+relu",
+    "relu(conv(t) + t)": "conv conv+relu+res",
+    "conv(t) + t": "conv conv+res",
+    "relu6(conv(t) + t)": "conv conv+res clamp",
+    "add output read twice": "conv conv+res relu add",
+    "basic block relu(bn(conv(relu(bn(conv(t))))) + t)": "conv conv+relu conv+relu+res",
+    "two blocks": "conv conv+relu+res conv+relu+res",
+    "stride-2 conv + option-A shortcut": "conv+relu shortcut conv+relu+res",
+    "fc(relu(fc(v)))": "conv avgpool linear+relu linear",
+    "linear(v) + v": "conv avgpool linear add+relu",
+    "relu(t) + t (no conv)": "conv relu add",
+    "relu(relu(x)) on the input": "relu conv",
+    "two subsampling shortcuts, two channel pads": "conv shortcut",
+    "conv output read twice": "conv conv add add",
+    "c + c": "conv conv add",
+    "dead relu, conv is the output": "conv conv relu",
+}
+
+
+@pytest.mark.parametrize("name", list(SIGNATURES))
+def test_fused_op_sequence(name):
+    """What the matcher fuses (outputs alone cannot tell a missed fusion from a fused one)."""
+    pm = compile_plan(Net(CASES[name][0]), "csr", input_size=(C, H, W))
+    assert _signature(pm) == SIGNATURES[name]
