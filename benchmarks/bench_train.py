@@ -6,7 +6,9 @@ sparsity 0.5 / 0.7 / 0.9 / 0.95, batch 64 / 128, 1 and 2 threads. Per training s
 backward, SGD with momentum and weight decay; masked torch zeroes the pruned weights' gradients):
 ResNet-20 / ResNet-56 (pretrained where ../shared/data/weights has the checkpoint) pruned by
 one global magnitude threshold over the convs except the stem (classifier dense; the same
-networks as bench_plan.py), sparsity 0.7 / 0.9 / 0.95, batch 64 / 128, 1 and 2 threads.
+networks as bench_plan.py), sparsity 0.7 / 0.9 / 0.95, batch 64 / 128, 1 and 2 threads, each
+also with model and input in channels_last (``*_cl``: torch's faster layout for training, the
+default of prunecal.train; the sparse kernels read and write it directly).
 Ids read ``test_layer[<impl>-<shape>-b<batch>-s<sparsity>-t<threads>]`` and
 ``test_step[<impl>-<net>-b<batch>-s<sparsity>-t<threads>]``; select with ``-k``.
 
@@ -46,7 +48,8 @@ STEP_SPARSITIES = [0.7, 0.9, 0.95]
 NETS = ["resnet20", "resnet56"]
 BATCHES = [64, 128]
 THREADS = [1, 2]
-IMPLS = ["torch_masked", "csr"]
+IMPLS = ["torch_masked", "csr"]  # per layer
+STEP_IMPLS = ["torch_masked", "torch_masked_cl", "csr", "csr_cl"]
 
 
 def _conv(c_in: int, c_out: int, stride: int, sparsity: float) -> nn.Conv2d:
@@ -87,16 +90,19 @@ def net_step(impl: str, net: str, sparsity: float, batch: int) -> Callable[[], N
     from prunecal.sparse.train import trainable
 
     pruned = peers.pruned_model(net, sparsity)
-    if impl == "csr":
+    if impl.startswith("csr"):
         model: nn.Module = trainable(pruned).train()
         masks: dict[str, torch.Tensor] = {}
     else:
         model = copy.deepcopy(pruned).train()
         masks = {n: p.detach() != 0 for n, p in model.named_parameters() if p.dim() > 1 and bool((p == 0).any())}
-    params = dict(model.named_parameters())
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, 32, 32, generator=g)
+    if impl.endswith("_cl"):
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    params = dict(model.named_parameters())
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     y = torch.randint(0, 10, (batch,), generator=g)
 
     def run() -> None:
@@ -142,7 +148,7 @@ def test_layer(benchmark, impl, shape, batch, sparsity, threads):
 @pytest.mark.parametrize("sparsity", STEP_SPARSITIES, ids=lambda s: f"s{s}")
 @pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"b{b}")
 @pytest.mark.parametrize("net", NETS)
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", STEP_IMPLS)
 def test_step(benchmark, impl, net, batch, sparsity, threads):
     fn = net_step(impl, net, sparsity, batch)
     _pedantic(benchmark, fn, threads, 3.0, impl=impl, net=net, batch=batch, sparsity=sparsity)
@@ -150,8 +156,23 @@ def test_step(benchmark, impl, net, batch, sparsity, threads):
 
 # ---- tables ----------------------------------------------------------------------------------
 
+def _row(what: str, r: tuple, best: dict) -> str:
+    """One markdown row: ms per impl and csr's speed-up over the faster torch (same layout family)."""
+    ms = {i: best.get((i, *r)) for i in STEP_IMPLS}
+    torch_best = min((v for i, v in ms.items() if i.startswith("torch") and v), default=None)
+    csr_best = min((v for i, v in ms.items() if i.startswith("csr") and v), default=None)
+    cells = " | ".join(f"{ms[i]:.1f}" if ms[i] else "-" for i in STEP_IMPLS)
+    ratio = f"{torch_best / csr_best:.2f}x" if torch_best and csr_best else "-"
+    return f"| {what} | {r[1]} | {r[2]} | {r[3]} | {cells} | {ratio} |"
+
+
+HEADER = ("| layer / net | batch | sparsity | threads | " + " | ".join(f"{i} ms" for i in STEP_IMPLS) +
+          " | best csr / best torch |\n|---|---|---|---|" + "---|" * (len(STEP_IMPLS) + 1))
+
+
 def table(paths: list[str]) -> str:
-    """Markdown tables (ms, min over the files' runs) with the csr speed-up over torch_masked."""
+    """Markdown table (ms, min over the files' runs): the speed-up of the faster csr variant over
+    the faster masked torch variant."""
     best: dict[tuple, float] = {}
     for p in paths:
         for b in json.loads(Path(p).read_text())["benchmarks"]:
@@ -160,26 +181,22 @@ def table(paths: list[str]) -> str:
             key = (e["impl"], what, e["batch"], e["sparsity"], e["threads"])
             best[key] = min(best.get(key, float("inf")), b["stats"]["min"] * 1e3)
     rows = sorted({k[1:] for k in best})
-    out = ["| layer / net | batch | sparsity | threads | torch masked ms | csr ms | speed-up |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        t, c = best.get(("torch_masked", *r)), best.get(("csr", *r))
-        ratio = f"{t / c:.2f}x" if t and c else "-"
-        out.append(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {t or float('nan'):.2f} | {c or float('nan'):.2f} | {ratio} |")
-    return "\n".join(out)
+    return "\n".join([HEADER] + [_row(r[0], r, best) for r in rows])
 
 
 def compare(seconds: float, nets: list[str], batches: list[int], sparsities: list[float], threads: list[int],
             clock: Callable[[], float] = time.perf_counter) -> str:
-    """Training steps of both impls interleaved round by round (same machine state); min per impl
+    """Training steps of every impl interleaved round by round (same machine state); min per impl
     of ``clock`` (wall time by default)."""
-    out = ["| net | batch | sparsity | threads | torch masked ms | csr ms | speed-up |", "|---|---|---|---|---|---|---|"]
+    out = [HEADER]
+    print(out[0], flush=True)
     for net in nets:
         for batch in batches:
             for sp in sparsities:
                 for th in threads:
                     torch.set_num_threads(th)
-                    fns = {impl: net_step(impl, net, sp, batch) for impl in IMPLS}
-                    best = {impl: float("inf") for impl in IMPLS}
+                    fns = {impl: net_step(impl, net, sp, batch) for impl in STEP_IMPLS}
+                    best = {(impl, net, batch, sp, th): float("inf") for impl in STEP_IMPLS}
                     for fn in fns.values():
                         fn()
                     t_end = time.perf_counter() + seconds
@@ -187,9 +204,9 @@ def compare(seconds: float, nets: list[str], batches: list[int], sparsities: lis
                         for impl, fn in fns.items():
                             t0 = clock()
                             fn()
-                            best[impl] = min(best[impl], clock() - t0)
-                    t, c = best["torch_masked"] * 1e3, best["csr"] * 1e3
-                    out.append(f"| {net} | {batch} | {sp} | {th} | {t:.1f} | {c:.1f} | {t / c:.2f}x |")
+                            k = (impl, net, batch, sp, th)
+                            best[k] = min(best[k], (clock() - t0) * 1e3)
+                    out.append(_row(net, (net, batch, sp, th), best))
                     print(out[-1], flush=True)
     return "\n".join(out)
 
@@ -199,7 +216,7 @@ if __name__ == "__main__":
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("json", nargs="*", help="pytest-benchmark JSON files to tabulate")
-    ap.add_argument("--compare", action="store_true", help="time training steps of both impls interleaved")
+    ap.add_argument("--compare", action="store_true", help="time training steps of every impl interleaved")
     ap.add_argument("--seconds", type=float, default=3.0, help="per configuration (--compare)")
     ap.add_argument("--nets", default=",".join(NETS))
     ap.add_argument("--batches", default="64,128")
@@ -212,9 +229,9 @@ if __name__ == "__main__":
     if a.clock == "cpu" and threads != [1]:
         ap.error("--clock cpu measures the calling thread only: use --threads 1")
     if a.compare:
-        print(compare(a.seconds, a.nets.split(","), [int(v) for v in a.batches.split(",")],
-                      [float(v) for v in a.sparsities.split(",")], threads,
-                      time.thread_time if a.clock == "cpu" else time.perf_counter))
+        compare(a.seconds, a.nets.split(","), [int(v) for v in a.batches.split(",")],
+                [float(v) for v in a.sparsities.split(",")], threads,
+                time.thread_time if a.clock == "cpu" else time.perf_counter)
     elif a.json:
         print(table(a.json))
     else:

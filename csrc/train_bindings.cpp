@@ -65,7 +65,7 @@ void bind_train(py::module_& m) {
            "(Ho, Wo) for an H x W input; ValueError for impossible geometries.")
       .def("_forward_ptr",
            [](TrainConv& c, uintptr_t x, py::ssize_t N, py::ssize_t C, int H, int W, uintptr_t val, uintptr_t y,
-              int stride, int padding, int threads, const std::string& isa) {
+              int stride, int padding, int threads, const std::string& isa, bool nhwc) {
              check_call(c, x, "x", N, C, threads);
              if (!val && c.nnz()) throw py::value_error("values: null address");
              if (!y) throw py::value_error("out: null address");
@@ -73,16 +73,17 @@ void bind_train(py::module_& m) {
              c.geometry(H, W, stride, padding);
              py::gil_scoped_release nogil;
              c.forward(ptr<const float>(x), int(N), H, W, ptr<const float>(val), ptr<float>(y), stride, padding,
-                       threads, k);
+                       threads, k, nhwc);
            },
            py::arg("x"), py::arg("N"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("values"), py::arg("out"),
-           py::arg("stride"), py::arg("padding"), py::arg("threads"), py::arg("isa") = "auto",
+           py::arg("stride"), py::arg("padding"), py::arg("threads"), py::arg("isa") = "auto", py::arg("nhwc") = false,
            "Internal (prunecal.sparse.train): out (N, C_out, Ho, Wo) = conv2d(x (N, C_in, H, W)) with the "
-           "nnz float32 values; addresses of C-contiguous float32 buffers the caller checked and keeps alive. "
+           "nnz float32 values; addresses of C-contiguous float32 buffers the caller checked and keeps alive "
+           "(nhwc: x and out stored (N, H, W, C), torch channels_last). "
            "ValueError when x holds NaN / Inf.")
       .def("_backward_ptr",
            [](TrainConv& c, uintptr_t x, uintptr_t dy, py::ssize_t N, py::ssize_t C, int H, int W, uintptr_t val,
-              uintptr_t dx, uintptr_t dval, int stride, int padding, int threads, const std::string& isa) {
+              uintptr_t dx, uintptr_t dval, int stride, int padding, int threads, const std::string& isa, bool nhwc) {
              check_call(c, dy, "grad_output", N, C, threads);
              if (dval && !x) throw py::value_error("x: null address");
              if (!val && c.nnz()) throw py::value_error("values: null address");
@@ -90,13 +91,13 @@ void bind_train(py::module_& m) {
              c.geometry(H, W, stride, padding);
              py::gil_scoped_release nogil;
              c.backward(ptr<const float>(x), ptr<const float>(dy), int(N), H, W, ptr<const float>(val), ptr<float>(dx),
-                        ptr<float>(dval), stride, padding, threads, k);
+                        ptr<float>(dval), stride, padding, threads, k, nhwc);
            },
            py::arg("x"), py::arg("grad_output"), py::arg("N"), py::arg("C"), py::arg("H"), py::arg("W"),
            py::arg("values"), py::arg("grad_x"), py::arg("grad_values"), py::arg("stride"), py::arg("padding"),
-           py::arg("threads"), py::arg("isa") = "auto",
+           py::arg("threads"), py::arg("isa") = "auto", py::arg("nhwc") = false,
            "Internal (prunecal.sparse.train): grad_x (N, C_in, H, W) and grad_values (nnz,) (address 0: "
-           "not computed) from x and grad_output (N, C_out, Ho, Wo); addresses as in _forward_ptr. "
+           "not computed) from x and grad_output (N, C_out, Ho, Wo); addresses and nhwc as in _forward_ptr. "
            "ValueError when grad_output holds NaN / Inf.");
   m.def("train_isa", [](const std::string& isa) { return std::string(prunecal::select_train_kernels(isa.c_str()).name); },
         py::arg("isa") = "auto", "Kernel set the training conv uses for `isa` ('avx512', 'avx2' or 'generic').");

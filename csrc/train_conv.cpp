@@ -187,7 +187,7 @@ float* scratch(int i, int64_t n, const std::shared_ptr<const TrainGeom>& g = nul
     std::vector<float> data;
     std::shared_ptr<const TrainGeom> layout;  // kept alive: the pointer cannot be reused
   };
-  thread_local Buf bufs[4];
+  thread_local Buf bufs[6];
   Buf& b = bufs[i];
   if (int64_t(b.data.size()) < n) {
     b.data.assign(size_t(n), 0.f);
@@ -299,39 +299,54 @@ std::shared_ptr<const TrainGeom> TrainConv::geometry(int H, int W, int s, int p)
 }
 
 void TrainConv::forward(const float* x, int N, int H, int W, const float* val, float* y, int stride, int pad,
-                        int threads, const TrainKernels& k) {
+                        int threads, const TrainKernels& k, bool nhwc) {
   auto gp = geometry(H, W, stride, pad);
   const TrainGeom& g = *gp;
   if (N <= 0) return;
   const int C = cin(), Co = rows(), nv = int(g.pw / k.lanes);
-  const int64_t img_in = int64_t(C) * H * W, img_out = int64_t(Co) * g.Ho * g.Wo;
+  const int64_t img_in = int64_t(C) * H * W, img_out = int64_t(Co) * g.Ho * g.Wo, hw_out = int64_t(g.Ho) * g.Wo;
   std::atomic<bool> bad{false};
+  // image n as (C, H, W): x itself, or its NHWC copy transposed into scratch buffer 4
+  auto image = [&](int64_t n) {
+    if (!nhwc) return x + n * img_in;
+    float* t = scratch(4, img_in);
+    k.transpose(x + n * img_in, C, t, int64_t(H) * W, H * W, C);
+    return static_cast<const float*>(t);
+  };
   if (threads <= 1 || N >= threads) {
     parallel_for(threads, N, [&](int64_t n, int) {
       bool fresh;
       float* planes = scratch(0, g.x_floats, gp, &fresh);
       float* wide = scratch(1, Co * g.pw);
-      if (pack_x(x + n * img_in, C, g, planes, fresh)) bad.store(true);
+      if (pack_x(image(n), C, g, planes, fresh)) bad.store(true);
       k.gather(planes, indptr_.data(), g.off.data(), val, 0, Co, 0, nv, wide, g.pw);
-      extract(wide, g.pw, g.Wq, 0, Co, g.Ho, g.Wo, y + n * img_out);
+      if (!nhwc) {
+        extract(wide, g.pw, g.Wq, 0, Co, g.Ho, g.Wo, y + n * img_out);
+        return;
+      }
+      float* t = scratch(5, img_out);
+      extract(wide, g.pw, g.Wq, 0, Co, g.Ho, g.Wo, t);
+      k.transpose(t, hw_out, y + n * img_out, Co, Co, int(hw_out));
     });
   } else {
-    std::vector<float> planes(size_t(g.x_floats)), wide(size_t(Co * g.pw));
+    std::vector<float> planes(size_t(g.x_floats)), wide(size_t(Co * g.pw)), out(nhwc ? size_t(img_out) : 0);
     const int chunks = std::min(Co, 4 * threads);
     for (int64_t n = 0; n < N; ++n) {
-      if (pack_x(x + n * img_in, C, g, planes.data(), false)) bad.store(true);
+      if (pack_x(image(n), C, g, planes.data(), false)) bad.store(true);
+      float* yi = nhwc ? out.data() : y + n * img_out;
       parallel_for(threads, chunks, [&](int64_t t, int) {
         const int r0 = int(int64_t(Co) * t / chunks), r1 = int(int64_t(Co) * (t + 1) / chunks);
         k.gather(planes.data(), indptr_.data(), g.off.data(), val, r0, r1, 0, nv, wide.data(), g.pw);
-        extract(wide.data(), g.pw, g.Wq, r0, r1, g.Ho, g.Wo, y + n * img_out);
+        extract(wide.data(), g.pw, g.Wq, r0, r1, g.Ho, g.Wo, yi);
       });
+      if (nhwc) k.transpose(out.data(), hw_out, y + n * img_out, Co, Co, int(hw_out));
     }
   }
   if (bad.load()) throw std::domain_error("x: holds NaN or Inf");
 }
 
 void TrainConv::backward(const float* x, const float* dy, int N, int H, int W, const float* val, float* dx,
-                         float* dval, int stride, int pad, int threads, const TrainKernels& k) {
+                         float* dval, int stride, int pad, int threads, const TrainKernels& k, bool nhwc) {
   auto gp = geometry(H, W, stride, pad);
   const TrainGeom& g = *gp;
   const int C = cin(), Co = rows(), kh = shape_[2], kw = shape_[3];
@@ -349,13 +364,25 @@ void TrainConv::backward(const float* x, const float* dy, int N, int H, int W, c
   const int workers = std::max(1, std::min<int>(threads, N));
   std::vector<float> acc(dval ? size_t(workers) * size_t(nz) * 16 : 0, 0.f);
   std::atomic<bool> bad{false};
+  const int64_t hw_in = int64_t(H) * W, hw_out = int64_t(g.Ho) * g.Wo;
   parallel_for(workers, N, [&](int64_t n, int w) {
     const float* dyi = dy + n * img_out;
+    if (nhwc) {  // (C_out, Ho, Wo) copy of the gradient in scratch buffer 4
+      float* t = scratch(4, img_out);
+      k.transpose(dyi, Co, t, hw_out, int(hw_out), Co);
+      dyi = t;
+    }
     if (dval && nz) {
       bool fresh_x, fresh_dy;
       float* planes = scratch(0, g.x_floats, gp, &fresh_x);
       float* dyw = scratch(2, Co * g.pw, gp, &fresh_dy);
-      pack_x(x + n * img_in, C, g, planes, fresh_x);  // (x was checked by the forward pass)
+      const float* xi = x + n * img_in;
+      if (nhwc) {
+        float* t = scratch(5, img_in);
+        k.transpose(xi, C, t, hw_in, int(hw_in), C);
+        xi = t;
+      }
+      pack_x(xi, C, g, planes, fresh_x);  // (x was checked by the forward pass)
       if (pack_dy_wide(dyi, Co, g, dyw, fresh_dy)) bad.store(true);
       float* a = acc.data() + size_t(w) * size_t(nz) * 16;
       for (int v0 = 0; v0 < nvx; v0 += cv)
@@ -369,7 +396,13 @@ void TrainConv::backward(const float* x, const float* dy, int N, int H, int W, c
       float* wide = scratch(1, C * g.pwb);
       pack_dy_planes(dyi, Co, kh, kw, g, dyp, fresh);
       k.gather(dyp, t_indptr_.data(), g.toff.data(), tval.data(), 0, C, 0, nvb, wide, g.pwb);
-      extract(wide, g.pwb, g.Wb, 0, C, H, W, dx + n * img_in);
+      if (!nhwc) {
+        extract(wide, g.pwb, g.Wb, 0, C, H, W, dx + n * img_in);
+      } else {
+        float* t = scratch(5, img_in);
+        extract(wide, g.pwb, g.Wb, 0, C, H, W, t);
+        k.transpose(t, hw_in, dx + n * img_in, C, C, int(hw_in));
+      }
     }
   });
   if (bad.load()) throw std::domain_error("grad_output: holds NaN or Inf");

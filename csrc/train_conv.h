@@ -34,11 +34,16 @@ using TrainGatherFn = void (*)(const float* in, const int32_t* indptr, const int
 using TrainSddFn = void (*)(const float* in, const float* dy, int64_t dy_stride, const int32_t* indptr,
                             const int32_t* off, int r0, int r1, int v0, int v1, float* acc);
 
+// dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols (NHWC <-> NCHW images).
+using TrainTransposeFn = void (*)(const float* src, int64_t src_stride, float* dst, int64_t dst_stride, int rows,
+                                  int cols);
+
 struct TrainKernels {
   const char* name;
   int lanes;
   TrainGatherFn gather;
   TrainSddFn sdd;
+  TrainTransposeFn transpose;
 };
 
 const TrainKernels& train_kernels_generic();
@@ -78,14 +83,14 @@ class TrainConv {
   std::shared_ptr<const TrainGeom> geometry(int H, int W, int stride, int pad);
 
   // y (N, C_out, Ho, Wo) = conv2d(x (N, C_in, H, W), W(val)). Throws std::domain_error when x
-  // holds NaN / Inf.
+  // holds NaN / Inf. nhwc: x and y are stored (N, H, W, C) (torch channels_last) instead.
   void forward(const float* x, int N, int H, int W, const float* val, float* y, int stride, int pad,
-               int threads, const TrainKernels& k);
+               int threads, const TrainKernels& k, bool nhwc = false);
   // dx (N, C_in, H, W) = conv2d's input gradient (nullptr: skipped), dval (nnz) = the weight
   // gradient at the stored nonzeros (nullptr: skipped) for the output gradient dy (N, C_out, Ho, Wo).
-  // Throws std::domain_error when dy holds NaN / Inf.
+  // Throws std::domain_error when dy holds NaN / Inf. nhwc: x, dy and dx are stored NHWC.
   void backward(const float* x, const float* dy, int N, int H, int W, const float* val, float* dx, float* dval,
-                int stride, int pad, int threads, const TrainKernels& k);
+                int stride, int pad, int threads, const TrainKernels& k, bool nhwc = false);
 
  private:
   std::array<int, 4> shape_;

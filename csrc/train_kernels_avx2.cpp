@@ -26,10 +26,11 @@ constexpr int kSddRows = 8;
 }  // namespace prunecal
 
 #include "train_kernels_impl.h"
+#include "train_transpose_avx.h"
 
 namespace prunecal {
 const TrainKernels& train_kernels_avx2() {
-  static const TrainKernels k{"avx2", Vec::L, gather, sdd};
+  static const TrainKernels k{"avx2", Vec::L, gather, sdd, transpose_avx};
   return k;
 }
 }  // namespace prunecal

@@ -27,10 +27,11 @@ constexpr int kSddRows = 12;
 }  // namespace prunecal
 
 #include "train_kernels_impl.h"
+#include "train_transpose_avx.h"
 
 namespace prunecal {
 const TrainKernels& train_kernels_avx512() {
-  static const TrainKernels k{"avx512", Vec::L, gather, sdd};
+  static const TrainKernels k{"avx512", Vec::L, gather, sdd, transpose_avx};
   return k;
 }
 }  // namespace prunecal

@@ -49,39 +49,51 @@ def _plain(t: torch.Tensor) -> torch.Tensor:
     return t.resolve_neg().resolve_conj().contiguous()
 
 
+def _is_nhwc(x: torch.Tensor) -> bool:
+    """Whether x (4-D) is stored channels_last (and not also plain contiguous)."""
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 class _SparseConvFn(torch.autograd.Function):
-    """``conv2d(x, W(values))`` on the native kernels; gradients for x and values."""
+    """``conv2d(x, W(values))`` on the native kernels; gradients for x and values. A channels_last
+    x runs as it is stored (output and input gradient channels_last too); any other layout is
+    made contiguous first."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, values: torch.Tensor, layer: "SparseConv2d") -> torch.Tensor:
-        x, values = _plain(x.detach()), _plain(values.detach())
+        x = x.detach().resolve_neg().resolve_conj()
+        nhwc = _is_nhwc(x)
+        fmt = torch.channels_last if nhwc else torch.contiguous_format
+        x, values = x.contiguous(memory_format=fmt), _plain(values.detach())
         n, c, h, w = x.shape
         native, s, p = layer._native(), layer.stride[0], layer.padding[0]
         ho, wo = native.output_hw(h, w, s, p)
-        y = torch.empty((n, layer.out_channels, ho, wo), dtype=torch.float32)
+        y = torch.empty((n, layer.out_channels, ho, wo), dtype=torch.float32, memory_format=fmt)
         threads = default_threads(layer.threads)
         if n:
-            native._forward_ptr(x.data_ptr(), n, c, h, w, values.data_ptr(), y.data_ptr(), s, p, threads, layer.isa)
+            native._forward_ptr(x.data_ptr(), n, c, h, w, values.data_ptr(), y.data_ptr(), s, p, threads, layer.isa,
+                                nhwc)
         ctx.save_for_backward(x, values)
-        ctx.conf = (native, s, p, threads, layer.isa)
+        ctx.conf = (native, s, p, threads, layer.isa, nhwc)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], None]:
         x, values = ctx.saved_tensors
-        native, s, p, threads, isa = ctx.conf
+        native, s, p, threads, isa, nhwc = ctx.conf
+        fmt = torch.channels_last if nhwc else torch.contiguous_format
         need_x, need_v = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        gx = torch.empty_like(x) if need_x else None
+        gx = torch.empty(x.shape, dtype=torch.float32, memory_format=fmt) if need_x else None
         gv = torch.empty_like(values) if need_v else None
         if gx is None and gv is None:
             return None, None, None
-        gy = _plain(grad_y.to(torch.float32))
+        gy = grad_y.to(torch.float32).resolve_neg().resolve_conj().contiguous(memory_format=fmt)
         n, c, h, w = x.shape
         if n:
             native._backward_ptr(x.data_ptr(), gy.data_ptr(), n, c, h, w, values.data_ptr(),
                                  0 if gx is None else gx.data_ptr(), 0 if gv is None else gv.data_ptr(),
-                                 s, p, threads, isa)
+                                 s, p, threads, isa, nhwc)
         elif gv is not None:
             gv.zero_()
         return gx, gv, None
@@ -164,7 +176,8 @@ class SparseConv2d(_SparseTrainLayer):
         threads: kernel threads; ``None`` -> ``torch.get_num_threads()`` at each call.
         isa: ``'auto'`` (default), ``'avx512'``, ``'avx2'`` or ``'generic'`` kernels.
 
-    Input float32 ``(N, C_in, H, W)`` CPU (any strides) -> ``(N, C_out, Ho, Wo)``.
+    Input float32 ``(N, C_in, H, W)`` CPU (any strides) -> ``(N, C_out, Ho, Wo)``; a channels_last
+    input gives a channels_last output (the kernels read and write that layout directly).
     """
 
     def __init__(self, conv: nn.Conv2d, *, threads: Optional[int] = None, isa: str = "auto") -> None:
