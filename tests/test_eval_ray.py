@@ -116,6 +116,10 @@ def test_failing_task_is_recorded_and_the_rest_finishes(split_npz, tmp_path):
     assert not any(k[4] == "fog" for k in rows)
     assert {k[4] for k in rows} == {"clean", "gaussian_noise"}
     assert len(rows) == 18 - len(failed)
+    from prunecal.eval.report import build_report
+
+    md = Path(build_report(out)["md"]).read_text()  # the report lists the failures
+    assert "## Failed units" in md and md.count("fog.npy") == len(failed)
 
 
 def test_killed_worker_is_retried_and_rerun_completes(split_npz, local_run, tmp_path):
