@@ -24,6 +24,7 @@ recorded as failed (``OUT/failures.json``, listed by the report) and the sweep f
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -200,6 +201,8 @@ def run_ray(cfg: C.StudyConfig, store: Store, p: Prepared, *, address: str | Non
             joins the running cluster, else the head's address.
     """
     ray = import_ray()
+    # workers may start in another directory: every path they use must be absolute
+    cfg = dataclasses.replace(cfg, out=os.path.abspath(cfg.out))
     owner = f"ray-driver-{os.getpid()}-{time.time_ns()}"
     done = store.done_keys(p.config_hash)
     todo = [u for u in plan(cfg) if full_key(p, u) not in done]
