@@ -1,15 +1,21 @@
-"""The ``prunecal-eval`` study: a resumable sweep over pruning method x sparsity x corruption x
-severity x backend, its SQLite store and its report.
+"""The ``prunecal-eval`` study: a resumable pipeline of cached stages over model x pruning method
+x sparsity x seed x fine-tuning length x corruption x severity x backend, its SQLite store and its
+report.
 
-- :mod:`.config`   ``StudyConfig``, TOML/YAML loading, flag overrides, resolution, hashing
-- :mod:`.store`    ``Store``: SQLite (WAL), one complete row per finished unit
-- :mod:`.sweep`    ``Sweep``: the unit loop (prune, fit temperature, sparsify, evaluate, store)
-- :mod:`.cache`    pruned-model cache (atomic writes)
-- :mod:`.report`   ``build_report(out)``: report.md + self-contained report.html
-- :mod:`.figures`  matplotlib figures (Agg)
-- :mod:`.findings` the generated findings paragraph
-- :mod:`.export`   ``results.csv``
-- :mod:`.cli`      ``prunecal-eval`` / ``prunecal-report``
+- :mod:`.config`        ``StudyConfig``, one settings schema, TOML/YAML loading, resolution, hashing
+- :mod:`.stages`        ``StageContext``: base -> [slimming] -> prune -> fine-tune -> temperature
+- :mod:`.cache`         ``ArtefactCache``: content-keyed artefacts with sha256 manifests
+- :mod:`.evaluate`      compile a network for a backend; logits, speed and metrics of one unit
+- :mod:`.sweep`         ``plan`` / ``prepare`` / ``UnitRunner`` and the local ``Sweep`` loop (claims)
+- :mod:`.ray_executor`  the same stages as Ray tasks (``--executor ray``)
+- :mod:`.store`         ``Store``: SQLite (WAL), one checksummed row per finished unit, claims
+- :mod:`.report`        ``build_report(out)``: report.md + self-contained report.html
+- :mod:`.view`, :mod:`.verdict`, :mod:`.tables`, :mod:`.render`  the report's data, rule, tables, output
+- :mod:`.figures`       matplotlib figures (Agg)
+- :mod:`.findings`      the findings list
+- :mod:`.export`        ``results.csv``
+- :mod:`.progress`      rich bar or log lines
+- :mod:`.cli`           ``prunecal-eval`` / ``prunecal-report``
 """
 from __future__ import annotations
 
