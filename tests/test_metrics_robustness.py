@@ -166,3 +166,81 @@ def test_normalize_table_layouts_and_errors():
         R.normalize_table([("fog", 0.5)])
     with pytest.raises(ValueError, match="lacks corruptions: fog, snow"):
         R.mean_corruption_error({"frost": [0.1] * 5}, ["fog", "frost", "snow"])
+
+
+def _message(exc, fn, *args, **kw) -> str:
+    with pytest.raises(exc) as e:
+        fn(*args, **kw)
+    return str(e.value)
+
+
+def test_error_messages_name_the_table_and_the_unit():
+    """Each function names which of its tables (accuracy / error / baseline error / metric) and
+    which unit is wrong, in full (killed mutants: labels swapped, dropped or mangled)."""
+    fog = {"fog": [0.5] * 5}
+    bad, text, inf = {"fog": [0.5, 1.5]}, {"fog": ["x"]}, {"fog": [float("inf")]}
+    frac = "must be a fraction in [0, 1] (not percent), got 1.5"
+    assert _message(ValueError, R.corruption_errors, {"fog": [1.5]}) == f"accuracy for fog/1 {frac}"
+    assert _message(TypeError, R.corruption_errors, text) == "accuracy for fog/1 must be a number, got str"
+    assert _message(ValueError, R.mean_corruption_error, bad, ["fog"], [1]) == f"error for fog/2 {frac}"
+    assert _message(ValueError, R.mean_corruption_error, fog, ["fog", "snow"]) == "errors lacks corruptions: snow"
+    assert _message(ValueError, R.mean_corruption_error, {"fog": [0.5]}, ["fog"], [1, 2, 3]) == \
+        "errors lacks (corruption/severity): fog/2, fog/3"
+    assert _message(ValueError, R.mce_hendrycks, bad, fog, ["fog"], [1]) == f"error for fog/2 {frac}"
+    assert _message(ValueError, R.mce_hendrycks, fog, bad, ["fog"], [1]) == f"baseline error for fog/2 {frac}"
+    assert _message(ValueError, R.mce_hendrycks, {"fog": [0.5]}, fog, ["fog"], [1, 2]) == \
+        "errors lacks (corruption/severity): fog/2"
+    assert _message(ValueError, R.mce_hendrycks, fog, {"fog": [0.5]}, ["fog"], [1, 2]) == \
+        "baseline_errors lacks (corruption/severity): fog/2"
+    assert _message(ValueError, R.relative_mce, bad, 0.1, fog, 0.1, ["fog"], [1]) == f"error for fog/2 {frac}"
+    assert _message(ValueError, R.relative_mce, fog, 0.1, bad, 0.1, ["fog"], [1]) == \
+        f"baseline error for fog/2 {frac}"
+    assert _message(ValueError, R.relative_mce, {"fog": [0.5]}, 0.1, fog, 0.1, ["fog"], [1, 2]) == \
+        "errors lacks (corruption/severity): fog/2"
+    assert _message(ValueError, R.relative_mce, fog, 0.1, {"fog": [0.5]}, 0.1, ["fog"], [1, 2]) == \
+        "baseline_errors lacks (corruption/severity): fog/2"
+    assert _message(TypeError, R.relative_mce, fog, "x", fog, 0.1, ["fog"]) == \
+        "clean_error for clean must be a number, got str"
+    assert _message(TypeError, R.relative_mce, fog, 0.1, fog, None, ["fog"]) == \
+        "baseline_clean_error for clean must be a number, got NoneType"
+    assert _message(ValueError, R.relative_mce, fog, 1.5, fog, 0.1, ["fog"]) == \
+        "clean_error must be a fraction in [0, 1], got 1.5"
+    assert _message(ValueError, R.relative_mce, fog, 0.1, fog, -0.5, ["fog"]) == \
+        "baseline_clean_error must be a fraction in [0, 1], got -0.5"
+    assert _message(TypeError, R.mean_over_corruptions, text) == "metric for fog/1 must be a number, got str"
+    assert _message(ValueError, R.mean_over_corruptions, {"fog": [0.5]}, ["fog"], [1, 2]) == \
+        "metric_table lacks (corruption/severity): fog/2"
+    assert _message(TypeError, R.per_corruption_mean, text) == "metric for fog/1 must be a number, got str"
+    assert _message(TypeError, R.normalize_table, text) == "value for fog/1 must be a number, got str"
+    assert _message(ValueError, R.normalize_table, inf) == "value for fog/1 is not finite: inf"
+    assert _message(ValueError, R.normalize_table, {"fog": 0.5}) == \
+        "values of 'fog' must be a sequence over severities 1..5 or a dict severity -> value, got float"
+
+
+def test_fraction_bounds_and_degenerate_baselines():
+    with pytest.raises(ValueError, match="fraction"):
+        R.normalize_table({"fog": [1.0001]}, fraction=True)  # just above 1
+    for fn in (lambda t: R.mean_corruption_error(t, ["fog"], [1]),
+               lambda t: R.mce_hendrycks(t, {"fog": [0.5]}, ["fog"], [1]),
+               lambda t: R.mce_hendrycks({"fog": [0.5]}, t, ["fog"], [1]),
+               lambda t: R.relative_mce(t, 0.1, {"fog": [0.5]}, 0.1, ["fog"], [1]),
+               lambda t: R.relative_mce({"fog": [0.5]}, 0.1, t, 0.1, ["fog"], [1])):
+        with pytest.raises(ValueError, match="fraction"):
+            fn({"fog": [1.25]})  # errors are fractions in every robustness summary
+    # clean errors of exactly 0 and 1 are allowed
+    err, base = {"fog": [0.25, 0.5]}, {"fog": [0.5, 0.75]}
+    assert R.relative_mce(err, 0.0, base, 0.0, ["fog"], [1, 2]) == pytest.approx(0.75 / 1.25)
+    assert R.relative_mce(err, 1.0, base, 0.0, ["fog"], [1, 2]) == pytest.approx((0.75 - 2.0) / 1.25)
+    # a baseline whose corrupted error equals its clean error exactly: degradation 0, undefined
+    with pytest.raises(ValueError, match="does not exceed its clean error"):
+        R.relative_mce(err, 0.25, {"fog": [0.5, 0.5]}, 0.5, ["fog"], [1, 2])
+
+
+def test_mean_over_corruptions_selection():
+    t = {"fog": [0.1, 0.2, 0.3, 0.4, 0.5], "snow": [1.0, 2.0, 3.0, 4.0, 5.0]}
+    assert R.mean_over_corruptions(t, ["fog"]) == pytest.approx(0.3)  # severities default 1..5
+    assert R.mean_over_corruptions(t, severities=[1]) == pytest.approx(0.55)  # every corruption at severity 1
+    assert R.mean_over_corruptions(t, ["snow"], [2, 4]) == pytest.approx(3.0)
+    assert R.mean_over_corruptions(t) == pytest.approx((1.5 + 15.0) / 10)
+    with pytest.raises(ValueError, match="snow/6"):
+        R.mean_over_corruptions(t, ["snow"], [6])
