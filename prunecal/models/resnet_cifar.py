@@ -16,6 +16,13 @@ from the tensors or from the attributes below, never from constants):
   pruner sets an explicit ``(left, right)``); for an identity shortcut the block
   input must have the same channels, i.e. prune the whole stage consistently.
 - ``model.linear`` input features must equal the channels of ``layer3``'s output.
+
+``resnet110`` (n = 18, 1.73 M parameters) is the seed paper's ResNet-110 for L1-filter
+pruning. The code that paper used (Liu et al.'s L1-norm-pruning models) builds its option-A
+shortcut as a 2x2 average pool with the zero channels appended after the input's; this one
+subsamples and pads both sides (as the published ResNet-20..56 checkpoints need). Same
+parameters and cost; checkpoints of the two do not swap. Runs as one native plan
+(:func:`prunecal.sparse.plan.compile_plan`); per-batch cost: ``docs/architecture.md``.
 """
 from __future__ import annotations
 
