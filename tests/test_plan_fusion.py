@@ -175,6 +175,8 @@ CASES: dict[str, tuple[Callable, int]] = {
                         0),
     "two subsampling shortcuts, two channel pads": (lambda s, x: F.pad(F.pad(
         _ia(s, x)[:, :, ::2, ::2], (0, 0, 0, 0, 1, 3))[:, :, ::2, ::2], (0, 0, 0, 0, 2, 0)), 0),
+    "an unfusable add, then a fusable one": (lambda s, x: (lambda u: torch.relu(s.c0(u) + u))(
+        (lambda t: torch.relu(t) + t)(_ia(s, x))), 1),
     "subsample read twice": (lambda s, x: (lambda u: u[:, :, ::2, ::2] + F.pad(u, (0, 0, 0, 0, 0, 0))[:, :, ::2, ::2])(
         _ia(s, x)[:, :, ::2, ::2]), 0),
 }
@@ -324,6 +326,7 @@ SIGNATURES = {
     "conv output read twice": "conv conv add add",
     "c + c": "conv conv add",
     "dead relu, conv is the output": "conv conv relu",
+    "an unfusable add, then a fusable one": "conv relu add conv+relu+res",
 }
 
 
@@ -332,3 +335,33 @@ def test_fused_op_sequence(name):
     """What the matcher fuses (outputs alone cannot tell a missed fusion from a fused one)."""
     pm = compile_plan(Net(CASES[name][0]), "csr", input_size=(C, H, W))
     assert _signature(pm) == SIGNATURES[name]
+
+
+@pytest.mark.parametrize("body, node, op, why", [
+    (lambda s, x: s.b0(s.c0(x) + x), "b0", "BatchNorm2d", "a BatchNorm is supported only right after a conv"),
+    (lambda s, x: s.b0(torch.relu(s.c0(x))), "b0", "BatchNorm2d", "a BatchNorm is supported only right after a conv"),
+    (lambda s, x: (lambda c: (s.b0(c), c)[1])(s.c0(x)), "b0", "BatchNorm2d",
+     "a BatchNorm is supported only right after a conv"),
+    (lambda s, x: (lambda c: torch.relu_(c) + c)(s.c0(x)), "relu_", "relu",
+     "in-place op on a value that is read again later"),
+    (lambda s, x: (lambda c: (c.add_(x), c)[1])(s.c0(x)), "add_", "add",
+     "in-place op on a value that is read again later"),
+])
+def test_rejection_names_the_node(body, node, op, why):
+    with pytest.raises(PlanUnsupported) as e:
+        compile_plan(Net(body), "csr", input_size=(C, H, W))
+    assert (e.value.node, e.value.op) == (node, op)
+    assert str(e.value) == f"plan: unsupported node {node!r} ({op}): {why}"
+
+
+def test_bn_without_running_statistics_is_unsupported_not_a_crash():
+    m = Net(lambda s, x: torch.relu(s.bn_batch(s.c0(x))))
+    m.bn_batch = nn.BatchNorm2d(C, track_running_stats=False).eval()
+    with pytest.raises(PlanUnsupported) as e:
+        compile_plan(m, "csr", input_size=(C, H, W))
+    assert e.value.node == "bn_batch" and e.value.op == "BatchNorm2d"
+    assert str(e.value).endswith("BatchNorm without running statistics (track_running_stats=False)")
+    x = torch.randn(2, C, H, W)
+    with torch.no_grad():  # and the fallback computes it as torch does (batch statistics)
+        torch.testing.assert_close(compile_plan(m, "csr", input_size=(C, H, W), fallback=True)(x), m(x),
+                                   rtol=1e-4, atol=1e-4)
