@@ -16,6 +16,7 @@ Ids read ``test_layer[<impl>-<shape>-b<batch>-s<sparsity>-t<threads>]`` and
     python benchmarks/bench_train.py train.json [more.json ...]   # markdown tables, ratios (min over runs)
     python benchmarks/bench_train.py --compare [--seconds 3]      # steps only, both impls interleaved
     python benchmarks/bench_train.py --compare --clock cpu --threads 1   # CPU time of the calling thread
+    python benchmarks/bench_train.py --profile resnet56 [--channels-last]  # where a csr step's time goes
 
 ``--clock cpu`` (``time.thread_time``, 1 thread only: all work runs on the calling thread) leaves
 out the time the process waits for a core, for a machine shared with other jobs.
@@ -211,6 +212,64 @@ def compare(seconds: float, nets: list[str], batches: list[int], sparsities: lis
     return "\n".join(out)
 
 
+def profile(net: str, sparsity: float, batch: int, channels_last: bool, steps: int = 3) -> str:
+    """CPU time (1 thread, time.thread_time) of a csr training step: total, the native conv calls
+    (forward / backward) and the rest (BN, ReLU, residual adds, loss, optimizer, Python)."""
+    import peers
+
+    from prunecal.sparse.train import SparseConv2d, trainable
+
+    torch.set_num_threads(1)
+    model = trainable(peers.pruned_model(net, sparsity)).train()
+    spent = {"forward": 0.0, "backward": 0.0}
+
+    class Timed:  # the layer's native pattern with its two calls timed
+        def __init__(self, tc):
+            self.tc = tc
+
+        def __getattr__(self, name):
+            return getattr(self.tc, name)
+
+        def _forward_ptr(self, *a):
+            t0 = time.thread_time()
+            self.tc._forward_ptr(*a)
+            spent["forward"] += time.thread_time() - t0
+
+        def _backward_ptr(self, *a):
+            t0 = time.thread_time()
+            self.tc._backward_ptr(*a)
+            spent["backward"] += time.thread_time() - t0
+
+    for m in model.modules():
+        if isinstance(m, SparseConv2d):
+            m._tc = Timed(m._native())
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (batch,), generator=g)
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    step()
+    best = None
+    for _ in range(steps):
+        spent.update(forward=0.0, backward=0.0)
+        t0 = time.thread_time()
+        step()
+        total = time.thread_time() - t0
+        if best is None or total < best[0]:
+            best = (total, spent["forward"], spent["backward"])
+    total, fwd, bwd = (v * 1e3 for v in best)
+    return (f"{net} s{sparsity} b{batch} {'channels_last' if channels_last else 'NCHW'} 1 thread, CPU ms (fastest of "
+            f"{steps} steps): step {total:.1f} = sparse conv forward {fwd:.1f} + sparse conv backward {bwd:.1f} "
+            f"+ rest {total - fwd - bwd:.1f}")
+
+
 if __name__ == "__main__":
     import argparse
 
@@ -222,13 +281,17 @@ if __name__ == "__main__":
     ap.add_argument("--batches", default="64,128")
     ap.add_argument("--sparsities", default="0.7,0.9,0.95")
     ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--profile", metavar="NET", help="split a csr step's CPU time (1 thread; --sparsities[0], --batches[0])")
+    ap.add_argument("--channels-last", action="store_true", help="--profile in channels_last")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall: time.perf_counter; cpu: time.thread_time (needs --threads 1)")
     a = ap.parse_args()
     threads = [int(v) for v in a.threads.split(",")]
     if a.clock == "cpu" and threads != [1]:
         ap.error("--clock cpu measures the calling thread only: use --threads 1")
-    if a.compare:
+    if a.profile:
+        print(profile(a.profile, float(a.sparsities.split(",")[0]), int(a.batches.split(",")[0]), a.channels_last))
+    elif a.compare:
         compare(a.seconds, a.nets.split(","), [int(v) for v in a.batches.split(",")],
                 [float(v) for v in a.sparsities.split(",")], threads,
                 time.thread_time if a.clock == "cpu" else time.perf_counter)

@@ -27,23 +27,32 @@ inline void gather_tile(const float* in, const int32_t* off, const float* val, i
   for (int i = 0; i < T; ++i) acc[i].store(out + i * L);
 }
 
-// Tiles outside, rows inside: the input window of one tile stays in L1 for every row.
+template <int T>
+void gather_tiles(const float* in, const int32_t* indptr, const int32_t* off, const float* val, int r0, int r1, int v,
+                  float* out, int64_t out_stride) {
+  for (int r = r0; r < r1; ++r)
+    gather_tile<T>(in + int64_t(v) * L, off, val, indptr[r], indptr[r + 1], out + r * out_stride + int64_t(v) * L);
+}
+
+// Tiles outside, rows inside: the input window of one tile stays in L1 for every row. The last
+// tile takes the rest (1 .. T-1 vectors) in one pass, so small images (8x8: 5 vectors) load each
+// weight once per row.
 void gather(const float* in, const int32_t* indptr, const int32_t* off, const float* val, int r0, int r1,
             int v0, int v1, float* out, int64_t out_stride) {
   constexpr int T = kGatherTile;
+  static_assert(T <= 8, "remainder switch below covers tiles of up to 8 vectors");
   int v = v0;
-  for (; v + T <= v1; v += T)
-    for (int r = r0; r < r1; ++r)
-      gather_tile<T>(in + int64_t(v) * L, off, val, indptr[r], indptr[r + 1], out + r * out_stride + int64_t(v) * L);
-  if (v + T / 2 <= v1) {
-    for (int r = r0; r < r1; ++r)
-      gather_tile<T / 2>(in + int64_t(v) * L, off, val, indptr[r], indptr[r + 1],
-                         out + r * out_stride + int64_t(v) * L);
-    v += T / 2;
+  for (; v + T <= v1; v += T) gather_tiles<T>(in, indptr, off, val, r0, r1, v, out, out_stride);
+  switch (v1 - v) {
+    case 7: gather_tiles<7>(in, indptr, off, val, r0, r1, v, out, out_stride); break;
+    case 6: gather_tiles<6>(in, indptr, off, val, r0, r1, v, out, out_stride); break;
+    case 5: gather_tiles<5>(in, indptr, off, val, r0, r1, v, out, out_stride); break;
+    case 4: gather_tiles<4>(in, indptr, off, val, r0, r1, v, out, out_stride); break;
+    case 3: gather_tiles<3>(in, indptr, off, val, r0, r1, v, out, out_stride); break;
+    case 2: gather_tiles<2>(in, indptr, off, val, r0, r1, v, out, out_stride); break;
+    case 1: gather_tiles<1>(in, indptr, off, val, r0, r1, v, out, out_stride); break;
+    default: break;
   }
-  for (; v < v1; ++v)
-    for (int r = r0; r < r1; ++r)
-      gather_tile<1>(in + int64_t(v) * L, off, val, indptr[r], indptr[r + 1], out + r * out_stride + int64_t(v) * L);
 }
 
 // R nonzeros of one row against nv vectors of its output gradient; accumulators in acc
