@@ -198,22 +198,65 @@ def _claim_and_die(db, keys):
     os._exit(0)  # dies without releasing its claims
 
 
-def test_expired_lease_of_dead_owner_is_taken_over(tmp_path):
+def _dead_claimant(db, keys):
     import multiprocessing as mp
-    import time
 
-    db = tmp_path / "r.sqlite"
-    keys = _keys(6)
     p = mp.get_context("fork").Process(target=_claim_and_die, args=(db, keys))
     p.start()
     p.join(timeout=30)
     assert p.exitcode == 0
+
+
+def test_expired_lease_of_dead_owner_is_taken_over(tmp_path):
+    """A claim of another machine (here: its host column rewritten) is judged by its lease only."""
+    import time
+
+    db = tmp_path / "r.sqlite"
+    keys = _keys(6)
+    _dead_claimant(db, keys)
     with Store(db) as st:
+        st.conn.execute("UPDATE claims SET host='another-machine|boot'")
         assert {c["owner"] for c in st.claims("abc")} == {"dead"}
         assert st.claim_units("abc", keys, owner="alive") == []  # lease still running
         time.sleep(0.6)
         assert st.claim_units("abc", keys, owner="alive") == keys  # expired: taken over
         assert {c["owner"] for c in st.claims("abc")} == {"alive"}
+
+
+def test_dead_local_owner_is_taken_over_at_once(tmp_path):
+    """A killed process of this machine: a re-run takes its units without waiting for the lease."""
+    db = tmp_path / "r.sqlite"
+    keys = _keys(4)
+    _dead_claimant(db, keys)
+    with Store(db) as st:
+        st.conn.execute("UPDATE claims SET expires_at=expires_at+3600")  # a long lease
+        assert st.claim_units("abc", keys, owner="rerun") == keys
+
+
+def _claim_and_wait(db, keys, ready, go):
+    with Store(db) as st:
+        st.claim_units("abc", keys, owner="live", lease_s=3600)
+        ready.set()
+        go.wait(30)
+
+
+def test_live_local_owner_keeps_its_claims(tmp_path):
+    import multiprocessing as mp
+
+    db = tmp_path / "r.sqlite"
+    Store(db).close()
+    keys = _keys(4)
+    ctx = mp.get_context("fork")
+    ready, go = ctx.Event(), ctx.Event()
+    p = ctx.Process(target=_claim_and_wait, args=(db, keys, ready, go))
+    p.start()
+    try:
+        assert ready.wait(30)
+        with Store(db) as st:
+            assert st.claim_units("abc", keys, owner="other") == []
+    finally:
+        go.set()
+        p.join(timeout=30)
 
 
 def test_claim_semantics(tmp_path):

@@ -15,6 +15,8 @@ import hashlib
 import json
 import sqlite3
 import logging
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -114,6 +116,37 @@ def is_corruption(exc: BaseException) -> bool:
     # a plain DatabaseError (not Operational / Integrity / Programming ...) is SQLite's
     # SQLITE_CORRUPT / SQLITE_NOTADB family
     return type(exc) is sqlite3.DatabaseError
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+HOST = f"{socket.gethostname()}|{_boot_id()}"
+"""This machine (host name and boot id) as recorded with each claim."""
+
+
+def _owner_dead(host: str, pid: int) -> bool:
+    """True when a claim's process ran on this machine and no longer runs (or is a zombie).
+    Claims of other machines are never judged: their leases expire."""
+    if host != HOST or not pid or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # e.g. EPERM: a process of another user runs under that id
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state in ("Z", "X")
+    except (OSError, IndexError):
+        return False
 
 
 def _sql_type(column: str) -> str:
@@ -279,11 +312,18 @@ class Store:
                                  f"{SCHEMA_VERSION} (a newer prunecal wrote it)")
 
     def _create_claims(self) -> None:
-        """Claims of pending units by concurrent processes (see :meth:`claim_units`)."""
+        """Claims of pending units by concurrent processes (see :meth:`claim_units`); each
+        records the claiming machine (:data:`HOST`) and process id beside its owner."""
         cols = ", ".join(f"{k} {UNIT_COLUMNS[k]}" for k in KEY_COLUMNS)
         self.conn.execute(
             f"CREATE TABLE IF NOT EXISTS claims ({cols}, owner TEXT NOT NULL, "
-            f"expires_at REAL NOT NULL, PRIMARY KEY ({', '.join(KEY_COLUMNS)}))")
+            f"expires_at REAL NOT NULL, host TEXT NOT NULL DEFAULT '', pid INTEGER NOT NULL DEFAULT 0, "
+            f"PRIMARY KEY ({', '.join(KEY_COLUMNS)}))")
+        have = {r[1] for r in self.conn.execute("PRAGMA table_info(claims)")}
+        if "host" not in have:  # claims tables of early development stores
+            self.conn.execute("ALTER TABLE claims ADD COLUMN host TEXT NOT NULL DEFAULT ''")
+        if "pid" not in have:
+            self.conn.execute("ALTER TABLE claims ADD COLUMN pid INTEGER NOT NULL DEFAULT 0")
         self.conn.execute("CREATE INDEX IF NOT EXISTS claims_owner ON claims (owner)")
 
     def _migrate_v1(self) -> None:
@@ -458,7 +498,9 @@ class Store:
         tuples in :data:`KEY_COLUMNS` order, as :func:`unit_key` returns, all of ``config_hash``)
         those that are neither stored nor claimed under an unexpired lease by another owner.
         A claim of ``owner`` itself is renewed and returned again; an expired claim (its
-        process died or stopped renewing) is taken over. Each claim expires ``lease_s``
+        process died or stopped renewing) is taken over, and so is, at once, the claim of a
+        process of this machine that no longer runs (killed: a re-run need not wait for its
+        lease to expire). Each claim expires ``lease_s``
         seconds from now unless :meth:`renew_claims` extends it; :meth:`insert_unit` drops it.
 
         Returns:
@@ -498,13 +540,14 @@ class Store:
                     if row is not None and self._row_ok(*row):
                         continue  # stored (a damaged row is re-made: claimable)
                     held = self.conn.execute(
-                        f"SELECT owner, expires_at FROM claims WHERE {where}", nk).fetchone()
-                    if held is not None and held[0] != owner and held[1] > now:
+                        f"SELECT owner, expires_at, host, pid FROM claims WHERE {where}", nk).fetchone()
+                    if (held is not None and held[0] != owner and held[1] > now
+                            and not _owner_dead(held[2], held[3])):
                         continue  # another owner's lease is running
                     self.conn.execute(
-                        f"INSERT OR REPLACE INTO claims ({cols}, owner, expires_at) "
-                        f"VALUES ({', '.join('?' * (len(KEY_COLUMNS) + 2))})",
-                        (*nk, owner, now + lease_s))
+                        f"INSERT OR REPLACE INTO claims ({cols}, owner, expires_at, host, pid) "
+                        f"VALUES ({', '.join('?' * (len(KEY_COLUMNS) + 4))})",
+                        (*nk, owner, now + lease_s, HOST, os.getpid()))
                     out.append(k)
             return out
         return self._guard(run)
