@@ -296,3 +296,52 @@ def test_tiny_float_overshoot_is_clipped():
     p = np.array([[1.0 + 1e-7, -1e-7], [0.3, 0.7]])
     assert M.reliability_bins(p, [0, 1], n_bins=4).count.tolist() == [0, 0, 1, 1]
     assert M.nll(p, [0, 1]) == pytest.approx(-np.log(0.7) / 2)
+
+
+# ---- mutation-run survivors (scripts/mutation.sh metrics/calibration) --------------------------------
+def test_equal_mass_ties_keep_input_order():
+    """Equal-mass bins sort stably: among tied confidences the input order decides the bin
+    (documented). Expected ECE computed here from that rule with plain numpy."""
+    rng = np.random.default_rng(0)
+    n, n_bins = 200, 4
+    conf = rng.choice([0.55, 0.7, 0.9], size=n)
+    correct = rng.random(n) < 0.7
+    labels = np.where(correct, 0, 1)
+    probs = np.stack([conf, 1 - conf], axis=1)  # conf > 0.5: class 0 is the top label
+    order = sorted(range(n), key=lambda i: conf[i])  # Python's sort is stable
+    want = 0.0
+    for part in np.array_split(np.array(order), n_bins):
+        want += len(part) / n * abs(correct[part].mean() - conf[part].mean())
+    assert M.ece(probs, labels, n_bins=n_bins, binning="mass") == pytest.approx(want, abs=1e-12)
+    assert M.ace(probs, labels, n_bins=n_bins) == pytest.approx(want, abs=1e-12)
+
+
+def test_default_bins_are_15():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(300, 4)) * 2
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    labels = rng.integers(0, 4, 300)
+    for fn, kw in ((M.ace, {}), (M.overconfidence, {}), (M.underconfidence, {}), (M.ece, {})):
+        assert fn(probs, labels) == fn(probs, labels, 15, **kw)
+        assert fn(probs, labels) != fn(probs, labels, 16, **kw)
+
+
+def test_option_errors_name_the_argument():
+    p, y = np.array([[0.6, 0.4]]), np.array([0])
+    for fn in (M.ece, M.overconfidence, M.underconfidence):
+        with pytest.raises(ValueError) as e:
+            fn(p, y, binning="quantile")
+        assert str(e.value) == "binning must be one of ('width', 'mass'), got 'quantile'"
+    with pytest.raises(ValueError) as e:
+        M.ece(p, y, norm="l3")
+    assert str(e.value) == "norm must be one of ('l1', 'l2', 'max'), got 'l3'"
+
+
+def test_no_samples_is_a_clear_error():
+    from prunecal.metrics.calibration import bin_stats, ce_from_stats
+
+    empty = bin_stats(np.zeros(0), np.zeros(0, dtype=bool), 5)
+    for norm in ("l1", "l2", "max"):
+        with pytest.raises(ValueError) as e:
+            ce_from_stats(empty, norm)
+        assert str(e.value) == "no samples: calibration error is undefined"
