@@ -144,14 +144,15 @@ PRUNECAL_TRAIN_CLONES bool pack_dy_wide(const float* dy, int Co, const TrainGeom
 }
 
 // dy (C_out, Ho, Wo) of one image zero-inserted and padded into planes of Hb x Wb; `zero` as in
-// pack_x.
-PRUNECAL_TRAIN_CLONES void pack_dy_planes(const float* dy, int Co, int kh, int kw, const TrainGeom& g, float* out, bool zero) {
+// pack_x. Returns whether the values it placed hold NaN / Inf (all of dy when padding < kh, kw).
+PRUNECAL_TRAIN_CLONES bool pack_dy_planes(const float* dy, int Co, int kh, int kw, const TrainGeom& g, float* out, bool zero) {
   if (zero) std::memset(out, 0, sizeof(float) * size_t(g.dy_floats));
   const int s = g.stride, Py = kh - 1 - g.pad, Px = kw - 1 - g.pad;
   // output columns ox with X = Px + ox * s in [0, Wb)
   const int o_lo = Px < 0 ? (-Px + s - 1) / s : 0;
   const int o_hi = std::min(g.Wo, (g.Wb - 1 - Px) < 0 ? 0 : (g.Wb - 1 - Px) / s + 1);
-  if (o_hi <= o_lo) return;
+  if (o_hi <= o_lo) return false;
+  bool bad = false;
   for (int co = 0; co < Co; ++co) {
     float* P = out + co * g.pqb;
     for (int oy = 0; oy < g.Ho; ++oy) {
@@ -159,10 +160,11 @@ PRUNECAL_TRAIN_CLONES void pack_dy_planes(const float* dy, int Co, int kh, int k
       if (Y < 0 || Y >= g.Hb) continue;
       const float* src = dy + (int64_t(co) * g.Ho + oy) * g.Wo + o_lo;
       float* row = P + int64_t(Y) * g.Wb + Px + o_lo * s;
-      if (s == 1) copy_check(bits(row), bits(src), o_hi - o_lo);
-      else scatter_check(bits(row), bits(src), o_hi - o_lo, s);
+      if (s == 1) bad |= copy_check(bits(row), bits(src), o_hi - o_lo);
+      else bad |= scatter_check(bits(row), bits(src), o_hi - o_lo, s);
     }
   }
+  return bad;
 }
 
 // Rows [r0, r1) of wide rows (pitch pw, row width wq) into (rows, ho, wo) planes.
@@ -372,10 +374,22 @@ void TrainConv::backward(const float* x, const float* dy, int N, int H, int W, c
       k.transpose(dyi, Co, t, hw_out, int(hw_out), Co);
       dyi = t;
     }
+    // stride 1, "same" padding: the input gradient's dy planes, read from (pad, pad), are the weight
+    // gradient's wide rows too (padding columns = zero junk columns), when the reads past a plane's
+    // last row stay in zeros (the next plane's top padding rows, or the slack after the last)
+    const int P = kh - 1 - pad;
+    const bool shared = dx && stride == 1 && 2 * pad == kh - 1 && 2 * pad == kw - 1 && P + 16 <= 2 * P * g.Wb;
+    bool checked = false;
+    float* dyp = nullptr;
+    if (dx) {
+      bool fresh;
+      dyp = scratch(3, g.dy_floats, gp, &fresh);
+      if (pack_dy_planes(dyi, Co, kh, kw, g, dyp, fresh)) bad.store(true);
+      checked = pad <= kh - 1 && pad <= kw - 1;  // every value of dy was placed
+    }
     if (dval && nz) {
-      bool fresh_x, fresh_dy;
+      bool fresh_x;
       float* planes = scratch(0, g.x_floats, gp, &fresh_x);
-      float* dyw = scratch(2, Co * g.pw, gp, &fresh_dy);
       const float* xi = x + n * img_in;
       if (nhwc) {
         float* t = scratch(5, img_in);
@@ -383,18 +397,26 @@ void TrainConv::backward(const float* x, const float* dy, int N, int H, int W, c
         xi = t;
       }
       pack_x(xi, C, g, planes, fresh_x);  // (x was checked by the forward pass)
-      if (pack_dy_wide(dyi, Co, g, dyw, fresh_dy)) bad.store(true);
+      const float* dyw;
+      int64_t dyw_stride;
+      if (shared) {
+        dyw = dyp + int64_t(P) * g.Wb + P;
+        dyw_stride = g.pqb;
+      } else {
+        bool fresh_dy;
+        float* buf = scratch(2, Co * g.pw, gp, &fresh_dy);
+        if (pack_dy_wide(dyi, Co, g, buf, fresh_dy)) bad.store(true);
+        checked = true;
+        dyw = buf;
+        dyw_stride = g.pw;
+      }
       float* a = acc.data() + size_t(w) * size_t(nz) * 16;
       for (int v0 = 0; v0 < nvx; v0 += cv)
-        k.sdd(planes, dyw, g.pw, indptr_.data(), g.off.data(), 0, Co, v0, std::min(nvx, v0 + cv), a);
-    } else if (any_nonfinite(bits(dyi), img_out)) {
-      bad.store(true);
+        k.sdd(planes, dyw, dyw_stride, indptr_.data(), g.off.data(), 0, Co, v0, std::min(nvx, v0 + cv), a);
     }
+    if (!checked && any_nonfinite(bits(dyi), img_out)) bad.store(true);
     if (dx) {
-      bool fresh;
-      float* dyp = scratch(3, g.dy_floats, gp, &fresh);
       float* wide = scratch(1, C * g.pwb);
-      pack_dy_planes(dyi, Co, kh, kw, g, dyp, fresh);
       k.gather(dyp, t_indptr_.data(), g.toff.data(), tval.data(), 0, C, 0, nvb, wide, g.pwb);
       if (!nhwc) {
         extract(wide, g.pwb, g.Wb, 0, C, H, W, dx + n * img_in);
