@@ -146,3 +146,31 @@ def test_logits_bad_input():
     for bad in (0.0, -1.0, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="temperature"):
             M.summary_from_logits(np.zeros((2, 3)), [0, 1], temperature=bad)
+
+
+# ---- mutation-run survivors (scripts/mutation.sh metrics/scoring) ------------------------------------
+def _err(exc, fn, *a, **kw) -> str:
+    with pytest.raises(exc) as e:
+        fn(*a, **kw)
+    return str(e.value)
+
+
+def test_accuracy_validates_labels_against_probs():
+    from prunecal.metrics import accuracy
+
+    p = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    assert accuracy(p, [0, 1, 1]) == pytest.approx(2 / 3)
+    assert _err(ValueError, accuracy, p, [0, 1]) == "length mismatch: 3 predictions but 2 labels"
+    assert _err(ValueError, accuracy, p, [0, 1, 2]) == "labels out of range [0, 2): e.g. [2]"
+    assert _err(ValueError, accuracy, np.array([0.5, 0.5]), [0]) == "probs must have shape (N, C), got shape (2,)"
+
+
+def test_scoring_option_errors():
+    from prunecal.metrics import brier, nll
+
+    p, y = np.array([[0.7, 0.3]]), np.array([0])
+    assert _err(ValueError, brier, p, y, reduction="max") == "reduction must be one of ('sum', 'mean'), got 'max'"
+    for eps in (1.0, 1.5, 0.0):
+        assert _err(ValueError, nll, p, y, eps=eps) == f"eps must be in (0, 1), got {eps}"
+    assert nll(p, y, eps=0.5) == pytest.approx(-np.log(0.7))
+    assert nll(np.array([[0.99, 0.01]]), np.array([1]), eps=0.5) == pytest.approx(-np.log(0.5))  # clipped
