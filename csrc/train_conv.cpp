@@ -202,6 +202,23 @@ float* scratch(int i, int64_t n, const std::shared_ptr<const TrainGeom>& g = nul
   return b.data.data();
 }
 
+// An NHWC image (H, W, C) straight into the zero-padded planes of a stride-1 geometry, one
+// transpose per image row (no NCHW copy); `zero` as in pack_x.
+void pack_x_nhwc_s1(const float* img, int C, const TrainGeom& g, float* planes, bool zero, const TrainKernels& k) {
+  if (zero) std::memset(planes, 0, sizeof(float) * size_t(g.x_floats));
+  const int n = std::min(g.W, g.Wq - g.pad);
+  if (n <= 0) return;
+  for (int y = 0; y < g.H && y + g.pad < g.Hq; ++y)
+    k.transpose(img + int64_t(y) * g.W * C, C, planes + int64_t(y + g.pad) * g.Wq + g.pad, g.chan, n, C);
+}
+
+// Wide rows (channel pitch pw, row width wq) of one image straight into an NHWC (ho, wo, rows)
+// output, one transpose per output row.
+void extract_nhwc(const float* wide, int64_t pw, int wq, int rows, int ho, int wo, float* out, const TrainKernels& k) {
+  for (int y = 0; y < ho; ++y)
+    k.transpose(wide + int64_t(y) * wq, pw, out + int64_t(y) * wo * rows, rows, rows, wo);
+}
+
 }  // namespace
 
 const TrainKernels& select_train_kernels(const char* isa) {
@@ -320,15 +337,15 @@ void TrainConv::forward(const float* x, int N, int H, int W, const float* val, f
       bool fresh;
       float* planes = scratch(0, g.x_floats, gp, &fresh);
       float* wide = scratch(1, Co * g.pw);
-      if (pack_x(image(n), C, g, planes, fresh)) bad.store(true);
-      k.gather(planes, indptr_.data(), g.off.data(), val, 0, Co, 0, nv, wide, g.pw);
-      if (!nhwc) {
-        extract(wide, g.pw, g.Wq, 0, Co, g.Ho, g.Wo, y + n * img_out);
-        return;
+      if (nhwc && stride == 1) {
+        if (any_nonfinite(bits(x + n * img_in), img_in)) bad.store(true);
+        pack_x_nhwc_s1(x + n * img_in, C, g, planes, fresh, k);
+      } else if (pack_x(image(n), C, g, planes, fresh)) {
+        bad.store(true);
       }
-      float* t = scratch(5, img_out);
-      extract(wide, g.pw, g.Wq, 0, Co, g.Ho, g.Wo, t);
-      k.transpose(t, hw_out, y + n * img_out, Co, Co, int(hw_out));
+      k.gather(planes, indptr_.data(), g.off.data(), val, 0, Co, 0, nv, wide, g.pw);
+      if (nhwc) extract_nhwc(wide, g.pw, g.Wq, Co, g.Ho, g.Wo, y + n * img_out, k);
+      else extract(wide, g.pw, g.Wq, 0, Co, g.Ho, g.Wo, y + n * img_out);
     });
   } else {
     std::vector<float> planes(size_t(g.x_floats)), wide(size_t(Co * g.pw)), out(nhwc ? size_t(img_out) : 0);
@@ -369,34 +386,46 @@ void TrainConv::backward(const float* x, const float* dy, int N, int H, int W, c
   const int64_t hw_in = int64_t(H) * W, hw_out = int64_t(g.Ho) * g.Wo;
   parallel_for(workers, N, [&](int64_t n, int w) {
     const float* dyi = dy + n * img_out;
-    if (nhwc) {  // (C_out, Ho, Wo) copy of the gradient in scratch buffer 4
-      float* t = scratch(4, img_out);
-      k.transpose(dyi, Co, t, hw_out, int(hw_out), Co);
-      dyi = t;
-    }
     // stride 1, "same" padding: the input gradient's dy planes, read from (pad, pad), are the weight
     // gradient's wide rows too (padding columns = zero junk columns), when the reads past a plane's
     // last row stay in zeros (the next plane's top padding rows, or the slack after the last)
     const int P = kh - 1 - pad;
     const bool shared = dx && stride == 1 && 2 * pad == kh - 1 && 2 * pad == kw - 1 && P + 16 <= 2 * P * g.Wb;
+    // NHWC: the gradient goes straight into those planes when nothing else needs it as (C_out, Ho, Wo)
+    const bool direct = nhwc && shared;
+    if (nhwc && !direct) {  // (C_out, Ho, Wo) copy of the gradient in scratch buffer 4
+      float* t = scratch(4, img_out);
+      k.transpose(dyi, Co, t, hw_out, int(hw_out), Co);
+      dyi = t;
+    }
     bool checked = false;
     float* dyp = nullptr;
     if (dx) {
       bool fresh;
       dyp = scratch(3, g.dy_floats, gp, &fresh);
-      if (pack_dy_planes(dyi, Co, kh, kw, g, dyp, fresh)) bad.store(true);
-      checked = pad <= kh - 1 && pad <= kw - 1;  // every value of dy was placed
+      if (direct) {
+        if (fresh) std::memset(dyp, 0, sizeof(float) * size_t(g.dy_floats));
+        for (int oy = 0; oy < g.Ho; ++oy)
+          k.transpose(dyi + int64_t(oy) * g.Wo * Co, Co, dyp + int64_t(P + oy) * g.Wb + P, g.pqb, g.Wo, Co);
+      } else if (pack_dy_planes(dyi, Co, kh, kw, g, dyp, fresh)) {
+        bad.store(true);
+      }
+      checked = !direct && pad <= kh - 1 && pad <= kw - 1;  // every value of dy was placed (and checked)
     }
     if (dval && nz) {
       bool fresh_x;
       float* planes = scratch(0, g.x_floats, gp, &fresh_x);
-      const float* xi = x + n * img_in;
-      if (nhwc) {
-        float* t = scratch(5, img_in);
-        k.transpose(xi, C, t, hw_in, int(hw_in), C);
-        xi = t;
+      const float* xi = x + n * img_in;  // (checked by the forward pass)
+      if (nhwc && stride == 1) {
+        pack_x_nhwc_s1(xi, C, g, planes, fresh_x, k);
+      } else {
+        if (nhwc) {
+          float* t = scratch(5, img_in);
+          k.transpose(xi, C, t, hw_in, int(hw_in), C);
+          xi = t;
+        }
+        pack_x(xi, C, g, planes, fresh_x);
       }
-      pack_x(xi, C, g, planes, fresh_x);  // (x was checked by the forward pass)
       const float* dyw;
       int64_t dyw_stride;
       if (shared) {
@@ -414,17 +443,12 @@ void TrainConv::backward(const float* x, const float* dy, int N, int H, int W, c
       for (int v0 = 0; v0 < nvx; v0 += cv)
         k.sdd(planes, dyw, dyw_stride, indptr_.data(), g.off.data(), 0, Co, v0, std::min(nvx, v0 + cv), a);
     }
-    if (!checked && any_nonfinite(bits(dyi), img_out)) bad.store(true);
+    if (!checked && any_nonfinite(bits(dyi), img_out)) bad.store(true);  // (the NHWC gradient when direct)
     if (dx) {
       float* wide = scratch(1, C * g.pwb);
       k.gather(dyp, t_indptr_.data(), g.toff.data(), tval.data(), 0, C, 0, nvb, wide, g.pwb);
-      if (!nhwc) {
-        extract(wide, g.pwb, g.Wb, 0, C, H, W, dx + n * img_in);
-      } else {
-        float* t = scratch(5, img_in);
-        extract(wide, g.pwb, g.Wb, 0, C, H, W, t);
-        k.transpose(t, hw_in, dx + n * img_in, C, C, int(hw_in));
-      }
+      if (nhwc) extract_nhwc(wide, g.pwb, g.Wb, C, H, W, dx + n * img_in, k);
+      else extract(wide, g.pwb, g.Wb, 0, C, H, W, dx + n * img_in);
     }
   });
   if (bad.load()) throw std::domain_error("grad_output: holds NaN or Inf");
