@@ -135,3 +135,42 @@ def test_risk_at_coverage_and_coverage_at_risk():
         M.risk_at_coverage(p, y, 0.0)
     with pytest.raises(ValueError, match="risk"):
         M.coverage_at_risk(p, y, 1.5)
+
+
+# ---- mutation-run survivors (scripts/mutation.sh metrics/selective) ----------------------------------
+def test_aurc_optimal_bounds_against_the_definition():
+    from prunecal.metrics.selective import aurc_optimal
+
+    def perfect(n, e):  # correct samples first: risk at coverage k/n is max(0, k - (n - e)) / k
+        return float(np.mean([max(0, k - (n - e)) / k for k in range(1, n + 1)]))
+
+    for n, e in ((1, 0), (1, 1), (4, 0), (4, 4), (5, 2), (7, 6)):
+        assert aurc_optimal(n, e) == pytest.approx(perfect(n, e), abs=1e-12)
+    for n, e in ((0, 0), (3, -1), (3, 4)):
+        with pytest.raises(ValueError) as err:
+            aurc_optimal(n, e)
+        assert str(err.value) == f"need n >= 1 and 0 <= n_errors <= n, got n={n}, n_errors={e}"
+
+
+def test_selective_defaults_and_bounds():
+    from prunecal.metrics import misclassification_auroc
+    from prunecal.metrics.selective import coverage_at_risk, risk_at_coverage
+
+    rng = np.random.default_rng(2)
+    conf = rng.uniform(0.5, 1.0, 400)
+    probs = np.stack([conf, 1 - conf], axis=1)
+    labels = (rng.random(400) > conf).astype(int)  # wrong more often at low confidence
+    assert risk_at_coverage(probs, labels) == risk_at_coverage(probs, labels, 0.9)
+    assert risk_at_coverage(probs, labels) != risk_at_coverage(probs, labels, 1.0)
+    assert coverage_at_risk(probs, labels) == coverage_at_risk(probs, labels, 0.01)
+    assert coverage_at_risk(probs, labels, 1.0) == 1.0  # every threshold qualifies
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match=r"coverage must be in \(0, 1\]"):
+            risk_at_coverage(probs, labels, bad)
+    for bad in (1.01, -0.1):
+        with pytest.raises(ValueError, match=r"risk must be in \[0, 1\]"):
+            coverage_at_risk(probs, labels, bad)
+    with pytest.raises(ValueError) as e:
+        misclassification_auroc(probs, probs.argmax(1))
+    assert str(e.value) == ("misclassification AUROC is undefined: all predictions are correct "
+                            "(needs both correct and wrong ones)")
