@@ -202,11 +202,14 @@ def test_sweep_builds_plans_once_and_stores_their_bytes(tmp_path, monkeypatch):
     assert calls and set(calls) == {"dense"}  # csr/bsr: compile_plan alone
     monkeypatch.undo()
     seen = set()
-    for (method, sparsity), net in sweep._nets.items():
+    nets = sweep.runner(prep)._nets
+    assert nets
+    for key, net in nets.items():
+        method, sparsity = key.method, key.sparsity
         for backend in ("csr", "bsr"):
             model, dense, stored = net.by_backend[backend]
             assert isinstance(model, PlanModule)
-            ref = _report_bytes(net.model, backend)
+            ref = _report_bytes(net.result.model, backend)
             assert (dense, stored) == ref
             rows = [u for u in units if u["method"] == method and u["sparsity"] == sparsity
                     and u["backend"] == backend]
@@ -228,12 +231,15 @@ def test_sweep_falls_back_to_sparsify_on_plan_unsupported(tmp_path, monkeypatch)
     monkeypatch.setattr(plan_mod, "compile_plan", unsupported)
     sweep, prep, store = _sweep(tmp_path)
     try:
-        net = sweep._net(prep, "global_magnitude", 0.5)
+        from prunecal.eval.stages import Network
+
+        runner = sweep.runner(prep)
+        net = runner.network(Network("global_magnitude", 0.5, 0, 0))
         for backend in ("csr", "bsr"):
-            model, dense, stored = sweep._backend_model(net, backend)
+            model, dense, stored = runner.backend_model(net, backend)
             assert not isinstance(model, PlanModule)
             assert model.sparsify_report.backend == backend
-            assert (dense, stored) == _report_bytes(net.model, backend)
-            assert sweep._backend_model(net, backend)[0] is model  # cached
+            assert (dense, stored) == _report_bytes(net.result.model, backend)
+            assert runner.backend_model(net, backend)[0] is model  # cached
     finally:
         store.close()

@@ -162,7 +162,8 @@ def _normalise(column: str, value: Any) -> Any:
     t = _sql_type(column)
     if t == "REAL":
         v = round(float(value), 6) if column == "sparsity" else float(value)
-        return None if v != v else v  # SQLite stores NaN as NULL
+        # SQLite stores NaN as NULL and -0.0 as 0.0: normalise both before hashing
+        return None if v != v else v + 0.0
     if t == "INTEGER":
         if isinstance(value, float) and value != value:
             return None
