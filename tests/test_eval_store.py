@@ -486,3 +486,10 @@ def test_newer_schema_refused(tmp_path):
     con.close()
     with pytest.raises(ValueError, match="schema 99"):
         Store(p)
+
+
+def test_negative_zero_and_int_in_real_columns_verify(tmp_path):
+    """SQLite keeps -0.0 as 0.0 and an int in a REAL column as a float: rows still verify."""
+    with Store(tmp_path / "r.sqlite") as st:
+        assert st.insert_unit(make_row(ece_ts=-0.0, accuracy=1, macs_dense=-0.0))
+        assert st.check() == [] and len(st.units()) == 1
