@@ -37,7 +37,8 @@ def test_two_processes_share_one_folder(split_npz, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     procs = [subprocess.Popen(_cmd(split_npz, out), env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+                              stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+             for _ in range(2)]
     logs = [p.communicate(timeout=900)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
     with Store(out / "results.sqlite") as st:

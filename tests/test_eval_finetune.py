@@ -140,7 +140,7 @@ def test_sigkill_during_finetuning_resumes_from_last_epoch(split_npz, tmp_path):
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "prunecal.eval.cli", *args(out)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     ft = out / "cache" / "finetune"
     deadline = time.time() + 300
     killed_at = None
@@ -156,7 +156,7 @@ def test_sigkill_during_finetuning_resumes_from_last_epoch(split_npz, tmp_path):
     assert killed_at is not None and "_e4." not in killed_at, f"the run ended before the kill: {err}"
     assert not (out / "results.sqlite").exists() or not _clean_rows(out)
     res = subprocess.run([sys.executable, "-m", "prunecal.eval.cli", *args(out)], env=env,
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "resuming at epoch" in res.stderr and "of 4" in res.stderr
     got, want = _clean_rows(out), _clean_rows(ref)

@@ -85,7 +85,13 @@ def test_task_groups_share_one_compile_per_network():
 ray = pytest.importorskip("ray", reason="Ray not installed (pip install 'prunecal[ray]')")
 
 
-def test_ray_equals_local_unit_for_unit(split_npz, local_run, tmp_path):
+def test_ray_equals_local_unit_for_unit(split_npz, local_run, tmp_path, monkeypatch):
+    # run from a folder holding another "prunecal" (a source checkout without its _C, as in a CI
+    # clone): Ray puts the driver's cwd on the workers' path, and they must not import it
+    shadow = tmp_path / "checkout"
+    (shadow / "prunecal").mkdir(parents=True)
+    (shadow / "prunecal" / "__init__.py").write_text("raise ImportError('the shadowing checkout')\n")
+    monkeypatch.chdir(shadow)
     out = tmp_path / "ray"
     assert run(_args(split_npz, out, "--executor", "ray")) == 0
     _same_results(_rows(local_run), _rows(out))
@@ -127,7 +133,8 @@ def test_killed_worker_is_retried_and_rerun_completes(split_npz, local_run, tmp_
     env = {**os.environ, "PRUNECAL_RAY_TEST_SLOW": "2"}
     proc = subprocess.Popen([sys.executable, "-m", "prunecal.eval.cli",
                              *_args(split_npz, out, "--executor", "ray")],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path)
     err_lines: list[str] = []
     reader = threading.Thread(target=lambda: err_lines.extend(proc.stderr), daemon=True)
     reader.start()

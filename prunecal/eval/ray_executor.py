@@ -226,7 +226,15 @@ def run_ray(cfg: C.StudyConfig, store: Store, p: Prepared, *, address: str | Non
         env["PYTHONPATH"] = os.pathsep.join(
             [pkg_root] + [x for x in os.environ.get("PYTHONPATH", "").split(os.pathsep) if x])
         kw["runtime_env"] = {"env_vars": env}
-        ray.init(**kw)
+        # Ray puts the driver's working directory on the workers' sys.path: a source checkout
+        # there (without its built _C) would shadow the installed package, so start Ray from the
+        # folder that holds the package the driver imported.
+        here = os.getcwd()
+        os.chdir(pkg_root)
+        try:
+            ray.init(**kw)
+        finally:
+            os.chdir(here)
     try:
         return _drive(ray, cfg, store, p, todo, owner)
     finally:
