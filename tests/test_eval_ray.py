@@ -3,7 +3,6 @@ that raises is recorded as failed while the rest finishes; a killed worker is re
 finishes only what is missing. Skipped when Ray is not installed (CI installs the extra)."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -104,7 +103,8 @@ def test_ray_equals_local_unit_for_unit(split_npz, local_run, tmp_path, monkeypa
 
 def test_failing_task_is_recorded_and_the_rest_finishes(split_npz, tmp_path):
     """One corruption's official file is damaged: its units fail (after Ray's retries), are
-    listed in failures.json, and every other unit is stored."""
+    recorded with their error in the store's failures table, every other unit is stored, and the
+    report lists them."""
     from prunecal.corruptions.export import write_cifar10c
 
     z = np.load(split_npz)
@@ -115,8 +115,8 @@ def test_failing_task_is_recorded_and_the_rest_finishes(split_npz, tmp_path):
     args = _args(split_npz, out, "--executor", "ray", "--cifar10c", str(c10c), "--split", "test")
     assert run(args) == 0
     rows = _rows(out)
-    fails = json.loads((out / "failures.json").read_text())
-    (chash, failed), = fails.items()
+    with Store(out / "results.sqlite") as st:
+        failed = st.failures()
     assert {(f["corruption"], f["severity"]) for f in failed} == {("fog", 1), ("fog", 5)}
     assert all("fog.npy" in f["error"] for f in failed)
     assert not any(k[4] == "fog" for k in rows)
@@ -126,6 +126,15 @@ def test_failing_task_is_recorded_and_the_rest_finishes(split_npz, tmp_path):
 
     md = Path(build_report(out)["md"]).read_text()  # the report lists the failures
     assert "## Failed units" in md and md.count("fog.npy") == len(failed)
+    # the file repaired is other data, so another study (config hash): it runs complete, its
+    # report lists no failures, and the first study's failures stay under its own hash
+    write_cifar10c(z["x_test"], z["y_test"], c10c, ["fog"], seed=0)
+    assert run(args) == 0
+    with Store(out / "results.sqlite") as st:
+        new = st.latest_config_hash()
+        assert new != failed[0]["config_hash"] and st.count(new) == 18
+        assert st.failures(new) == [] and len(st.failures(failed[0]["config_hash"])) == len(failed)
+    assert "## Failed units" not in Path(build_report(out)["md"]).read_text()
 
 
 def test_killed_worker_is_retried_and_rerun_completes(split_npz, local_run, tmp_path):

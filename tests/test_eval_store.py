@@ -493,3 +493,21 @@ def test_negative_zero_and_int_in_real_columns_verify(tmp_path):
     with Store(tmp_path / "r.sqlite") as st:
         assert st.insert_unit(make_row(ece_ts=-0.0, accuracy=1, macs_dense=-0.0))
         assert st.check() == [] and len(st.units()) == 1
+
+
+def test_failures_are_recorded_replaced_and_dropped_when_stored(tmp_path):
+    keys = _keys(3)
+    rows = [{**dict(zip(KEY_COLUMNS, k)), "error": f"boom {i}"} for i, k in enumerate(keys)]
+    with Store(tmp_path / "r.sqlite") as st:
+        st.record_failures(rows[:2])
+        st.record_failures([{**rows[1], "error": "later"}, rows[2]])  # latest error wins
+        got = st.failures("abc")
+        assert [tuple(f[k] for k in KEY_COLUMNS) for f in got] == sorted(keys)
+        assert {f["error"] for f in got} == {"boom 0", "later", "boom 2"}
+        assert st.failures("other") == []
+        st.insert_unit(make_row(**dict(zip(KEY_COLUMNS, keys[1]))))
+        assert "later" not in {f["error"] for f in st.failures()} and len(st.failures()) == 2
+        with pytest.raises(ValueError, match="error"):
+            st.record_failures([dict(zip(KEY_COLUMNS, keys[0]))])
+    with Store(tmp_path / "r.sqlite") as st:  # persisted
+        assert len(st.failures("abc")) == 2

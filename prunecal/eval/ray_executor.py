@@ -20,12 +20,11 @@ loses no stored unit and a re-run finishes only the missing ones. The artefact c
 local run; on a multi-machine cluster it must be a path every node reaches (a shared file
 system); otherwise each node rebuilds what it lacks (same keys, same bytes). A task that raises
 is retried by Ray (``RAY_RETRIES`` times, also when its worker dies); after that its units are
-recorded as failed (``OUT/failures.json``, listed by the report) and the sweep finishes the rest.
+recorded as failed in the store (its ``failures`` table, listed by the report) and the sweep finishes the rest.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -33,11 +32,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from prunecal._atomic import atomic_write
 
 from . import config as C
 from .stages import Network
-from .store import Store
+from .store import KEY_COLUMNS, Store
 from .sweep import (NetResult, Prepared, Unit, UnitRunner, build_network, full_key, log_row, plan,
                     stage_context)
 
@@ -151,45 +149,13 @@ def _one_line(exc: BaseException) -> str:
     return (text[-1] if text else type(exc).__name__)[:500]
 
 
-def record_failures(out: Path, config_hash: str, failed: list[tuple[Unit, str]]) -> Path:
-    """Merge failed units into ``OUT/failures.json`` (``{config_hash: [{unit..., error}]}``)."""
-    path = out / "failures.json"
-    try:
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict):
-            data = {}
-    except (OSError, ValueError):
-        data = {}
-    rows = {json.dumps({k: v for k, v in r.items() if k != "error"}, sort_keys=True): r
-            for r in data.get(config_hash, [])}
+def failure_rows(p: Prepared, failed: list[tuple[Unit, str]]) -> list[dict[str, Any]]:
+    """Store rows (:meth:`Store.record_failures`) of failed units: key columns and the error."""
+    rows = []
     for u, err in failed:
-        d = dict(method=u.method, sparsity=u.sparsity, seed=u.seed, finetune_epochs=u.finetune_epochs,
-                 corruption=u.corruption, severity=u.severity, backend=u.backend)
-        rows[json.dumps(d, sort_keys=True)] = {**d, "error": err}
-    data[config_hash] = list(rows.values())
-    text = json.dumps(data, indent=1, sort_keys=True).encode()
-    atomic_write(path, lambda f: f.write(text))
-    return path
-
-
-def clear_failures(out: Path, config_hash: str, stored: set[tuple], p: Prepared) -> None:
-    """Drop recorded failures of units that are stored now (a re-run succeeded)."""
-    path = out / "failures.json"
-    if not path.is_file():
-        return
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return
-    keep = []
-    for r in data.get(config_hash, []):
-        u = Unit(r["method"], r["sparsity"], r["seed"], r["finetune_epochs"], r["corruption"],
-                 r["severity"], r["backend"])
-        if full_key(p, u) not in stored:
-            keep.append(r)
-    data[config_hash] = keep
-    text = json.dumps(data, indent=1, sort_keys=True).encode()
-    atomic_write(path, lambda f: f.write(text))
+        key = dict(zip(KEY_COLUMNS, full_key(p, u)))
+        rows.append({**key, "error": err})
+    return rows
 
 
 def run_ray(cfg: C.StudyConfig, store: Store, p: Prepared, *, address: str | None = None,
@@ -206,7 +172,6 @@ def run_ray(cfg: C.StudyConfig, store: Store, p: Prepared, *, address: str | Non
     owner = f"ray-driver-{os.getpid()}-{time.time_ns()}"
     done = store.done_keys(p.config_hash)
     todo = [u for u in plan(cfg) if full_key(p, u) not in done]
-    clear_failures(Path(cfg.out), p.config_hash, done, p)
     if not todo:
         return {"stored": 0, "failed": 0}
     claimed = set(store.claim_units(p.config_hash, [full_key(p, u) for u in todo], owner=owner,
@@ -309,11 +274,11 @@ def _drive(ray, cfg: C.StudyConfig, store: Store, p: Prepared, todo: list[Unit],
         prog.maybe_log(len(pending))
     prog.maybe_log(0, force=True)
     if failed:
-        path = record_failures(Path(cfg.out), p.config_hash, failed)
-        log.warning("ray: %d unit(s) failed; listed in %s and the report; re-run to retry them",
-                    len(failed), path)
+        store.record_failures(failure_rows(p, failed))
+        log.warning("ray: %d unit(s) failed; recorded in the store (failures table) and listed in "
+                    "the report; re-run to retry them", len(failed))
     return {"stored": stored, "failed": len(failed)}
 
 
-__all__ = ["run_ray", "task_groups", "import_ray", "record_failures", "RAY_RETRIES",
+__all__ = ["run_ray", "task_groups", "import_ray", "failure_rows", "RAY_RETRIES",
            "INSTALL_HINT", "network_body", "corruption_body", "evaluate_body"]

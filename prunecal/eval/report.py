@@ -67,18 +67,6 @@ def _summary(v: StudyView) -> str:
             f"{cfg.get('data_fingerprint', '?')}).")
 
 
-def _failures(out: Path, config_hash: str | None) -> list[dict[str, Any]]:
-    """Units an executor recorded as failed (``OUT/failures.json``) for ``config_hash``."""
-    import json
-
-    try:
-        data = json.loads((out / "failures.json").read_text())
-    except (OSError, ValueError):
-        return []
-    rows = data.get(config_hash) if isinstance(data, dict) and config_hash else None
-    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
-
-
 def build_report(out: str | Path, *, config_hash: str | None = None) -> dict[str, Path]:
     """Rebuild ``report.md``, ``report.html``, ``figures/*.png`` and ``results.csv`` in ``out``
     from ``out/results.sqlite``. Returns ``{"md", "html", "csv", "figures": [...]}``."""
@@ -92,6 +80,7 @@ def build_report(out: str | Path, *, config_hash: str | None = None) -> dict[str
         v = load_view(st, config_hash)
         all_cfgs = st.configs()
         all_units = st.units()
+        failed = st.failures(v.config_hash) if v.config_hash else []
     figdir = out / "figures"
     figs: list[Figure] = []
     for fn, name, cap in _FIGURES:
@@ -109,11 +98,10 @@ def build_report(out: str | Path, *, config_hash: str | None = None) -> dict[str
                (2, "Findings"), Bullets(findings_list(v))]
     top = [f for f in figs if f.path.name == "tradeoff.png"]
     blocks += top
-    failed = _failures(out, v.config_hash)
     if failed:
         blocks += [(2, "Failed units"),
                    Note(f"{len(failed)} unit(s) failed after the executor's retries and are not in "
-                        "the tables; re-run the same command to retry them (OUT/failures.json)."),
+                        "the tables; re-run the same command to retry them (the store's failures table)."),
                    Bullets([f"{f.get('method')}@{f.get('sparsity')} seed {f.get('seed')} fine-tune "
                             f"{f.get('finetune_epochs')} ep, {f.get('corruption')}/{f.get('severity')} "
                             f"[{f.get('backend')}]: {f.get('error')}" for f in failed])]

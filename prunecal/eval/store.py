@@ -27,7 +27,8 @@ SCHEMA_VERSION = 3
 """2: fine-tuning in the key (``finetune_epochs``, ``finetune_recipe``); version-1 stores are
 migrated on open (their rows are one-shot: epochs 0, recipe ``none``).
 3: ``row_sha256``, a checksum of each unit row's values; version-2 rows get the digest of their
-values at migration. Claims (the ``claims`` table) are created in stores of any version."""
+values at migration. Claims (the ``claims`` table) and failures (``failures``: units an executor
+gave up on, with their error) are created in stores of any version."""
 
 KEY_COLUMNS = ("config_hash", "model", "method", "sparsity", "seed", "finetune_epochs",
                "finetune_recipe", "corruption", "severity", "backend")
@@ -292,6 +293,7 @@ class Store:
                 f"CREATE TABLE IF NOT EXISTS units (\n  {cols},\n  {CHECKSUM_COLUMN} TEXT NOT NULL,\n"
                 f"  PRIMARY KEY ({', '.join(KEY_COLUMNS)}))")
             self._create_claims()
+            self._create_failures()
             self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                               (str(SCHEMA_VERSION),))
             cfg_cols = {r[1] for r in self.conn.execute("PRAGMA table_info(configs)")}
@@ -326,6 +328,13 @@ class Store:
         if "pid" not in have:
             self.conn.execute("ALTER TABLE claims ADD COLUMN pid INTEGER NOT NULL DEFAULT 0")
         self.conn.execute("CREATE INDEX IF NOT EXISTS claims_owner ON claims (owner)")
+
+    def _create_failures(self) -> None:
+        """Units an executor gave up on (retries spent): key columns, the error, when."""
+        cols = ", ".join(f"{k} {UNIT_COLUMNS[k]}" for k in KEY_COLUMNS)
+        self.conn.execute(
+            f"CREATE TABLE IF NOT EXISTS failures ({cols}, error TEXT NOT NULL, "
+            f"recorded_at TEXT NOT NULL, PRIMARY KEY ({', '.join(KEY_COLUMNS)}))")
 
     def _migrate_v1(self) -> None:
         """Version 1 had no fine-tuning columns: its rows become one-shot rows (epochs 0).
@@ -579,11 +588,45 @@ class Store:
                 else self.conn.execute(q))
         return [dict(zip((*KEY_COLUMNS, "owner", "expires_at"), r)) for r in rows]
 
+    def record_failures(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Record failed units (each: the key columns and ``error``, one line) in one
+        transaction; a unit that failed before keeps only its latest error. A unit stored
+        later (:meth:`insert_unit`) drops its failure."""
+        if not rows:
+            return
+        data = []
+        for r in rows:
+            missing = [k for k in (*KEY_COLUMNS, "error") if r.get(k) is None]
+            if missing:
+                raise ValueError(f"failure row: missing columns {missing}")
+            data.append([_normalise(k, r[k]) for k in KEY_COLUMNS] + [str(r["error"]), now_iso()])
+        names = (*KEY_COLUMNS, "error", "recorded_at")
+        sql = (f"INSERT OR REPLACE INTO failures ({', '.join(names)}) "
+               f"VALUES ({', '.join('?' * len(names))})")
+
+        def run() -> None:
+            with self._tx():
+                self.conn.executemany(sql, data)
+        self._guard(run)
+
+    def failures(self, config_hash: str | None = None) -> list[dict[str, Any]]:
+        """Recorded failures (see :meth:`record_failures`) as dicts: key columns, ``error``,
+        ``recorded_at``; ordered by key."""
+        names = (*KEY_COLUMNS, "error", "recorded_at")
+        q = f"SELECT {', '.join(names)} FROM failures"
+        order = f" ORDER BY {', '.join(KEY_COLUMNS)}"
+
+        def run() -> list[dict[str, Any]]:
+            rows = (self.conn.execute(q + " WHERE config_hash=?" + order, (config_hash,))
+                    if config_hash else self.conn.execute(q + order))
+            return [dict(zip(names, r)) for r in rows]
+        return self._guard(run)
+
     def insert_unit(self, row: dict[str, Any]) -> bool:
         """Insert one complete unit (with its row checksum) in one transaction; False if the
         key is already stored. A stored row of the same key that fails its checksum is
-        replaced. The unit's claim (:meth:`claim_units`), if any, is dropped in the same
-        transaction.
+        replaced. The unit's claim (:meth:`claim_units`) and recorded failure, if any, are dropped
+        in the same transaction.
 
         Raises:
             ValueError: a missing or unknown column.
@@ -602,8 +645,10 @@ class Store:
 
         def run() -> bool:
             with self._tx():
-                # the unit is stored (now or before): its claim has served its purpose
+                # the unit is stored (now or before): its claim has served its purpose, and
+                # an earlier failure of it is history
                 self.conn.execute(f"DELETE FROM claims WHERE {where}", key)
+                self.conn.execute(f"DELETE FROM failures WHERE {where}", key)
                 try:
                     self.conn.execute(sql, vals)
                 except sqlite3.IntegrityError:
