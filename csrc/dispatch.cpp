@@ -26,10 +26,20 @@ const KernelSet& select_kernels(const char* isa) {
 #if defined(PRUNECAL_HAVE_AVX2_TU)
     if (cpu_has_avx2_fma()) return avx2_kernels();
 #endif
+#if defined(PRUNECAL_HAVE_NEON)
+    if (s == "auto") return neon_kernels();  // (AArch64: NEON is part of the baseline ISA)
+#endif
     if (s == "auto") return generic_kernels();
     throw std::invalid_argument("isa: 'avx2' is not supported by this CPU or build");
   }
-  throw std::invalid_argument("isa: expected 'auto', 'avx2' or 'generic', got '" + s + "'");
+  if (s == "neon") {
+#if defined(PRUNECAL_HAVE_NEON)
+    return neon_kernels();
+#else
+    throw std::invalid_argument("isa: 'neon' is not supported by this CPU or build (AArch64 only)");
+#endif
+  }
+  throw std::invalid_argument("isa: expected 'auto', 'avx2', 'neon' or 'generic', got '" + s + "'");
 }
 
 }  // namespace prunecal
