@@ -2,9 +2,10 @@
 // compiled only for AArch64 targets, empty elsewhere). Same contract as the AVX2 tiles: output
 // rows of exactly SPR full 8-lane slots and input planes of width WQ known at compile time, so
 // every slot of a tile sits at a constant displacement from ONE base pointer: per nonzero one
-// address add, then per slot one LD1 of two q registers at an immediate offset and two FMLA by
-// element (weights four at a time in one q register). 12-slot tiles use 24 of the 32 q registers
-// for accumulators. Each tile applies the whole epilogue (bias, residual, ReLU); slots left to the
+// address add, then per slot two q loads at immediate offsets from it and two FMLA by element
+// (weights four at a time in one q register): one load per FMLA and no other per-slot
+// instruction. 12-slot tiles use 24 of the 32 q registers for accumulators (GCC: built with
+// -fno-schedule-insns, see CMakeLists.txt, or its scheduler spills them). Each tile applies the whole epilogue (bias, residual, ReLU); slots left to the
 // general kernel get it from op_epilogue. Used when the NEON kernel set is the active one.
 #include "plan.h"
 
@@ -24,9 +25,9 @@ template <int NT, int SPR, int WQ, int L>
 inline void step(float32x4_t (&lo)[NT], float32x4_t (&hi)[NT], const float* p, float32x4_t w) {
 #pragma GCC unroll 16
   for (int i = 0; i < NT; ++i) {
-    const float32x4x2_t x = vld1q_f32_x2(p + (i / SPR) * WQ + (i % SPR) * kLanes);
-    lo[i] = vfmaq_laneq_f32(lo[i], x.val[0], w, L);
-    hi[i] = vfmaq_laneq_f32(hi[i], x.val[1], w, L);
+    const float* q = p + (i / SPR) * WQ + (i % SPR) * kLanes;  // constant displacement: LDR q, [p, #imm]
+    lo[i] = vfmaq_laneq_f32(lo[i], vld1q_f32(q), w, L);
+    hi[i] = vfmaq_laneq_f32(hi[i], vld1q_f32(q + 4), w, L);
   }
 }
 
