@@ -130,7 +130,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("jit_available", [] { return prunecal::JitConv::available(); },
         "Whether generated conv kernels are used (x86-64 with AVX-512F/VL, PRUNECAL_NO_JIT unset or '0').");
   m.def("isa", [] { return std::string(prunecal::select_kernels("auto").name); },
-        "Name of the kernel set used by default ('avx2', 'neon' or 'generic').");
+        "Name of the kernel set used by default ('avx2' or 'generic').");
 
   py::class_<PackedWeight>(m, "PackedWeight",
       "Validated, kernel-ready copy of a CSR / BSR weight (C_out, C_in/groups, kh, kw); "

@@ -21,23 +21,19 @@ bool cpu_has_avx2_fma() {
 
 const KernelSet& select_kernels(const char* isa) {
   const std::string s = isa ? isa : "auto";
+#if defined(PRUNECAL_HAVE_NEON)
+  if (s == "auto" || s == "neon") return neon_kernels();  // (AArch64: NEON is part of the baseline ISA)
+#else
+  if (s == "neon") throw std::invalid_argument("isa: 'neon' is not supported by this CPU or build (AArch64 only)");
+#endif
+
   if (s == "generic") return generic_kernels();
   if (s == "auto" || s == "avx2") {
 #if defined(PRUNECAL_HAVE_AVX2_TU)
     if (cpu_has_avx2_fma()) return avx2_kernels();
 #endif
-#if defined(PRUNECAL_HAVE_NEON)
-    if (s == "auto") return neon_kernels();  // (AArch64: NEON is part of the baseline ISA)
-#endif
     if (s == "auto") return generic_kernels();
     throw std::invalid_argument("isa: 'avx2' is not supported by this CPU or build");
-  }
-  if (s == "neon") {
-#if defined(PRUNECAL_HAVE_NEON)
-    return neon_kernels();
-#else
-    throw std::invalid_argument("isa: 'neon' is not supported by this CPU or build (AArch64 only)");
-#endif
   }
   throw std::invalid_argument("isa: expected 'auto', 'avx2', 'neon' or 'generic', got '" + s + "'");
 }
