@@ -119,9 +119,14 @@ PYBIND11_MODULE(_C, m) {
 #else
     d["avx2_compiled"] = false;
 #endif
+#if defined(PRUNECAL_HAVE_NEON)
+    d["neon_compiled"] = true;  // (AArch64: NEON is part of the baseline, always used by 'auto')
+#else
+    d["neon_compiled"] = false;
+#endif
     d["isa"] = prunecal::select_kernels("auto").name;
     return d;
-  }, "CPU features seen at run time and the kernel set 'auto' picks ('avx2' or 'generic').");
+  }, "CPU features seen at run time and the kernel set 'auto' picks ('avx2', 'neon' or 'generic').");
   m.def("jit_available", [] { return prunecal::JitConv::available(); },
         "Whether generated conv kernels are used (x86-64 with AVX-512F/VL, PRUNECAL_NO_JIT unset or '0').");
   m.def("isa", [] { return std::string(prunecal::select_kernels("auto").name); },

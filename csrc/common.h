@@ -61,6 +61,14 @@ struct KernelSet {
 };
 
 const KernelSet& generic_kernels();
+// AArch64 Advanced SIMD (NEON, with FMA) kernels: part of the AArch64 baseline, so built into
+// every AArch64 build and picked by select_kernels("auto") there (csrc/kernels_neon.cpp);
+// select_kernels("neon") elsewhere throws std::invalid_argument.
+#if defined(__aarch64__) && defined(__ARM_NEON)
+#define PRUNECAL_HAVE_NEON 1
+const KernelSet& neon_kernels();
+#endif
+
 #if defined(PRUNECAL_HAVE_AVX2_TU)
 const KernelSet& avx2_kernels();
 #endif

@@ -163,8 +163,8 @@ void PackedWeight::conv2d(const float* x, int N, int C, int H, int W, float* y, 
   const int64_t img_in = int64_t(C) * H * W, out_plane = int64_t(g.Ho) * g.Wo;
   const int64_t img_out = int64_t(Co) * out_plane, buf_floats = C * g.chan_floats + kSlack;
   const int S = int(g.slots.size());
-  // fixed-shape tiles for the CIFAR shapes (AVX2 kernel set only; tiles start at an output row)
-  const int fast = std::strcmp(k.name, "avx2") == 0 ? plan_fast_shape(g.Wo, g.Wq, stride, dil) : 0;
+  // fixed-shape tiles for the CIFAR shapes (AVX2 / NEON kernel sets; tiles start at an output row)
+  const int fast = plan_fast_kernels(k) ? plan_fast_shape(g.Wo, g.Wq, stride, dil) : 0;
   const int spr = (g.Wo + kLanes - 1) / kLanes;
 
   // rows of work per group: output channels, or block rows for BSR

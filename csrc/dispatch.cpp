@@ -21,6 +21,12 @@ bool cpu_has_avx2_fma() {
 
 const KernelSet& select_kernels(const char* isa) {
   const std::string s = isa ? isa : "auto";
+#if defined(PRUNECAL_HAVE_NEON)
+  if (s == "auto" || s == "neon") return neon_kernels();  // (AArch64: NEON is part of the baseline ISA)
+#else
+  if (s == "neon") throw std::invalid_argument("isa: 'neon' is not supported by this CPU or build (AArch64 only)");
+#endif
+
   if (s == "generic") return generic_kernels();
   if (s == "auto" || s == "avx2") {
 #if defined(PRUNECAL_HAVE_AVX2_TU)
@@ -29,7 +35,7 @@ const KernelSet& select_kernels(const char* isa) {
     if (s == "auto") return generic_kernels();
     throw std::invalid_argument("isa: 'avx2' is not supported by this CPU or build");
   }
-  throw std::invalid_argument("isa: expected 'auto', 'avx2' or 'generic', got '" + s + "'");
+  throw std::invalid_argument("isa: expected 'auto', 'avx2', 'neon' or 'generic', got '" + s + "'");
 }
 
 }  // namespace prunecal

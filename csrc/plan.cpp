@@ -438,7 +438,7 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
   const int S = int(op.slots.size());
   float* out = a.buf[size_t(op.out)];
   const float* bias = op.bias.empty() ? nullptr : op.bias.data();
-  const bool fast = op.fast && !dense && std::strcmp(k.name, "avx2") == 0;
+  const bool fast = op.fast && !dense && plan_fast_kernels(k);
   const float* res = op.res >= 0 ? a.buf[size_t(op.res)] : nullptr;
   auto compute = [&](int grp, int u0, int u1, int s0, int s1) {
     ConvTask t;

@@ -103,6 +103,9 @@ void op_clamp(const float* x, const BufSpec& sx, float* y, const BufSpec& sy, fl
 void op_epilogue(const ConvTask& t, int r0, int r1, int s0, int s1);
 void op_residual(float* out, int64_t out_plane, const float* res, int64_t res_plane, const Slot* slots,
                  const int32_t* res_q, int r0, int r1, int s0, int s1, bool relu);
+// Whether k is the kernel set whose fixed-shape tiles plan_csr_fast runs: "avx2" on x86-64
+// (csrc/plan_kernels.cpp), "neon" on AArch64 (csrc/plan_kernels_neon.cpp), none elsewhere.
+bool plan_fast_kernels(const KernelSet& k);
 // Fixed-shape AVX2 CSR kernels (csrc/plan_kernels.cpp): a shape id (> 0) for stride-1 convs
 // with output width Wo and input plane width Wq that have one, else 0; plan_csr_fast runs
 // rows [row0, row1) x slots [s0, s1) (s0 at the start of an output row), the slots it does

@@ -11,6 +11,7 @@
 #include "plan.h"
 
 #include <cstdlib>
+#include <cstring>
 
 #ifndef ZM1
 #define ZM1 16
@@ -165,6 +166,8 @@ bool has_avx512() {
 
 bool plan_avx512_active() { return has_avx512(); }
 
+bool plan_fast_kernels(const KernelSet& k) { return std::strcmp(k.name, "avx2") == 0; }
+
 int plan_fast_shape(int Wo, int Wq, int stride, int dil) {
   if (stride == 1 && Wo == 32 && Wq == 34) return 1;  // CIFAR stage 1 (pad 1)
   if (stride == 1 && Wo == 16 && Wq == 18) return 2;  // stage 2
@@ -208,10 +211,11 @@ void plan_csr_fast(int shape, const ConvTask& t, int row0, int row1, int s0, int
 
 }  // namespace prunecal
 
-#else  // no AVX2 path on this compiler / architecture
+#elif !defined(PRUNECAL_HAVE_NEON)  // no AVX2 path on this compiler / architecture (AArch64: plan_kernels_neon.cpp)
 
 namespace prunecal {
 bool plan_avx512_active() { return false; }
+bool plan_fast_kernels(const KernelSet&) { return false; }
 int plan_fast_shape(int, int, int, int) { return 0; }
 void plan_csr_fast(int, const ConvTask& t, int row0, int row1, int s0, int s1, CsrFn rest) {
   rest(t, row0, row1, s0, s1);

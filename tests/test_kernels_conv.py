@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import platform
 
 import pytest
 import torch
@@ -125,8 +126,10 @@ def test_isa_paths_agree():
 
 def test_cpu_features_reported():
     f = cpu_features()
-    assert f["isa"] in ("avx2", "generic")
-    assert f["isa"] == ("avx2" if f["avx2_fma"] else "generic")
+    assert f["isa"] in ("avx2", "neon", "generic")
+    # NEON on every AArch64 build (baseline ISA), AVX2+FMA where the x86-64 CPU has it
+    assert f["isa"] == ("neon" if f["neon_compiled"] else "avx2" if f["avx2_fma"] else "generic")
+    assert f["neon_compiled"] == (platform.machine().lower() in ("aarch64", "arm64"))
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from prunecal._native import default_threads, load_native
+from prunecal._native import cpu_features, default_threads, load_native
 from prunecal.sparse.formats import BSRWeight, CSRWeight
 from prunecal.sparse.ops import sparse_conv2d, sparse_linear
 
@@ -110,6 +110,13 @@ def test_threads_argument(conv_w):
 def test_unknown_isa(conv_w):
     with pytest.raises(ValueError, match="isa"):
         sparse_conv2d(torch.zeros(1, 4, 6, 6), conv_w, isa="sse9")
+
+
+def test_isa_of_another_architecture(conv_w):
+    # every build knows every name; asking for one this machine lacks is a ValueError, not a crash
+    other = "avx2" if cpu_features()["neon_compiled"] else "neon"
+    with pytest.raises(ValueError, match="isa: '" + other + "' is not supported"):
+        sparse_conv2d(torch.zeros(1, 4, 6, 6), conv_w, isa=other)
 
 
 def test_requires_grad_input_is_fine(conv_w):

@@ -104,7 +104,7 @@ def sparse_conv2d(x: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor] 
         groups: ``C_in`` and ``C_out`` must be divisible by it (depthwise: ``groups = C_in``).
         relu: fuse a ReLU after the bias.
         threads: worker threads; ``None`` -> ``torch.get_num_threads()``.
-        isa: ``'auto'`` (default), ``'avx2'`` or ``'generic'`` kernels (for tests/benchmarks).
+        isa: ``'auto'`` (default), ``'avx2'``, ``'neon'`` (AArch64) or ``'generic'`` kernels (for tests/benchmarks).
 
     Returns a new float32 ``(N, C_out, Ho, Wo)`` tensor. ``N = 0`` gives an empty output.
     """

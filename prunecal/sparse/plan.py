@@ -701,7 +701,7 @@ class PlanModule(nn.Module):
         backend: ``"csr"``, ``"bsr"`` or ``"auto"``.
         threads: worker threads (``None``: ``torch.get_num_threads()`` at each call).
         mode: ``"auto"``, ``"image"`` or ``"op"`` (see :data:`PLAN_MODES`).
-        isa: kernel set, ``"auto"``, ``"avx2"`` or ``"generic"``.
+        isa: kernel set, ``"auto"``, ``"avx2"``, ``"neon"`` (AArch64) or ``"generic"``.
         jit: generated conv kernels (fixed at compile time; see :func:`compile_plan`).
     """
 
@@ -826,7 +826,7 @@ def compile_plan(model: nn.Module, backend: str = "csr", *, threads: Optional[in
         input_size: ``(C, H, W)`` compiled now (others are compiled when first seen).
         block_rows: BSR block height, 4 or 8.
         mode: ``"auto"``, ``"image"`` or ``"op"`` (see :data:`PLAN_MODES`).
-        isa: ``"auto"``, ``"avx2"`` or ``"generic"`` kernels.
+        isa: ``"auto"``, ``"avx2"``, ``"neon"`` (AArch64) or ``"generic"`` kernels.
         jit: generate conv kernels for this network's weights at compile time (x86-64 CPUs with
             AVX-512F/VL; CSR convs with groups 1; ``PRUNECAL_NO_JIT=1`` turns them off for the
             whole process). Same results bit for bit as the fixed kernels; ``False`` keeps to
