@@ -88,7 +88,7 @@ def test_from_sparsify_output(pruned_r20):
     with torch.no_grad():
         ref = pruned_r20(x)
         for backend in ("csr", "dense"):
-            fast = sparsify(pruned_r20, backend)
+            fast = sparsify(pruned_r20, backend, plan=False)
             pm = compile_plan(fast, "csr", threads=2)
             assert _rel(pm(x), ref) < 1e-4
 
@@ -253,6 +253,7 @@ def test_fallback_to_sparsify():
     m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sigmoid(), nn.Conv2d(4, 2, 1)).eval()
     fast = compile_plan(m, "csr", input_size=(3, 8, 8), fallback=True)
     assert not isinstance(fast, PlanModule) and "Sigmoid" in fast.plan_unsupported
+    assert fast.sparsify_report.runs_as == "layers" and "Sigmoid" in fast.sparsify_report.plan_unsupported
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         assert _rel(fast(x), m(x)) < 1e-4
