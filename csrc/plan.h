@@ -109,8 +109,7 @@ void op_residual(float* out, int64_t out_plane, const float* res, int64_t res_pl
 // not tile with `rest`.
 int plan_fast_shape(int Wo, int Wq, int stride, int dil);
 void plan_csr_fast(int shape, const ConvTask& t, int row0, int row1, int s0, int s1, CsrFn rest);
-// True when plan_csr_fast uses its AVX-512F tiles (CPU has avx512f and the environment variable
-// PRUNECAL_NO_AVX512 is unset or "0"; read once per process).
+// True when plan_csr_fast uses its AVX-512F tiles (isa_config().isa is avx512).
 bool plan_avx512_active();
 // Rewrite the shifted copies of channels [c0, c1) of a buffer with copies == 3 (copy 0 at
 // x - copy_floats holds position i at i + 1, copy 2 at x + copy_floats holds it at i - 1); no-op
