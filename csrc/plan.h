@@ -191,6 +191,13 @@ class Plan {
   bool jit_ = true;
   std::mutex run_mutex_;
   std::vector<std::unique_ptr<Arena>> arenas_;
+  // Auto mode with fewer images than threads: the team (per op) or one thread, whichever the
+  // calls so far measured faster per image (both give the same bits; see Plan::run).
+  struct SmallBatchChoice {
+    double team_s = 0, one_s = 0;  // smoothed wall seconds per image
+    int64_t calls = 0;
+    int threads = 0;  // the thread count measured (another count starts afresh)
+  } small_;
 };
 
 }  // namespace prunecal

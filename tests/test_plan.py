@@ -493,3 +493,18 @@ def test_more_team_members_than_cores(pruned_r20):
             y = pm(x)
             assert torch.isnan(y[1]).all()
             assert _rel(y[[0, 2]], ref[[0, 2]]) < 1e-4
+
+
+def test_auto_small_batch_picks_team_or_one_thread_same_bits(pruned_r20):
+    """Auto mode below one image per thread measures the team against one thread and runs the
+    faster (csrc/plan.cpp): every call, whichever ran it, gives the 1-thread bits."""
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        one = compile_plan(pruned_r20, "csr", threads=1)(x)
+        pm = compile_plan(pruned_r20, "csr", threads=2)
+        outs = [pm(x) for _ in range(70)]  # alternating first calls, then the pick and a re-probe
+        pm.threads = 3  # another thread count starts afresh
+        outs += [pm(x) for _ in range(10)]
+        assert _rel(one, pruned_r20(x)) < 1e-4
+    for y in outs:
+        assert torch.equal(y, one)

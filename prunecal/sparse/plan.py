@@ -61,7 +61,9 @@ AUTO_BSR_DENSITY = 0.5
 PLAN_MODES = ("auto", "image", "op")
 """``image``: each thread runs the whole network on its own images (no barrier per layer);
 ``op``: images one at a time, every conv split over the threads; ``auto``: ``image`` when the
-batch shares out evenly over the threads (``N % threads == 0``) or ``N >= 4 * threads``."""
+batch shares out evenly over the threads (``N % threads == 0``) or ``N >= 4 * threads``; else
+``op`` or one thread, whichever the plan measured faster on its earlier calls (busy cores and
+slow cross-core round trips make one thread win; both give the same bits)."""
 
 _SAMPLE_BATCH = 3  # batch of the tracing sample (odd, so that it is not confused with a shape)
 _RELU_FNS = (F.relu, torch.relu, torch.relu_, F.relu_)
