@@ -19,6 +19,12 @@ order)::
     python benchmarks/bench_isa.py /tmp/bench_isa_avx2.json /tmp/bench_isa_avx512.json
 
 ``PRUNECAL_BENCH_SECONDS`` (default 1.0) is the target measuring time per case.
+
+CPU time per image and stage (one thread, ``Plan.profile``: robust to a shared machine), e.g. the
+AVX2 generated kernels against the fixed AVX2 tiles::
+
+    for env in "PRUNECAL_ISA=avx2" "PRUNECAL_ISA=avx2 PRUNECAL_NO_JIT=1" "PRUNECAL_ISA=avx512" \
+               "PRUNECAL_ISA=avx512 PRUNECAL_NO_JIT=1"; do env $env python benchmarks/bench_isa.py --profile; done
 """
 from __future__ import annotations
 
@@ -112,5 +118,28 @@ def table(*json_paths: str) -> str:
     return "\n".join(head + rows)
 
 
+def profile(reps: int = 7) -> str:
+    """One line: this process's path, CPU us per image (best of ``reps`` profiles of 8 images x 5)
+    in total and per stage (output plane size)."""
+    from prunecal import _C
+    from prunecal.sparse.plan import compile_plan
+
+    torch.set_num_threads(1)
+    pm = compile_plan(peers.pruned_model("resnet56", 0.9), "csr", threads=1)
+    x = peers.sample_input(8).numpy()
+    best = None
+    for _ in range(reps):
+        t = pm.plan.profile(x, 5)
+        best = t if best is None else [min(a, b) for a, b in zip(best, t)]
+    stages: dict[str, float] = {}
+    for line, v in zip(pm.plan.describe(), best):
+        if line.startswith("conv"):
+            shape = line.split("->")[-1].split("(")[1].split(",")[0].split(")")[0]
+            stages[shape] = stages.get(shape, 0.0) + v / 40 * 1e6
+    c = _C.isa_config()
+    return (f"isa={c['isa']} jit={c['jit']}: {sum(best) / 40 * 1e6:.0f} us/image; convs by output "
+            + ", ".join(f"{k} {v:.0f} us" for k, v in stages.items()))
+
+
 if __name__ == "__main__":
-    print(table(*sys.argv[1:]))
+    print(profile() if sys.argv[1:] == ["--profile"] else table(*sys.argv[1:]))
