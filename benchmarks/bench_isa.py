@@ -20,6 +20,10 @@ order)::
 
 ``PRUNECAL_BENCH_SECONDS`` (default 1.0) is the target measuring time per case.
 
+Batch 1 on 2 threads against 1 thread, interleaved windows in one process (``--scaling``)::
+
+    for isa in avx2 avx512; do PRUNECAL_ISA=$isa python benchmarks/bench_isa.py --scaling; done
+
 CPU time per image and stage (one thread, ``Plan.profile``: robust to a shared machine), e.g. the
 AVX2 generated kernels against the fixed AVX2 tiles::
 
@@ -141,5 +145,43 @@ def profile(reps: int = 7) -> str:
             + ", ".join(f"{k} {v:.0f} us" for k, v in stages.items()))
 
 
+def scaling(rounds: int = 20, window_s: float = 0.25) -> str:
+    """Batch 1 on 1 vs 2 threads, interleaved in one process: sparsify's plan on 1 thread, on 2
+    threads in mode auto (team or one thread, as measured) and in mode "op" (the team always);
+    images/s of the median call per window, best and median window of ``rounds``."""
+    import time
+
+    from prunecal import _C
+    from prunecal.sparse import sparsify
+
+    model = peers.pruned_model("resnet56", 0.9)
+    x = peers.sample_input(1)
+    runs = {"t1": sparsify(model, "csr", threads=1), "t2-auto": sparsify(model, "csr", threads=2),
+            "t2-op": sparsify(model, "csr", threads=2)}
+    runs["t2-op"].mode = "op"
+    rates: dict[str, list[float]] = {k: [] for k in runs}
+    with torch.inference_mode():
+        for m in runs.values():
+            for _ in range(20):
+                m(x)
+        for _ in range(rounds):
+            for k, m in runs.items():
+                calls = []
+                t0 = time.perf_counter()
+                while time.perf_counter() - t0 < window_s:
+                    a = time.perf_counter()
+                    m(x)
+                    calls.append(time.perf_counter() - a)
+                calls.sort()
+                rates[k].append(1.0 / calls[len(calls) // 2])
+    best = {k: max(v) for k, v in rates.items()}
+    med = {k: sorted(v)[len(v) // 2] for k, v in rates.items()}
+    return (f"isa={_C.isa_path()} batch 1, img/s best / median window: "
+            + ", ".join(f"{k} {best[k]:,.0f} / {med[k]:,.0f}" for k in runs)
+            + f"; 2 threads / 1 thread (best windows): auto {best['t2-auto'] / best['t1']:.2f}x, "
+              f"op {best['t2-op'] / best['t1']:.2f}x")
+
+
 if __name__ == "__main__":
-    print(profile() if sys.argv[1:] == ["--profile"] else table(*sys.argv[1:]))
+    arg = sys.argv[1:]
+    print(profile() if arg == ["--profile"] else scaling() if arg == ["--scaling"] else table(*arg))
