@@ -6,7 +6,8 @@ globally magnitude-pruned to 90 % / 95 % (``prunecal.prune.prune(..., keep_first
 run at batch 1 and 64 with 1 and 2 threads as
 
 - ``eager``: the pruned model in torch eager mode (zeros stored dense; the baseline),
-- ``sparsify-csr`` / ``sparsify-bsr``: :func:`prunecal.sparse.sparsify` (one native call per layer),
+- ``sparsify-csr`` / ``sparsify-bsr``: :func:`prunecal.sparse.sparsify` with ``plan=False`` (its
+  per-layer model, one native call per layer; by default sparsify returns the plan below),
 - ``plan-csr`` / ``plan-bsr``: :func:`prunecal.sparse.plan.compile_plan` (one native call per batch).
 
 Run and tabulate (one run; images/s from the median, ratio to eager at the same threads)::
@@ -76,7 +77,7 @@ def prepared(name: str, sparsity: float, runner: str, threads: int) -> nn.Module
     if kind == "sparsify":
         from prunecal.sparse import sparsify
 
-        return sparsify(model, backend, threads=threads)
+        return sparsify(model, backend, threads=threads, plan=False)  # the per-layer model
     from prunecal.sparse.plan import compile_plan
 
     return compile_plan(model, backend, threads=threads)

@@ -13,7 +13,9 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     try:
         from prunecal._native import cpu_features
 
-        machine_info["prunecal_native"] = cpu_features()
+        from prunecal import _C
+
+        machine_info["prunecal_native"] = dict(cpu_features(), **_C.isa_config())
     except ImportError:  # pragma: no cover
         machine_info["prunecal_native"] = None
     machine_info["torch"] = torch.__version__

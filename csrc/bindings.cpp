@@ -110,6 +110,8 @@ void conv2d_into(PackedWeight& w, const float* xp, py::ssize_t N, py::ssize_t C,
 PYBIND11_MODULE(_C, m) {
   m.doc() = "prunecal native sparse inference core (CSR/BSR direct sparse convolution, sparse linear)";
   m.attr("__version__") = "0.1.0";
+  // the ISA path is decided here, once, at load (csrc/common.h isa_config)
+  if (const char* err = prunecal::isa_config().error) throw py::import_error(std::string("prunecal._C: ") + err);
 
   m.def("cpu_features", [] {
     py::dict d;
@@ -128,9 +130,23 @@ PYBIND11_MODULE(_C, m) {
     return d;
   }, "CPU features seen at run time and the kernel set 'auto' picks ('avx2', 'neon' or 'generic').");
   m.def("jit_available", [] { return prunecal::JitConv::available(); },
-        "Whether generated conv kernels are used (x86-64 with AVX-512F/VL, PRUNECAL_NO_JIT unset or '0').");
+        "Whether generated conv kernels are used (x86-64 with AVX2+FMA or AVX-512F/VL, PRUNECAL_NO_JIT "
+        "unset or '0', PRUNECAL_ISA not 'generic').");
   m.def("isa", [] { return std::string(prunecal::select_kernels("auto").name); },
-        "Name of the kernel set used by default ('avx2' or 'generic').");
+        "Name of the kernel set used by default ('avx2', 'neon' or 'generic'); isa_path() names the whole path.");
+  m.def("isa_path", [] { return std::string(prunecal::isa_name(prunecal::isa_config().isa)); },
+        "The ISA path this process runs, chosen once at load: 'avx512', 'avx2', 'neon' or 'generic' "
+        "(PRUNECAL_ISA, PRUNECAL_NO_AVX512, CPUID).");
+  m.def("isa_config", [] {
+    const auto& c = prunecal::isa_config();
+    py::dict d;
+    d["isa"] = prunecal::isa_name(c.isa);
+    d["jit"] = c.jit == prunecal::Isa::Generic ? "none" : prunecal::isa_name(c.jit);
+    d["requested"] = c.requested;
+    d["kernels"] = prunecal::select_kernels("auto").name;
+    return d;
+  }, "The process's ISA decision: {'isa': path, 'jit': generated-kernel code ('avx512', 'avx2' or "
+     "'none'), 'requested': PRUNECAL_ISA or 'auto', 'kernels': the default kernel set}.");
 
   py::class_<PackedWeight>(m, "PackedWeight",
       "Validated, kernel-ready copy of a CSR / BSR weight (C_out, C_in/groups, kh, kw); "

@@ -73,7 +73,24 @@ const KernelSet& neon_kernels();
 const KernelSet& avx2_kernels();
 #endif
 bool cpu_has_avx2_fma();
-// "auto" (best the CPU supports), "avx2" or "generic"; throws std::invalid_argument otherwise.
+// "auto" (the kernel set of isa_config()), "avx2" or "generic"; throws std::invalid_argument otherwise.
 const KernelSet& select_kernels(const char* isa);
+
+// The instruction-set path of this process, decided ONCE (first call, at module load) from
+// CPUID and the environment, in this one place; everything else asks it, never the CPU:
+//   PRUNECAL_ISA = auto (default) | avx512 | avx2 | generic: the path (auto: the best the CPU has;
+//     naming one the CPU lacks, or an unknown name, leaves `error` set and the module refuses to load),
+//   PRUNECAL_NO_AVX512 = 1: caps auto at avx2 (the older switch),
+//   PRUNECAL_NO_JIT = 1: no generated conv kernels.
+enum class Isa { Generic = 0, Avx2 = 1, Avx512 = 2, Neon = 3 };
+struct IsaConfig {
+  Isa isa = Isa::Generic;  // generic: portable kernels; avx2: AVX2+FMA kernels and tiles; avx512: + AVX-512F tiles;
+                           // neon: AArch64 NEON kernels and tiles
+  Isa jit = Isa::Generic;  // generated conv kernels: Avx512 (AVX-512F/VL code), Avx2 (AVX2+FMA code), Generic: none
+  const char* requested = "auto";  // PRUNECAL_ISA as read ("auto" when unset or empty)
+  const char* error = nullptr;     // set when PRUNECAL_ISA cannot be honoured
+};
+const IsaConfig& isa_config();
+const char* isa_name(Isa i);
 
 }  // namespace prunecal

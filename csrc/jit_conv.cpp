@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <map>
+#include <string>
 
 #include "plan.h"  // plan_avx512_active
 
@@ -22,13 +23,37 @@ namespace {
 // than balanced groups (CIFAR shapes, batch 64, 1 thread: 3-12 %), as larger groups share each
 // input load among more channels.
 constexpr int kMaxGroup = 31;
+// AVX2+FMA code (16 ymm registers, no embedded broadcast): per channel of a group `vec / 8`
+// accumulators; one register for the broadcast weight and one per input half. 8-lane tiles:
+// 14 channels (ymm0..13, weight ymm14, input ymm15); 16-lane tiles (two 8-lane halves):
+// 6 channels (ymm0..11, weight ymm12, inputs ymm14 / ymm15).
+constexpr int kMaxGroupAvx2[3] = {0, 14, 6};
 constexpr int64_t kMaxCodeBytes = 8 << 20;  // per weight and geometry
 constexpr int64_t kDisp = int64_t(1) << 31;
 
 // Code size bound: instructions are at most 11 bytes (EVEX, disp32, imm8); per nonzero one FMA
-// and at most one two-instruction load, per row at most 8 epilogue instructions.
-int64_t code_bytes(int64_t nnz, int64_t rows) { return 4096 + 36 * nnz + 96 * rows; }
+// (AVX2: a broadcast and up to two FMAs) and at most one two-instruction load, per row at most
+// 8 epilogue instructions (AVX2: 12).
+int64_t code_bytes(int64_t nnz, int64_t rows) { return 4096 + 48 * nnz + 160 * rows; }
+
+// AVX2 code is about four bytes per weight byte and is fetched again for every tile: it pays only
+// on large output planes. Measured (ResNet-56 at 90 %, 1 thread, CPU time per stage, AVX2 path
+// forced on the AMD EPYC dev VM): 32x32 outputs 10 % faster than the fixed AVX2 tiles, 16x16
+// 10 % slower, 8x8 70 % slower. So AVX2 kernels are made for planes of >= 1024 outputs only.
+constexpr int64_t kAvx2MinPlane = 1024;
+
+int max_group(const JitLayout& L) { return L.avx2 ? kMaxGroupAvx2[L.vec / kLanes] : kMaxGroup; }
 }  // namespace
+
+// AVX2 code: 16-lane tiles (two halves, 6 channels a group) or 8-lane ones (14 channels);
+// PRUNECAL_JIT_AVX2_VEC=8|16 picks for measurements.
+static bool avx2_wide_tiles() {
+  static const bool wide = [] {
+    const char* e = std::getenv("PRUNECAL_JIT_AVX2_VEC");
+    return !(e && std::string(e) == "8");
+  }();
+  return wide;
+}
 
 bool JitConv::tile_layout(const std::vector<Slot>& sl, const int32_t* rq, JitLayout* L) {
   if (sl.empty()) return false;
@@ -41,6 +66,8 @@ bool JitConv::tile_layout(const std::vector<Slot>& sl, const int32_t* rq, JitLay
   for (size_t i = 0; pairs && i < sl.size(); i += 2)
     pairs = sl[i + 1].in_q - sl[i].in_q == si && sl[i + 1].out_q - sl[i].out_q == so &&
             (!rq || rq[i + 1] - rq[i] == sr);
+  L->avx2 = isa_config().jit == Isa::Avx2;
+  if (L->avx2 && !avx2_wide_tiles()) pairs = false;
   L->vec = pairs ? 16 : 8;
   L->in_step = pairs ? si : kLanes;
   L->out_step = pairs ? so : kLanes;
@@ -55,6 +82,10 @@ struct JitConv::Code : Xbyak::CodeGenerator {
   Code(const int32_t* indptr, const int32_t* cols, const float* values, const int32_t* off, int r0, int r1,
        const JitLayout& lay, size_t bytes, std::vector<float>& w)
       : Xbyak::CodeGenerator(bytes, Xbyak::DontSetProtectRWE) {
+    if (lay.avx2) {
+      emit_avx2(indptr, cols, values, off, r0, r1, lay, w);
+      return;
+    }
     using namespace Xbyak;
     const int G = r1 - r0;
     const bool wide = lay.vec == 16;
@@ -122,22 +153,83 @@ struct JitConv::Code : Xbyak::CodeGenerator {
     ret();
     setProtectModeRE();
   }
+
+  // The same kernel in AVX2+FMA (VEX) code: accumulators acc(i, h) = ymm(i * H + h) for the H
+  // 8-lane halves of a tile, the weight broadcast into a register (no embedded broadcast), the
+  // input halves in ymm15 / ymm14. FMAs in the same order as the fixed kernels: same bits.
+  void emit_avx2(const int32_t* indptr, const int32_t* cols, const float* values, const int32_t* off, int r0,
+                 int r1, const JitLayout& lay, std::vector<float>& w) {
+    using namespace Xbyak;
+    const int G = r1 - r0, H = lay.vec / kLanes;
+    auto acc = [&](int i, int h) { return Ymm(i * H + h); };
+    const Ymm wr = H == 1 ? ymm14 : ymm12;
+    auto x = [&](int h) { return h == 0 ? ymm15 : ymm14; };
+    std::map<int32_t, std::pair<int32_t, std::vector<std::pair<int, float>>>> taps;  // col -> (off, uses)
+    for (int r = r0; r < r1; ++r)
+      for (int32_t j = indptr[r]; j < indptr[r + 1]; ++j) {
+        auto& t = taps[cols[j]];
+        t.first = off[j];
+        t.second.push_back({r - r0, values[j]});
+      }
+    for (int i = 0; i < G; ++i)
+      for (int h = 0; h < H; ++h) vxorps(acc(i, h), acc(i, h), acc(i, h));
+    // rdx walks along the weights so that every broadcast takes a one-byte displacement
+    // (the code is fetched once per tile: its size bounds the speed)
+    const int64_t w0 = int64_t(w.size());
+    int64_t base = w0;
+    for (const auto& [col, t] : taps) {
+      for (int h = 0; h < H; ++h) vmovups(x(h), ptr[rdi + (int64_t(t.first) + int64_t(h) * lay.in_step) * 4]);
+      for (const auto& [i, v] : t.second) {
+        const int64_t idx = int64_t(w.size());
+        w.push_back(v);
+        if (idx - base >= 32) {
+          add(rdx, 256);
+          base += 64;
+        }
+        vbroadcastss(wr, ptr[rdx + (idx - base) * 4]);
+        for (int h = 0; h < H; ++h) vfmadd231ps(acc(i, h), x(h), wr);
+      }
+    }
+    for (int i = 0; i < G; ++i) {
+      vbroadcastss(wr, ptr[rcx + int64_t(r0 + i) * 4]);
+      for (int h = 0; h < H; ++h) vaddps(acc(i, h), acc(i, h), wr);
+    }
+    if (lay.res_plane > 0) {
+      Label no_res;
+      test(r9, r9);
+      jz(no_res, T_NEAR);
+      for (int i = 0; i < G; ++i)
+        for (int h = 0; h < H; ++h) {
+          vmovups(ymm15, ptr[r9 + (int64_t(r0 + i) * lay.res_plane + int64_t(h) * lay.res_step) * 4]);
+          vaddps(acc(i, h), acc(i, h), ymm15);
+        }
+      L(no_res);
+    }
+    Label store;
+    test(r8, r8);
+    jz(store, T_NEAR);
+    vxorps(ymm15, ymm15, ymm15);
+    for (int i = 0; i < G; ++i)
+      for (int h = 0; h < H; ++h) vmaxps(acc(i, h), ymm15, acc(i, h));  // NaN stays NaN (second operand)
+    L(store);
+    for (int i = 0; i < G; ++i)
+      for (int h = 0; h < H; ++h)
+        vmovups(ptr[rsi + (int64_t(r0 + i) * lay.out_plane + int64_t(h) * lay.out_step) * 4], acc(i, h));
+    vzeroupper();
+    ret();
+    setProtectModeRE();
+  }
 };
 
-bool JitConv::available() {
-  static const bool ok = [] {
-    if (const char* e = std::getenv("PRUNECAL_NO_JIT")) if (e[0] && e[0] != '0') return false;
-    return plan_avx512_active() && bool(__builtin_cpu_supports("avx512vl"));
-  }();
-  return ok;
-}
+bool JitConv::available() { return isa_config().jit != Isa::Generic; }
 
 std::unique_ptr<JitConv> JitConv::build(const int32_t* indptr, const int32_t* cols, const float* values,
                                         const int32_t* off, int rows, const JitLayout& L) {
-  if (!available() || rows <= 0 || (L.vec != 8 && L.vec != 16) || L.in_step < kLanes || L.out_step < kLanes ||
+  if (!available() || L.avx2 != (isa_config().jit == Isa::Avx2) || rows <= 0 || (L.vec != 8 && L.vec != 16) || L.in_step < kLanes || L.out_step < kLanes ||
       L.res_step < kLanes || L.out_plane <= 0 || L.res_plane < 0)
     return nullptr;
   // every displacement in the code must fit 32 bits (bytes)
+  if (L.avx2 && L.plane_outputs < kAvx2MinPlane) return nullptr;
   if ((int64_t(rows) * L.out_plane + L.out_step) * 4 >= kDisp) return nullptr;
   if ((int64_t(rows) * L.res_plane + L.res_step) * 4 >= kDisp) return nullptr;
   const int64_t nnz = indptr[rows];
@@ -149,12 +241,12 @@ std::unique_ptr<JitConv> JitConv::build(const int32_t* indptr, const int32_t* co
   std::unique_ptr<JitConv> j(new JitConv());
   j->layout_ = L;
   j->zeros_.assign(size_t(rows), 0.f);
-  const int n_groups = (rows + kMaxGroup - 1) / kMaxGroup;
+  const int mg = max_group(L), n_groups = (rows + mg - 1) / mg;
   try {
     for (int k = 0; k < n_groups; ++k) {
       Group g;
-      g.row0 = k * kMaxGroup;
-      g.row1 = std::min(rows, (k + 1) * kMaxGroup);
+      g.row0 = k * mg;
+      g.row1 = std::min(rows, (k + 1) * mg);
       const int64_t gnnz = indptr[g.row1] - indptr[g.row0];
       j->code_.push_back(std::make_unique<Code>(indptr, cols, values, off, g.row0, g.row1, L,
                                                 size_t(code_bytes(gnnz, g.row1 - g.row0)), g.weights));

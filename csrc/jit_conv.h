@@ -1,5 +1,8 @@
-// Run-time generated sparse conv kernels (x86-64 with AVX-512F/VL; code emitted with the vendored
-// xbyak assembler, csrc/third_party/xbyak).
+// Run-time generated sparse conv kernels (x86-64; code emitted with the vendored xbyak assembler,
+// csrc/third_party/xbyak). Two code generators, picked once by isa_config().jit (common.h):
+// AVX-512F/VL (below) and AVX2+FMA (16 ymm registers, no embedded broadcast: the weight is
+// broadcast into a register, 16-lane tiles are two ymm halves, 6 output channels a group;
+// made only for output planes of >= 1024 pixels, where they beat the fixed AVX2 tiles).
 //
 // The fixed kernels keep a tile of output pixels of ONE output channel in registers and load an
 // input vector for every nonzero: one load per multiply-add, the limit of a CSR scheme. A
@@ -25,18 +28,21 @@ namespace prunecal {
 // lanes 0..7 are consecutive, lanes 8..15 start `*_step` floats after lane 0 (8: consecutive;
 // more: e.g. two 8-wide rows of padded planes).
 struct JitLayout {
+  bool avx2 = false;  // AVX2+FMA code (isa_config().jit == Avx2), else AVX-512F/VL code
   int vec = 16;
   int in_step = 8, out_step = 8, res_step = 8;
   int64_t out_plane = 0;  // floats between output channels
   int64_t res_plane = 0;  // floats between residual channels; 0: the kernels take no residual
+  int64_t plane_outputs = 0;  // output pixels per channel and image (AVX2 code only for large planes)
 };
 
 class JitConv {
  public:
   // Generated kernels for CSR rows [0, rows) (indptr, column indices, values, per-nonzero input
   // offsets `off` in floats, relative to lane 0 of a tile); output channel r of a tile at
-  // out + r * out_plane. Returns nullptr where no kernel can be made: CPU without AVX-512F/VL,
-  // PRUNECAL_NO_JIT set (and not "0"), offsets or code too large, no executable memory.
+  // out + r * out_plane. Returns nullptr where no kernel can be made: isa_config().jit none
+  // (generic path, PRUNECAL_NO_JIT), a layout made for the other generator, AVX2 code for a
+  // plane under 1024 outputs, offsets or code too large, no executable memory.
   static std::unique_ptr<JitConv> build(const int32_t* indptr, const int32_t* cols, const float* values,
                                         const int32_t* off, int rows, const JitLayout& layout);
   // The tile layout of `slots` (8-lane runs, e.g. Geometry::slots; res_q: per slot position in a

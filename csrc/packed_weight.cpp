@@ -143,6 +143,7 @@ std::shared_ptr<JitConv> PackedWeight::make_jit(const Geometry& g, const std::ve
   if (kind_ != "csr" || !JitConv::available() || !JitConv::tile_layout(slots, res_q, &L)) return nullptr;
   L.out_plane = out_plane;
   L.res_plane = res_q ? res_plane : 0;
+  L.plane_outputs = int64_t(g.Ho) * g.Wo;
   return JitConv::build(c_indptr_.data(), c_cols_.data(), c_val_.data(), g.csr_off.data(), rows(), L);
 }
 

@@ -680,6 +680,7 @@ void Plan::run(const float* x, int64_t N, float* y, int threads, int mode, const
     if (!bad && k.nonfinite(yi, fout)) run_image(xi, yi, a, th, true, k);  // overflow inside
   };
   // auto: whole images per worker when they share out evenly (or there are many), else split ops
+  const bool auto_mode = mode == 0;
   if (mode == 0) mode = (threads > 1 && N >= threads && (N % threads == 0 || N >= 4 * int64_t(threads))) ? 1 : 2;
   if (mode == 1 && threads > 1 && N > 1) {
     const int workers = int(std::min<int64_t>(threads, N));
@@ -688,8 +689,29 @@ void Plan::run(const float* x, int64_t N, float* y, int threads, int mode, const
     return;
   }
   Arena& a = arena(0);
-  if (threads <= 1) {
+  // auto with a small batch: the team shares each image, one barrier per op; where cores are
+  // busy or cross-core round trips are slow (VMs), one thread is faster. Both run the same FMAs
+  // in the same order (the team splits output rows / channels, never a sum), so the choice
+  // changes only the speed: measure both (alternating on the first calls, then trying the
+  // slower one again every 64th call) and run the faster.
+  bool timed = false, as_team = true;
+  if (auto_mode && threads > 1) {
+    SmallBatchChoice& c = small_;
+    if (c.threads != threads) c = SmallBatchChoice{0, 0, 0, threads};
+    const int64_t k = c.calls++;
+    as_team = k < 8 ? k % 2 == 0 : (k % 64 == 0) != (c.team_s <= c.one_s);
+    timed = true;
+  }
+  const auto t_start = std::chrono::steady_clock::now();
+  auto record = [&] {
+    if (!timed) return;
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count() / double(N);
+    double& v = as_team ? small_.team_s : small_.one_s;
+    v = v == 0 ? s : 0.75 * v + 0.25 * s;
+  };
+  if (threads <= 1 || !as_team) {
     for (int64_t n = 0; n < N; ++n) one(n, a, 1);
+    record();
     return;
   }
   // per op: a team of `threads` runs each image together, one step per op (see TeamSteps; a pool
@@ -712,6 +734,7 @@ void Plan::run(const float* x, int64_t N, float* y, int threads, int mode, const
   if (steps.error()) std::rethrow_exception(steps.error());
   for (int64_t n = 0; n < N; ++n)
     if (!nonfinite_in[size_t(n)] && k.nonfinite(y + n * fout, fout)) run_image(x + n * fin, y + n * fout, a, threads, true, k);
+  record();
 }
 
 }  // namespace prunecal

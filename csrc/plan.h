@@ -112,8 +112,7 @@ bool plan_fast_kernels(const KernelSet& k);
 // not tile with `rest`.
 int plan_fast_shape(int Wo, int Wq, int stride, int dil);
 void plan_csr_fast(int shape, const ConvTask& t, int row0, int row1, int s0, int s1, CsrFn rest);
-// True when plan_csr_fast uses its AVX-512F tiles (CPU has avx512f and the environment variable
-// PRUNECAL_NO_AVX512 is unset or "0"; read once per process).
+// True when plan_csr_fast uses its AVX-512F tiles (isa_config().isa is avx512).
 bool plan_avx512_active();
 // Rewrite the shifted copies of channels [c0, c1) of a buffer with copies == 3 (copy 0 at
 // x - copy_floats holds position i at i + 1, copy 2 at x + copy_floats holds it at i - 1); no-op
@@ -195,6 +194,13 @@ class Plan {
   bool jit_ = true;
   std::mutex run_mutex_;
   std::vector<std::unique_ptr<Arena>> arenas_;
+  // Auto mode with fewer images than threads: the team (per op) or one thread, whichever the
+  // calls so far measured faster per image (both give the same bits; see Plan::run).
+  struct SmallBatchChoice {
+    double team_s = 0, one_s = 0;  // smoothed wall seconds per image
+    int64_t calls = 0;
+    int threads = 0;  // the thread count measured (another count starts afresh)
+  } small_;
 };
 
 }  // namespace prunecal

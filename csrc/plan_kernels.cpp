@@ -154,13 +154,7 @@ PLAN_AVX512 void rows512(const ConvTask& t, int row0, int row1, int s0, int s1, 
   }
 }
 
-bool has_avx512() {
-  static const bool ok = [] {
-    if (const char* e = std::getenv("PRUNECAL_NO_AVX512")) if (e[0] && e[0] != '0') return false;
-    return bool(__builtin_cpu_supports("avx512f"));
-  }();
-  return ok;
-}
+bool has_avx512() { return isa_config().isa == Isa::Avx512; }
 
 }  // namespace
 

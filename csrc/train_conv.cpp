@@ -225,8 +225,11 @@ const TrainKernels& select_train_kernels(const char* isa) {
   const std::string s = isa ? isa : "auto";
 #if defined(PRUNECAL_HAVE_AVX2_TU)
   if ((s == "auto" || s == "avx512") && plan_avx512_active()) return train_kernels_avx512();
-  if (s == "avx512") throw std::invalid_argument("isa: 'avx512' is not supported by this CPU (or PRUNECAL_NO_AVX512 is set)");
-  if ((s == "auto" || s == "avx2") && cpu_has_avx2_fma()) return train_kernels_avx2();
+  if (s == "avx512")
+    throw std::invalid_argument("isa: 'avx512' is not supported by this CPU (or PRUNECAL_NO_AVX512 / PRUNECAL_ISA is set)");
+  if (s == "auto" && (isa_config().isa == Isa::Avx2 || isa_config().isa == Isa::Avx512))
+    return train_kernels_avx2();
+  if (s == "avx2" && cpu_has_avx2_fma()) return train_kernels_avx2();
 #endif
   if (s == "auto" || s == "generic") return train_kernels_generic();
   if (s == "avx2" || s == "avx512")

@@ -38,7 +38,9 @@ def default_threads(threads: Optional[int]) -> int:
 
 
 def cpu_features() -> dict:
-    """What the native core sees: ``{'avx2_fma': bool, 'avx2_compiled': bool, 'neon_compiled': bool, 'isa': str}``."""
+    """What the native core sees: ``{'avx2_fma': bool, 'avx2_compiled': bool, 'neon_compiled':
+    bool, 'isa': str}`` (``isa``: the default kernel set, ``generic`` when ``PRUNECAL_ISA=generic``;
+    the whole path decision: ``prunecal._C.isa_config()``)."""
     return dict(load_native().cpu_features())
 
 

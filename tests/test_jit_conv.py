@@ -19,7 +19,7 @@ def jit_kernels(w: torch.Tensor, h: int, width: int, stride: int, pad: int, dil:
 
 
 JIT_ON = jit_kernels(torch.ones(4, 4, 3, 3), 16, 16, 1, 1)[0] > 0
-needs_jit = pytest.mark.skipif(not JIT_ON, reason="no generated kernels on this CPU (AVX-512F/VL) or PRUNECAL_NO_JIT set")
+needs_jit = pytest.mark.skipif(not JIT_ON, reason="no AVX-512 generated kernels here (CPU, PRUNECAL_ISA, PRUNECAL_NO_JIT; the AVX2 ones: tests/test_isa.py)")
 
 CIFAR = [(16, 16, 32, 1), (32, 32, 16, 1), (64, 64, 8, 1), (16, 32, 32, 2), (32, 64, 16, 2)]
 

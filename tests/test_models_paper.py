@@ -459,7 +459,8 @@ def test_plan_unsupported_then_sparsify_matches_torch(name, node, method):
     pruned = prune.prune(net, method, 0.6)
     with pytest.raises(PlanUnsupported, match=node):
         compile_plan(pruned, "csr")
-    fast = sparsify(pruned, "csr", threads=2)
+    fast = sparsify(pruned, "csr", threads=2)  # the per-layer model: the plan refuses these nets
+    assert fast.sparsify_report.runs_as == "layers" and node in fast.sparsify_report.plan_unsupported
     n_layers = sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in pruned.modules())
     assert len(fast.sparsify_report.layers) == n_layers and not fast.sparsify_report.skipped
     x = x_batch(4)

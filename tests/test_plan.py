@@ -88,7 +88,7 @@ def test_from_sparsify_output(pruned_r20):
     with torch.no_grad():
         ref = pruned_r20(x)
         for backend in ("csr", "dense"):
-            fast = sparsify(pruned_r20, backend)
+            fast = sparsify(pruned_r20, backend, plan=False)
             pm = compile_plan(fast, "csr", threads=2)
             assert _rel(pm(x), ref) < 1e-4
 
@@ -253,6 +253,7 @@ def test_fallback_to_sparsify():
     m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sigmoid(), nn.Conv2d(4, 2, 1)).eval()
     fast = compile_plan(m, "csr", input_size=(3, 8, 8), fallback=True)
     assert not isinstance(fast, PlanModule) and "Sigmoid" in fast.plan_unsupported
+    assert fast.sparsify_report.runs_as == "layers" and "Sigmoid" in fast.sparsify_report.plan_unsupported
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         assert _rel(fast(x), m(x)) < 1e-4
@@ -492,3 +493,18 @@ def test_more_team_members_than_cores(pruned_r20):
             y = pm(x)
             assert torch.isnan(y[1]).all()
             assert _rel(y[[0, 2]], ref[[0, 2]]) < 1e-4
+
+
+def test_auto_small_batch_picks_team_or_one_thread_same_bits(pruned_r20):
+    """Auto mode below one image per thread measures the team against one thread and runs the
+    faster (csrc/plan.cpp): every call, whichever ran it, gives the 1-thread bits."""
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        one = compile_plan(pruned_r20, "csr", threads=1)(x)
+        pm = compile_plan(pruned_r20, "csr", threads=2)
+        outs = [pm(x) for _ in range(70)]  # alternating first calls, then the pick and a re-probe
+        pm.threads = 3  # another thread count starts afresh
+        outs += [pm(x) for _ in range(10)]
+        assert _rel(one, pruned_r20(x)) < 1e-4
+    for y in outs:
+        assert torch.equal(y, one)

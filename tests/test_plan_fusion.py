@@ -220,7 +220,7 @@ def test_pattern_through_sparsify(name):
     with torch.no_grad():
         ref = m(x)
         for backend in ("dense", "csr"):
-            fast = sparsify(m, backend)
+            fast = sparsify(m, backend, plan=False)
             pm = compile_plan(fast, "csr", input_size=(C, H, W))
             assert pm.describe().count("+residual") == fused
             torch.testing.assert_close(pm(x), ref, rtol=1e-5, atol=2e-5 * float(ref.abs().max()))
@@ -286,7 +286,7 @@ def test_bn_after_a_sparsify_layer_that_carries_its_relu():
     with torch.no_grad():
         ref = m(x)
         for backend in ("dense", "csr"):
-            fast = sparsify(m, backend)
+            fast = sparsify(m, backend, plan=False)
             assert any(getattr(mod, "relu", False) is True for mod in fast.modules())  # the ReLU is in the layer
             with pytest.raises(PlanUnsupported, match="BatchNorm"):
                 compile_plan(fast, "csr", input_size=(C, H, W))

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from prunecal.sparse import BACKENDS, SparsifyReport, sparsify
+from prunecal.sparse import BACKENDS, SparsifyReport
+from prunecal.sparse import sparsify as _sparsify
 from prunecal.sparse.modules import (FoldedConv2d, FoldedLinear, InferenceOnlyError, SparseConv2d,
                                      SparseLinear)
 
@@ -21,6 +22,13 @@ from prunecal.sparse.modules import (FoldedConv2d, FoldedLinear, InferenceOnlyEr
 # PRUNECAL_ALLOW_NO_NATIVE=1 skips them for pure-Python work)
 needs_native = pytest.mark.native
 ALL = [pytest.param(b, marks=needs_native) if b in ("csr", "bsr") else b for b in BACKENDS]
+
+
+def sparsify(model, backend="csr", **kw):
+    """The per-layer model (this file tests it; tests/test_sparsify_plan.py tests sparsify's
+    default door, the whole-network plan)."""
+    kw.setdefault("plan", False)
+    return _sparsify(model, backend, **kw)
 
 
 # ---- a CIFAR ResNet-20 with the option-A shortcut (as in the pretrained checkpoints) --------

@@ -145,7 +145,7 @@ def compile_backend(model: nn.Module, backend: str, threads: int) -> tuple[nn.Mo
             return pm, int(dense_bytes), int(stored_bytes)
     from prunecal.sparse import sparsify
 
-    sm = sparsify(model, backend, threads=threads)
+    sm = sparsify(model, backend, threads=threads, plan=False)  # (the plan was tried above)
     rep = sm.sparsify_report
     return sm.eval(), int(rep.model_dense_bytes), int(rep.model_sparse_bytes)
 

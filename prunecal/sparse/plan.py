@@ -3,12 +3,12 @@
 Example::
 
     from prunecal.sparse.plan import compile_plan, PlanUnsupported
-    fast = compile_plan(pruned_resnet, "auto", threads=2)     # or a sparsify(...) output
+    fast = compile_plan(pruned_resnet, "auto", threads=2)     # = sparsify(model, "csr"), explicit
     logits = fast(x)                 # x float32 (N, 3, 32, 32) -> (N, 10)
     print(fast.describe())           # one line per native op
     dense_bytes, stored_bytes = fast.footprint()   # = sparsify(model, backend)'s report numbers
     # models with unsupported layers: PlanUnsupported names the node; or let it fall back
-    fast = compile_plan(model, "csr", fallback=True)           # sparsify(model, "csr") if needed
+    fast = compile_plan(model, "csr", fallback=True)           # = sparsify(model, "csr")
 
 At batch 1, Python dispatch per layer costs more than the sparse arithmetic; a plan runs the
 whole network (conv + folded BN + ReLU, residual add fused into the conv's epilogue,
@@ -61,7 +61,9 @@ AUTO_BSR_DENSITY = 0.5
 PLAN_MODES = ("auto", "image", "op")
 """``image``: each thread runs the whole network on its own images (no barrier per layer);
 ``op``: images one at a time, every conv split over the threads; ``auto``: ``image`` when the
-batch shares out evenly over the threads (``N % threads == 0``) or ``N >= 4 * threads``."""
+batch shares out evenly over the threads (``N % threads == 0``) or ``N >= 4 * threads``; else
+``op`` or one thread, whichever the plan measured faster on its earlier calls (busy cores and
+slow cross-core round trips make one thread win; both give the same bits)."""
 
 _SAMPLE_BATCH = 3  # batch of the tracing sample (odd, so that it is not confused with a shape)
 _RELU_FNS = (F.relu, torch.relu, torch.relu_, F.relu_)
@@ -725,6 +727,10 @@ class PlanModule(nn.Module):
         stored = _stored_bytes(model, self._gm[0], info["ir"], info["packed"], backend)
         self._footprint: Optional[tuple[int, int]] = None if stored is None else (_model_bytes(model), stored)
 
+    def _plan_source(self) -> nn.Module:
+        """The (eval-mode, pruning-free) copy of the model this plan was compiled from."""
+        return self._model[0]
+
     def __getstate__(self) -> dict[str, Any]:  # native plans do not pickle: rebuilt on demand
         state = dict(self.__dict__)
         state["_plans"] = {}
@@ -765,7 +771,7 @@ class PlanModule(nn.Module):
         if fp is None:
             from .sparsify import sparsify
 
-            rep = sparsify(self._model[0], _sparsify_format(self.backend)).sparsify_report
+            rep = sparsify(self._model[0], _sparsify_format(self.backend), plan=False).sparsify_report
             fp = self._footprint = (int(rep.model_dense_bytes), int(rep.model_sparse_bytes))
         return fp
 
@@ -844,6 +850,8 @@ def compile_plan(model: nn.Module, backend: str = "csr", *, threads: Optional[in
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, PlanModule):  # e.g. sparsify's result: compile its source again
+        model = model._plan_source()
     if backend not in PLAN_BACKENDS:
         raise ValueError(f"backend: expected one of {PLAN_BACKENDS}, got {backend!r}")
     if block_rows not in (4, 8):
@@ -871,6 +879,6 @@ def compile_plan(model: nn.Module, backend: str = "csr", *, threads: Optional[in
             raise
         from .sparsify import sparsify
 
-        out = sparsify(model, "csr" if backend == "auto" else backend, threads=threads)
-        out.plan_unsupported = str(e)
+        out = sparsify(model, "csr" if backend == "auto" else backend, threads=threads, plan=False)
+        out.plan_unsupported = out.sparsify_report.plan_unsupported = str(e)
         return out

@@ -4,13 +4,17 @@ Example::
 
     from prunecal.sparse import sparsify
     fast = sparsify(pruned_model, "csr", threads=2)
-    print(fast.sparsify_report)          # per-layer density and bytes, skipped layers
+    print(fast.sparsify_report)          # runs as plan / layers (and why), density and bytes
     with torch.inference_mode():
         logits = fast(x)
 
-The returned model is a new module (a :class:`torch.fx.GraphModule` when the model traces,
-else a deep copy with swapped children), in eval mode and **inference only**: its converted
-layers hold folded, packed weights without gradients.
+The one public door to fast inference. For ``csr`` / ``bsr`` it returns the whole network
+compiled into one native call per batch (a :class:`prunecal.sparse.plan.PlanModule`, exactly
+what ``compile_plan(model, backend)`` returns) whenever the network compiles, and otherwise the
+per-layer model: a new module (a :class:`torch.fx.GraphModule` when the model traces, else a
+deep copy with swapped children) whose conv / linear layers each make one native call, with the
+reason the plan refused it in ``sparsify_report.plan_unsupported``. ``plan=False`` asks for the
+per-layer model. Either way the result is in eval mode and **inference only**.
 """
 from __future__ import annotations
 
@@ -77,6 +81,11 @@ class SparsifyReport:
     notes: list[str] = field(default_factory=list)
     model_dense_bytes: int = 0
     model_sparse_bytes: int = 0
+    runs_as: str = "layers"
+    """``"plan"``: the returned model is the compiled whole-network plan (``PlanModule``);
+    ``"layers"``: one native (or torch) call per converted layer."""
+    plan_unsupported: str | None = None
+    """Why the returned model is not the plan (``None`` when it is)."""
 
     @property
     def layer_dense_bytes(self) -> int:
@@ -104,6 +113,8 @@ class SparsifyReport:
         head = (f"sparsify: backend={self.backend}, threads={self.threads or 'torch default'}, "
                 f"graph={self.graph}; {len(self.layers)} layers converted, {len(self.skipped)} skipped")
         lines = [head]
+        lines.append(f"  runs as: {'one native plan per batch (compile_plan)' if self.runs_as == 'plan' else 'per-layer modules'}"
+                     + (f"; no plan: {self.plan_unsupported}" if self.plan_unsupported else ""))
         if self.trace_error:
             lines.append(f"  fx tracing failed ({self.trace_error}); used a module walk")
         if self.layers:
@@ -363,12 +374,20 @@ def sparsify(
     fold_bn: bool = True,
     fuse_relu: bool = True,
     min_sparsity: float = 0.0,
+    plan: bool = True,
+    input_size: tuple[int, int, int] = (3, 32, 32),
 ) -> nn.Module:
     """A new inference-only model whose Conv2d / Linear layers run on ``backend``.
 
-    BatchNorm2d layers that directly follow a conv are folded into it (eval-mode running
-    statistics), and a ReLU that directly follows is fused, wherever the graph allows (the
-    intermediate value has no other user). The input model is not modified.
+    For ``csr`` / ``bsr`` (with ``plan=True``, the default options of ``fold_bn``, ``fuse_relu``
+    and ``min_sparsity``) the whole network is compiled into one native call per batch, the
+    model :func:`prunecal.sparse.plan.compile_plan` returns, whenever the plan can run it; else
+    (``PlanUnsupported``, an input the model cannot take, ``dense`` / ``torch`` backends, other
+    options) the per-layer model below, with the reason in ``sparsify_report.plan_unsupported``.
+
+    Per-layer model: BatchNorm2d layers that directly follow a conv are folded into it
+    (eval-mode running statistics), and a ReLU that directly follows is fused, wherever the
+    graph allows (the intermediate value has no other user). The input model is not modified.
 
     Args:
         model: a torch model (``torch.nn.utils.prune`` masks are applied and removed on the copy).
@@ -378,12 +397,16 @@ def sparsify(
         fold_bn: fold BatchNorm2d into the preceding conv.
         fuse_relu: fuse a following ReLU (``nn.ReLU``, ``F.relu``, ``torch.relu``, ``.relu()``).
         min_sparsity: for the sparse backends, layers with density above ``1 - min_sparsity``
-            run dense instead (listed as skipped, "too dense").
+            run dense instead (listed as skipped, "too dense"; per-layer model only).
+        plan: ``False``: always the per-layer model.
+        input_size: ``(C, H, W)`` the plan is compiled for first (other sizes are compiled
+            when first seen).
 
     Returns:
-        The new model in eval mode; ``.sparsify_report`` is a :class:`SparsifyReport`. It is a
-        :class:`torch.fx.GraphModule` when ``model`` traces, else a copy of ``model``'s class
-        where only provably safe ``nn.Sequential`` conv/BN/ReLU runs are folded.
+        The new model in eval mode; ``.sparsify_report`` is a :class:`SparsifyReport` whose
+        ``runs_as`` says which of the two it is. The plan is a ``PlanModule``; the per-layer
+        model a :class:`torch.fx.GraphModule` when ``model`` traces, else a copy of ``model``'s
+        class where only provably safe ``nn.Sequential`` conv/BN/ReLU runs are folded.
 
     Raises:
         ValueError: unknown backend, bad ``threads`` / ``min_sparsity``, NaN/inf weights.
@@ -391,12 +414,22 @@ def sparsify(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if hasattr(model, "_plan_source"):  # a PlanModule (e.g. an earlier sparsify's result)
+        model = model._plan_source()
     if backend not in BACKENDS:
         raise ValueError(f"backend: unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads: expected None or an int >= 1, got {threads!r}")
     if not isinstance(min_sparsity, (int, float)) or not 0.0 <= float(min_sparsity) <= 1.0:
         raise ValueError(f"min_sparsity: expected a number in [0, 1], got {min_sparsity!r}")
+    if not isinstance(plan, bool):
+        raise TypeError(f"plan: expected a bool, got {type(plan).__name__}")
+    try:
+        input_size = tuple(int(v) for v in input_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"input_size: expected (C, H, W), got {input_size!r}") from None
+    if len(input_size) != 3 or min(input_size) < 1:
+        raise ValueError(f"input_size: expected (C, H, W) of positive ints, got {input_size!r}")
     if backend in ("csr", "bsr"):
         try:
             from . import formats, ops  # noqa: F401
@@ -420,4 +453,41 @@ def sparsify(
     out.eval()
     report.model_sparse_bytes = _model_bytes(out)
     out.sparsify_report = report
+    if not plan:
+        report.plan_unsupported = "plan=False"
+        return out
+    why = _plan_precondition(backend, fold_bn, fuse_relu, float(min_sparsity))
+    if why is None:
+        pm, why = _try_plan(model, backend, threads, input_size)
+        if pm is not None:
+            report.runs_as = "plan"
+            pm._footprint = (int(report.model_dense_bytes), int(report.model_sparse_bytes))
+            pm.sparsify_report = report
+            return pm
+    report.plan_unsupported = why
     return out
+
+
+def _plan_precondition(backend: str, fold_bn: bool, fuse_relu: bool, min_sparsity: float) -> str | None:
+    """Why these options keep to the per-layer model, or ``None``."""
+    if backend not in ("csr", "bsr"):
+        return f"backend {backend!r} runs per layer (the native plan runs 'csr' / 'bsr')"
+    if not (fold_bn and fuse_relu):
+        return "fold_bn=False / fuse_relu=False are per-layer options (the plan always folds and fuses)"
+    if min_sparsity > 0.0:
+        return "min_sparsity > 0 is a per-layer option (the plan runs every conv sparse)"
+    return None
+
+
+def _try_plan(model: nn.Module, backend: str, threads: int | None,
+              input_size: tuple[int, int, int]) -> tuple[nn.Module | None, str | None]:
+    """``(PlanModule, None)``, or ``(None, reason)`` where the plan cannot run ``model``."""
+    from .plan import PlanUnsupported, compile_plan
+
+    try:
+        return compile_plan(model.eval() if not model.training else _copy_model(model).eval(), backend,
+                            threads=threads, input_size=input_size), None
+    except PlanUnsupported as e:
+        return None, str(e)
+    except ValueError as e:  # e.g. the model cannot take input_size
+        return None, f"{type(e).__name__}: {e}"
