@@ -2,7 +2,8 @@
 # Mutation testing of the modules whose bugs the tests must catch (docs/testing.md has the scores).
 #
 #   scripts/mutation.sh [TARGET ...]      TARGET: metrics fold plan report params (default: all),
-#                                         or metrics/NAME for one file of prunecal/metrics/
+#                                         metrics/NAME for one file of prunecal/metrics/, report/NAME
+#                                         for one of prunecal/eval/{view,tables,verdict,report,render}.py
 #
 # Uses mutmut 3 (PyPI; installed here if missing, NOT part of the test extra). Each target runs
 # in its own copy of the checkout (built native core included) under $MUTATION_DIR
@@ -30,8 +31,7 @@ target() {
     case "$1" in
         metrics|metrics/*)  # metrics/NAME: only prunecal/metrics/NAME.py (a whole-package run is long)
             if [ "$1" = metrics ]; then ONLY="prunecal/metrics/*.py"; else ONLY="prunecal/$1.py"; fi; NAMES=""
-            TESTS="tests/test_metrics_calibration.py tests/test_metrics_robustness.py tests/test_metrics_scoring.py
-                   tests/test_metrics_selective.py tests/test_metrics_streaming.py" ;;
+            TESTS="$(cd "$ROOT" && ls tests/test_metrics_*.py | tr '\n' ' ')" ;;
         fold)
             ONLY="prunecal/sparse/fold.py"; NAMES=""
             TESTS="tests/test_fold.py tests/test_plan_fusion.py tests/test_sparsify.py" ;;
@@ -40,13 +40,14 @@ target() {
             NAMES="prunecal.sparse.plan.x__check_inplace__mutmut_* prunecal.sparse.plan.x__fold_bn__mutmut_*
                    prunecal.sparse.plan.x__fuse__mutmut_* prunecal.sparse.plan.x__fuse_residual__mutmut_*"
             TESTS="tests/test_plan_fusion.py" ;;  # (test_plan.py: 70 s a survivor on the loaded machine)
-        report)
-            ONLY="prunecal/eval/report.py"; NAMES=""
+        report|report/*)  # the modules that compute the report's table content (report/NAME: one of them)
+            if [ "$1" = report ]; then ONLY="prunecal/eval/view.py prunecal/eval/tables.py prunecal/eval/verdict.py"
+            else ONLY="prunecal/eval/${1#report/}.py"; fi; NAMES=""
             TESTS="$(cd "$ROOT" && ls tests/test_eval_report.py tests/test_report*.py 2>/dev/null | tr '\n' ' ')" ;;
         params)
             ONLY="prunecal/corruptions/params.py"; NAMES=""
             TESTS="$(cd "$ROOT" && ls tests/test_corruption*.py 2>/dev/null | tr '\n' ' ')" ;;
-        *) echo "unknown target $1 (metrics metrics/NAME fold plan report params)" >&2; exit 2 ;;
+        *) echo "unknown target $1 (metrics metrics/NAME fold plan report report/NAME params)" >&2; exit 2 ;;
     esac
 }
 
@@ -61,7 +62,8 @@ run_target() {
     {
         echo "[mutmut]"
         echo "source_paths = prunecal"
-        echo "only_mutate = $ONLY"
+        echo "only_mutate ="
+        (set -f; for f in $ONLY; do echo "    $f"; done)
         echo "pytest_add_cli_args = -p no:cacheprovider -q"
         echo "pytest_add_cli_args_test_selection ="
         for f in $TESTS; do echo "    $f"; done
