@@ -67,6 +67,16 @@ def _unit(rng, net, seed, corruption, severity, backend, ips):
 
 def build_synthetic(out: Path, nets=NETS, seeds=SEEDS, corruptions=BENCHMARK, seed=0) -> list[dict]:
     """Insert the synthetic study into ``out/results.sqlite``; returns the inserted rows."""
+    cfg, rows = synthetic(nets, seeds, corruptions, seed)
+    with Store(out / "results.sqlite") as st:
+        st.record_config("h", cfg)
+        for r in rows:
+            assert st.insert_unit(r)
+    return rows
+
+
+def synthetic(nets=NETS, seeds=SEEDS, corruptions=BENCHMARK, seed=0) -> tuple[dict, list[dict]]:
+    """``(config, unit rows)`` of the synthetic study, not stored."""
     rng = np.random.default_rng(seed)
     cfg = {"model": "resnet20", "methods": ["global_magnitude", "l1_filter"],
            "sparse_backend": ["csr", "dense"], "n_bins": 15, "binning": "width", "batch_size": 64,
@@ -81,11 +91,7 @@ def build_synthetic(out: Path, nets=NETS, seeds=SEEDS, corruptions=BENCHMARK, se
             for c in corruptions:
                 for sev in SEVS:
                     rows.append(_unit(rng, net, sd, c, sev, "csr", 100.0))
-    with Store(out / "results.sqlite") as st:
-        st.record_config("h", cfg)
-        for r in rows:
-            assert st.insert_unit(r)
-    return rows
+    return cfg, rows
 
 
 # -- parsing the rendered tables back ---------------------------------------------------------
