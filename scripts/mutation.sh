@@ -43,6 +43,21 @@ target() {
         report|report/*)  # the modules that compute the report's table content (report/NAME: one of them)
             if [ "$1" = report ]; then ONLY="prunecal/eval/view.py prunecal/eval/tables.py prunecal/eval/verdict.py"
             else ONLY="prunecal/eval/${1#report/}.py"; fi; NAMES=""
+            # view.py: the functions the tables read, not the one-shot lookups kept for figures / old callers
+            # (method_of, net, unit, clean_unit, clean_series, corruption_units, corruption_summary,
+            # delta_vs_base, robustness, delta_by_corruption, Net.label)
+            if [ "$1" = report/view ]; then
+                NAMES="prunecal.eval.view.x_regime_label__mutmut_* prunecal.eval.view.x_net_of__mutmut_*
+                       prunecal.eval.view.x_stat__mutmut_* prunecal.eval.view.x__getter__mutmut_*
+                       prunecal.eval.view.x_load_view__mutmut_* prunecal.eval.view.x_fmt_stat__mutmut_*
+                       prunecal.eval.view.xǁNetǁ[ir]* prunecal.eval.view.xǁStatǁ*"
+                for m in __post_init__ nets pruned_nets has_base finetuned seeds_of clean_units clean_stat \
+                         corruption_units_of corruption_stat n_corruption_units _seed_mean_by_condition \
+                         condition_changes robustness_net _robustness reference_speed fastest stored_bytes \
+                         reference_bytes finetune_info; do
+                    NAMES="$NAMES prunecal.eval.view.xǁStudyViewǁ${m}__mutmut_*"
+                done
+            fi
             # the table-level checks (test_report_tables.py reruns test_report_content's column checks on
             # the Table objects: 1 s instead of a full report build with figures, 45 s a survivor); the
             # one rendering test of test_report_verdict.py has its Table-level twin in test_report_tables.py
