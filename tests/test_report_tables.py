@@ -38,13 +38,15 @@ def view_of(cfg, rows) -> StudyView:
     return StudyView("h", cfg, [dict(r) for r in rows])
 
 
-@pytest.fixture(scope="module")
+# function scope on purpose: mutmut maps a test to the functions that run while it runs, and a
+# module-scoped fixture would run the table code only in the first test that uses it
+@pytest.fixture
 def study():
     cfg, rows = synthetic()
     return rows, view_of(cfg, rows)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def report(study):
     """The shape test_report_content's checks take: (rows, markdown, {title: rows}, paths)."""
     rows, v = study
@@ -84,7 +86,7 @@ def test_relative_mce_and_achieved_sparsity():
         assert _find(clean, net)["achieved"] == f"{100 * ach:.1f}", net
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def speed_study():
     """The synthetic study (fog only) with the sparse backend's comparison against the dense
     forward in metrics_json, as the sweep stores it."""
@@ -143,3 +145,185 @@ def test_verdict_cells_safe_and_faster():
     assert {cls[k] for k in ("Δ acc (pp)", "Δ ECE (pp)", "Δ ECE TS (pp)", "Δ cECE (pp)")} == {"within"}
     assert cls["speed-up"] == "better" and cls["size reduction"] == "better"
     assert tab.classes[0] == [""] * len(tab.header) and tab.row_classes == ["ref", ""]
+
+
+# ---- captions: what each table says about how its numbers were made (literal, reviewed) ----------
+RULE_TEXT = (
+    "Cell colours: green = better than the unpruned network, grey = within the interval, red = worse. "
+    "Clean accuracy and ECE: each network's 95 % interval is its bootstrap CI on the test images (mean of "
+    "its seeds' bounds), widened to mean ± 2 sd over seeds where that is wider; within = the pruned and "
+    "unpruned intervals overlap. mCE and corruption ECE: Student-t 95 % interval of the mean paired change "
+    "over the conditions (corruption x severity; per corruption for mCE); within = it contains no change "
+    "(mCE 100 %). Speed-up and size reduction (one timing per unit): within = ratio inside ±10% (size ±1%). "
+    "'safe & faster' = no accuracy or calibration cell red (accuracy, ECE, ECE (TS), mCE, corruption ECE) "
+    "and the speed-up green.")
+VERDICT_CAPTION = (
+    "One row per pruned network; the reference row holds the unpruned network's own values (accuracy, "
+    "ECE, ECE after temperature scaling, cECE in %), every other row the change against it in percentage "
+    "points (pp), its mCE (unpruned = 100 %), and its speed-up and size reduction on its fastest backend "
+    "(named) against the unpruned network ({ref}; size: its stored bytes vs the unpruned dense bytes). "
+    + RULE_TEXT)
+CLEAN_CAPTION = (
+    "Clean data ({n} evaluation images, 15 width bins). {ts}Values: mean over seeds (± sd over seeds with 2 "
+    "or more); 95 % CI: bootstrap interval on the test images (mean of the seeds' bounds). achieved = share "
+    "of prunable weights removed relative to the unpruned network.")
+TS_50 = "TS = after temperature scaling with T fitted on 50 held-out clean images per network. "
+TS_NONE = "No temperature scaling (--calib-fraction 0): TS columns equal the raw ones. "
+CORR_CAPTION = (
+    "corr. acc, cECE, cNLL: means over all {nc} corruptions x severities 1,3 ({src}), per seed, then mean "
+    "± sd over seeds; units counts every seed's. Mean CE: unnormalised mean top-1 error over the 15 "
+    "benchmark corruptions at these severities; mCE and relative mCE (Hendrycks & Dietterich 2019) are "
+    "normalised by the unpruned network of the same model (= 100 %).")
+SPEED_CAPTION = (
+    "Clean-data throughput (model forward only, batch 64, 2 threads), mean over seeds; {ref}Every backend "
+    "runs the BN-folded, ReLU-fused inference model (csr / bsr: the whole network as one native call, "
+    "prunecal.sparse.compile_plan, where the graph compiles; otherwise and for dense / torch: "
+    "prunecal.sparse.sparsify); 'stored' counts packed sparse weights. One timing per unit on a possibly "
+    "shared machine: treat small differences as noise.")
+
+
+def test_captions(study):
+    _, v = study
+    assert T.verdict_table(v).caption == VERDICT_CAPTION.format(ref="on dense")
+    assert T.clean_table(v).caption == CLEAN_CAPTION.format(n=100, ts=TS_50)
+    assert T.finetune_table(v).caption == (
+        "Fine-tuned networks beside the one-shot network of the same method and sparsity (clean data; "
+        "cECE: mean over the corrupted units). Mean over seeds ± sd. fine-tune s: wall seconds of "
+        "fine-tuning per seed.")
+    assert T.recipe_table(v).caption == (
+        "Fine-tuning recipes as stored with each network (the recipe key in brackets is a short hash of "
+        "it) and the last epoch's training loss / accuracy, mean over seeds.")
+    # the synthetic errors are random: gaussian_noise's unpruned corrupted error does not exceed its clean one
+    assert T.corruption_table(v).caption == CORR_CAPTION.format(nc=15, src="generated by prunecal.corruptions") + (
+        " mCE not computed where shown '–': baseline error of 'gaussian_noise' does not exceed its clean "
+        "error (summed degradation -0.1486): relative CE is undefined.")
+    assert T.speed_table(v).caption == SPEED_CAPTION.format(
+        ref="speed-up relative to the unpruned network on 'dense'. ")
+    assert [t.name for t in (T.verdict_table(v), T.recipe_table(v), T.clean_table(v))] == ["verdict wrap", "wrap", ""]
+
+
+def test_captions_of_other_studies():
+    """No temperature scaling, official CIFAR-10-C files, no unpruned network, unknown image count."""
+    cfg, rows = synthetic(nets=NETS[1:2], seeds=(0,), corruptions=("fog",))
+    cfg = dict(cfg, n_calibration=0, cifar10c="/data/CIFAR-10-C")
+    del cfg["n_evaluation"]
+    v = view_of(cfg, rows)
+    assert T.clean_table(v).caption == CLEAN_CAPTION.format(n="?", ts=TS_NONE)
+    assert T.corruption_table(v).caption == CORR_CAPTION.format(nc=1, src="official CIFAR-10-C files") + (
+        " mCE not computed where shown '–': the unpruned network (sparsity 0) is not in the study.")
+    assert T.speed_table(v).caption == SPEED_CAPTION.format(
+        ref="no speed-up column: the unpruned network (sparsity 0) is not in the study. ")
+    assert T.verdict_table(v).caption == VERDICT_CAPTION.format(ref="not in the study")
+    assert T.finetune_table(v) is None and T.recipe_table(v) is None
+
+
+# ---- the verdict cells, recomputed here from the rule as documented (verdict.RULE) ---------------
+T975 = {14: 2.145, 29: 2.045, 1: 12.706}  # two-sided 95 % Student t (scipy.stats.t.ppf(0.975, df))
+
+
+def _tclass(diffs, higher_is_better):
+    d = np.asarray(diffs, float)
+    h = T975[d.size - 1] * d.std(ddof=1) / np.sqrt(d.size)
+    lo, hi = d.mean() - h, d.mean() + h
+    if lo <= 0 <= hi:
+        return "within"
+    return "better" if (lo > 0) == higher_is_better else "worse"
+
+
+def _ratio_class(r, band):
+    return "better" if r > 1 + band else "worse" if r < 1 / (1 + band) else "within"
+
+
+def _expected_cells(rows, net):
+    """{column: class} and the verdict of one pruned network (2 seeds, primary backend csr)."""
+    out = {}
+    for key, col, hib in (("accuracy", "Δ acc (pp)", True), ("ece", "Δ ECE (pp)", False),
+                          ("ece_ts", "Δ ECE TS (pp)", False)):
+        iv = []
+        for n in (net, BASE):
+            us = _clean(rows, n)
+            x = np.array([u[key] for u in us])
+            lo = min(np.mean([u["ci_json"][key][0] for u in us]), x.mean() - 2 * x.std(ddof=1))
+            hi = max(np.mean([u["ci_json"][key][1] for u in us]), x.mean() + 2 * x.std(ddof=1))
+            iv.append((lo, hi))
+        (plo, phi), (blo, bhi) = iv
+        out[col] = "within" if plo <= bhi and blo <= phi else ("better" if (plo > bhi) == hib else "worse")
+
+    def seed_mean(n, get):
+        d = {}
+        for sd in SEEDS:
+            for r in _corr(rows, n, sd):
+                d.setdefault((r["corruption"], r["severity"]), []).append(get(r))
+        return {k: np.mean(x) for k, x in d.items()}
+
+    err = lambda r: 1 - r["accuracy"]  # noqa: E731
+    pe, be = seed_mean(net, err), seed_mean(BASE, err)
+    out["mCE %"] = _tclass([sum(pe[c, k] for k in SEVS) / sum(be[c, k] for k in SEVS) - 1 for c in BENCHMARK], False)
+    pc, bc = seed_mean(net, lambda r: r["ece"]), seed_mean(BASE, lambda r: r["ece"])
+    out["Δ cECE (pp)"] = _tclass([pc[k] - bc[k] for k in pc], False)
+    ips = {b: np.mean([u["images_per_s"] for u in _clean(rows, net, b)]) for b in ("csr", "dense")}
+    fast = max(ips, key=ips.get)
+    ref = np.mean([u["images_per_s"] for u in _clean(rows, BASE, "dense")])
+    out["speed-up"] = _ratio_class(ips[fast] / ref, 0.10)
+    stored = np.mean([u["bytes_sparse"] for u in _clean(rows, net, fast)])
+    out["size reduction"] = _ratio_class(100_000 / stored, 0.01)
+    names = {"Δ acc (pp)": "accuracy", "Δ ECE (pp)": "ECE", "Δ ECE TS (pp)": "ECE (TS)", "mCE %": "mCE",
+             "Δ cECE (pp)": "cECE"}
+    worse = [names[c] for c in names if out[c] == "worse"]
+    faster = out["speed-up"] == "better"
+    if worse:
+        verdict = ("faster; worse " if faster else "worse ") + ", ".join(worse)
+    else:
+        verdict = "safe & faster" if faster else "safe, not faster"
+    return out, verdict
+
+
+def _shifted_study():
+    """The synthetic study with each pruned network moved so that the cells differ: l1_filter
+    clearly worse (accuracy down, ECE and corrupted errors up), the one-shot global_magnitude
+    clearly better calibrated, the fine-tuned one unchanged."""
+    cfg, rows = synthetic()
+    for u in rows:
+        if u["method"] != "none" and u["corruption"] == "clean":  # speed and size: one of each class
+            f, size = {"l1_filter": (0.3, 120_000), "global_magnitude": (1.0, None)}[u["method"]]
+            if u["finetune_epochs"]:
+                f, size = 1 / 3, 100_500
+            u["images_per_s"] *= f
+            u["bytes_sparse"] = size or u["bytes_sparse"]
+        if u["method"] == "l1_filter":
+            u["accuracy"] -= 0.3
+            u["ece"] += 0.3
+            u["ece_ts"] += 0.3
+            if u["ci_json"]:
+                u["ci_json"] = {k: [lo + (-0.3 if k == "accuracy" else 0.3), hi + (-0.3 if k == "accuracy" else 0.3)]
+                                for k, (lo, hi) in u["ci_json"].items()}
+        elif u["method"] == "global_magnitude" and u["finetune_epochs"] == 0:
+            u["ece"] -= 0.25
+            u["ece_ts"] -= 0.25
+            u["accuracy"] = min(u["accuracy"] + 0.04, 0.999)
+            if u["ci_json"]:
+                u["ci_json"] = dict(u["ci_json"], ece=[x - 0.25 for x in u["ci_json"]["ece"]],
+                                    ece_ts=[x - 0.25 for x in u["ci_json"]["ece_ts"]])
+    return cfg, rows
+
+
+@pytest.mark.parametrize("make", [synthetic, _shifted_study])
+def test_verdict_cell_classes_follow_the_rule(make):
+    cfg, rows = make()
+    tab = T.verdict_table(view_of(cfg, rows))
+    got = as_dicts(tab)
+    seen = set()
+    for i, net in enumerate(NETS[1:], start=1):
+        want, verdict = _expected_cells(rows, net)
+        row = _find(got, net)
+        cls = dict(zip(tab.header, tab.classes[got.index(row)]))
+        for col, c in want.items():
+            assert cls[col] == c, (net, col)
+            seen.add(c)
+        assert row["verdict"] == verdict, net
+        assert cls["verdict"] == ("safe" if verdict == "safe & faster" else "")
+        assert all(cls[h] == "" for h in tab.header[:4])
+    if make is _shifted_study:
+        assert seen == {"better", "within", "worse"}
+        for col in ("speed-up", "size reduction"):
+            assert {dict(zip(tab.header, c))[col] for c in tab.classes[1:]} == {"better", "within", "worse"}, col
