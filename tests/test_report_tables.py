@@ -327,3 +327,162 @@ def test_verdict_cell_classes_follow_the_rule(make):
         assert seen == {"better", "within", "worse"}
         for col in ("speed-up", "size reduction"):
             assert {dict(zip(tab.header, c))[col] for c in tab.classes[1:]} == {"better", "within", "worse"}, col
+
+
+# ---- the view: grouping, ordering and the robustness numbers behind the tables -------------------
+def test_view_orders_by_the_config_then_sorted_extras():
+    cfg, rows = synthetic(nets=NETS, seeds=(1, 0), corruptions=("snow", "fog"))
+    extra = [dict(r, method="aaa", sparsity=0.2) for r in rows if r["method"] == "l1_filter"]
+    bsr = [dict(r, backend="bsr") for r in rows if r["method"] == "l1_filter" and r["corruption"] == "clean"]
+    gm = [dict(r, corruption="brightness") for r in rows if r["corruption"] == "fog"]
+    # the unpruned network fine-tuned (a control): method "none", not the reference
+    extra += [dict(r, finetune_epochs=3, finetune_recipe="ft-38c543845a") for r in rows if r["method"] == "none"]
+    cfg = dict(cfg, methods=["l1_filter", "global_magnitude"], corruptions=["snow", "fog"], n_bins=10)
+    v = view_of(cfg, rows + extra + bsr + gm)
+    assert v.model == "resnet20" and v.n_bins == 10
+    assert v.methods == ["l1_filter", "global_magnitude", "aaa"]
+    assert v.backends == ["csr", "dense", "bsr"] and v.primary == "csr"
+    assert v.corruptions == ["snow", "fog", "brightness"]
+    assert v.severities == [1, 3] and v.seeds == [0, 1]
+    assert v.regimes == [(0, "none"), (3, "ft-38c543845a")]
+    # the unpruned network first, the fine-tuned unpruned one next, then the methods in config order (extras
+    # last), then sparsity and fine-tuning regime
+    assert [(n.method, n.sparsity, n.epochs) for n in v.nets] == [
+        ("none", 0.0, 0), ("none", 0.0, 3), ("l1_filter", 0.3, 0), ("global_magnitude", 0.5, 0),
+        ("global_magnitude", 0.5, 3), ("aaa", 0.2, 0)]
+    assert [n.method for n in v.pruned_nets("global_magnitude", (3, "ft-38c543845a"))] == ["global_magnitude"]
+    assert v.has_base and v.finetuned and v.seeds_of(v.nets[2]) == [0, 1]
+    bare = view_of({}, [dict(r) for r in rows if r["backend"] == "dense"])
+    assert bare.model == "resnet20" and bare.n_bins == 15 and bare.primary == "dense"
+    assert bare.backends == ["dense"] and bare.methods == ["global_magnitude", "l1_filter"]
+    assert bare.regimes == [(0, "none"), (3, "ft-38c543845a")]
+    empty = view_of({}, [])
+    assert empty.model == "?" and empty.primary == "dense" and empty.nets == [] and not empty.has_base
+    assert view_of({"sparse_backend": ["dense", "csr"]}, rows).primary == "dense"
+
+
+def test_robustness_reasons():
+    from prunecal.eval.view import BASE_NET, Net
+
+    cfg, rows = synthetic(nets=NETS[:2], seeds=(0,), corruptions=("fog", "snow", "frost", "glass_blur"))
+    v = view_of(cfg, rows)
+    gm = Net("global_magnitude", 0.5)
+    assert v.robustness_net(gm) == {"reason": "11 of the 15 benchmark corruptions missing "
+                                              "(brightness, contrast, defocus_blur, ...)"}
+    few = [r for r in synthetic(nets=NETS[:2], seeds=(0,))[1]
+           if r["corruption"] not in ("zoom_blur", "snow", "brightness")]
+    assert view_of(cfg, few).robustness_net(gm) == {
+        "reason": "3 of the 15 benchmark corruptions missing (brightness, snow, zoom_blur)"}
+    clean_only = [r for r in rows if r["corruption"] == "clean"]
+    assert view_of(cfg, clean_only).robustness_net(gm) == {"reason": "no corrupted units"}
+    # no unpruned network: the unnormalised mean error only
+    cfg2, rows2 = synthetic(nets=NETS[1:2], seeds=(0, 1))
+    r = view_of(cfg2, rows2).robustness_net(gm)
+    assert set(r) == {"reason", "mean_error_15"}
+    assert r["reason"] == "the unpruned network (sparsity 0) is not in the study"
+    want = [np.mean([1 - u["accuracy"] for u in _corr(rows2, NETS[1], sd)]) for sd in (0, 1)]
+    assert (r["mean_error_15"].mean, r["mean_error_15"].n) == (pytest.approx(np.mean(want)), 2)
+    assert view_of(cfg, clean_only).robustness_net(BASE_NET) == {"reason": "no corrupted units"}
+
+
+def test_robustness_numbers_and_per_seed_clean_units():
+    from prunecal.eval.view import Net
+
+    cfg, rows = synthetic(nets=NETS[:2])
+    rng = np.random.default_rng(3)
+    for u in rows:
+        if u["corruption"] == "clean":
+            u["accuracy"] = float(rng.uniform(0.96, 0.99))
+    gm = Net("global_magnitude", 0.5)
+    r = view_of(cfg, rows).robustness_net(gm)
+    base = {}
+    for sd in SEEDS:
+        for u in _corr(rows, BASE, sd):
+            base.setdefault((u["corruption"], u["severity"]), []).append(1 - u["accuracy"])
+    base = {k: np.mean(x) for k, x in base.items()}
+    mean_e = {}
+    for sd in SEEDS:
+        for u in _corr(rows, NETS[1], sd):
+            mean_e.setdefault((u["corruption"], u["severity"]), []).append(1 - u["accuracy"])
+    ratios = [sum(np.mean(mean_e[c, k]) for k in SEVS) / sum(base[c, k] for k in SEVS) for c in BENCHMARK]
+    assert r["mce_ratios"] == pytest.approx(ratios, rel=1e-12)
+    assert "mce_reason" not in r and "rel_reason" not in r and r["rel_mce"].n == 2
+    # seed 0 without its clean unit: relative mCE from seed 1 alone; no clean unit at all: the reason
+    no0 = [u for u in rows if not (u["method"] == "global_magnitude" and u["corruption"] == "clean"
+                                   and u["seed"] == 0 and u["backend"] == "csr")]
+    r1 = view_of(cfg, no0).robustness_net(gm)
+    assert r1["rel_mce"].n == 1 and "rel_reason" not in r1
+    none = [u for u in no0 if not (u["method"] == "global_magnitude" and u["corruption"] == "clean"
+                                   and u["backend"] == "csr")]
+    r2 = view_of(cfg, none).robustness_net(gm)
+    assert "rel_mce" not in r2 and r2["rel_reason"] == "clean unit missing"
+    # an unpruned error of 0 under one corruption: mCE undefined, said why
+    zero = [dict(u, accuracy=1.0) if u["method"] == "none" and u["corruption"] == "fog" else u for u in rows]
+    r3 = view_of(cfg, zero).robustness_net(gm)
+    assert "mce" not in r3 and r3["mce_reason"] == "baseline error of 'fog' is 0 at every severity: CE is undefined"
+
+
+def test_load_view_picks_the_study(tmp_path):
+    from prunecal.eval.store import Store
+    from prunecal.eval.view import load_view
+
+    cfg, rows = synthetic(nets=NETS[:2], seeds=(0,), corruptions=("fog",))
+    with Store(tmp_path / "results.sqlite") as st:
+        with pytest.raises(ValueError) as e:
+            load_view(st)
+        assert str(e.value) == f"{st.path}: the store holds no study yet"
+        for h, model in (("aaa111", "resnet20"), ("aab222", "vgg16")):
+            st.record_config(h, dict(cfg, model=model))
+            for r in rows:
+                assert st.insert_unit(dict(r, config_hash=h, model=model))
+        v = load_view(st)  # the study run last
+        assert (v.config_hash, v.model, v.config["model"], len(v.units)) == ("aab222", "vgg16", "vgg16", len(rows))
+        assert load_view(st, "aaa").config_hash == "aaa111" and load_view(st, "aaa").model == "resnet20"
+        assert len(load_view(st, "aab2").units) == len(rows)
+        for prefix, n in (("aa", 2), ("zz", 0)):
+            with pytest.raises(ValueError) as e:
+                load_view(st, prefix)
+            assert str(e.value) == f"config hash {prefix!r} matches {n} studies; stored: aab222, aaa111"
+
+
+def test_view_lookups():
+    from prunecal.eval.view import BASE_NET, Net, Stat, fmt_stat, net_of
+
+    cfg, rows = synthetic(nets=NETS[:2], corruptions=("fog", "snow"))
+    gm = Net("global_magnitude", 0.5)
+    for u in rows:
+        if u["backend"] == "dense":  # the dense backend stores no sparse bytes; dense the fastest for gm
+            u["bytes_sparse"] = None
+            if u["method"] == "global_magnitude":
+                u["images_per_s"] = 1e6
+        elif u["method"] == "none" and u["corruption"] == "clean":
+            u["bytes_dense"] = None  # the unpruned dense bytes recorded on the dense backend only
+    v = view_of(cfg, rows)
+    assert v.stored_bytes(gm, "dense") == 100_000 and v.stored_bytes(gm, "csr") == 55_000
+    assert v.stored_bytes(gm, "bsr") is None and v.reference_bytes() == 100_000
+    assert v.fastest(gm)[0] == "dense" and v.fastest(gm)[1].mean == 1e6
+    tie = [dict(u, images_per_s=50.0) if u["corruption"] == "clean" else u for u in rows]
+    assert view_of(cfg, tie).fastest(gm)[0] == "csr"  # a tie goes to the first backend
+    assert v.seeds_of(Net("x", 0.9)) == [] and v.clean_units(Net("x", 0.9)) == []
+    # per-condition changes of the error, pruned minus unpruned, seeds averaged first
+    ch = v.condition_changes(gm, "error")
+    assert set(ch) == {(c, k) for c in ("fog", "snow") for k in SEVS}
+    for (c, k), d in ch.items():
+        e = lambda net: np.mean([1 - r["accuracy"] for sd in SEEDS for r in _corr(rows, net, sd)  # noqa: E731
+                                 if r["corruption"] == c and r["severity"] == k])
+        assert d == pytest.approx(e(NETS[1]) - e(BASE), rel=1e-12)
+    # a metric without bootstrap CI: interval from the seed spread alone
+    t = v.clean_stat(gm, "temperature")
+    x = [u["temperature"] for u in _clean(rows, NETS[1])]
+    assert t.ci is None and t.interval() == pytest.approx((np.mean(x) - 2 * np.std(x, ddof=1),
+                                                          np.mean(x) + 2 * np.std(x, ddof=1)))
+    # grouping: sparsity to 6 decimals, a missing recipe is "none"
+    u = dict(rows[0])
+    del u["finetune_recipe"]
+    assert net_of(u) == BASE_NET and net_of(dict(u, sparsity=4e-7)) == BASE_NET
+    assert net_of(dict(u, sparsity=0.5000004, method="m")) == Net("m", 0.5, 0, "none")
+    assert net_of(dict(u, finetune_recipe=None, finetune_epochs=None)) == BASE_NET
+    # formatting of a Stat: "± sd" with two or more seeds only
+    assert fmt_stat(Stat(0.5, 0.01, 1)) == "50.0" and fmt_stat(Stat(0.5, 0.01, 2)) == "50.0 ± 1.0"
+    assert fmt_stat(None) == "–" and fmt_stat(Stat(float("nan"), 0.0, 1)) == "–"
+    assert fmt_stat(Stat(0.1234, 0.001, 3), 1, 3) == "0.123 ± 0.001"
