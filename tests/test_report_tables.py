@@ -486,3 +486,107 @@ def test_view_lookups():
     assert fmt_stat(Stat(0.5, 0.01, 1)) == "50.0" and fmt_stat(Stat(0.5, 0.01, 2)) == "50.0 ± 1.0"
     assert fmt_stat(None) == "–" and fmt_stat(Stat(float("nan"), 0.0, 1)) == "–"
     assert fmt_stat(Stat(0.1234, 0.001, 3), 1, 3) == "0.123 ± 0.001"
+
+
+def test_reference_rows(study):
+    rows, v = study
+    tab = T.verdict_table(v)
+    ref = as_dicts(tab)[0]
+    per_seed_cece = [np.mean([r["ece"] for r in _corr(rows, BASE, sd)]) for sd in SEEDS]
+    ips = np.mean([u["images_per_s"] for u in _clean(rows, BASE, "dense")])
+    assert ref == {
+        "method": "unpruned (reference)", "sparsity": "0", "fine-tuning": "one-shot", "seeds": "2",
+        "Δ acc (pp)": fmt([u["accuracy"] for u in _clean(rows, BASE)]) + " %",
+        "Δ ECE (pp)": fmt([u["ece"] for u in _clean(rows, BASE)], nd=2) + " %",
+        "Δ ECE TS (pp)": fmt([u["ece_ts"] for u in _clean(rows, BASE)], nd=2) + " %",
+        "mCE %": "100.0", "Δ cECE (pp)": fmt(per_seed_cece, nd=2) + " %",
+        "speed-up": f"1.00x (dense, {ips:,.0f} img/s)", "size reduction": f"1.00x ({100_000 / 1024:,.1f} KiB)",
+        "verdict": "reference"}
+    for t in (T.clean_table(v), T.corruption_table(v), T.verdict_table(v)):
+        assert t.row_classes == ["ref", "", "", ""]
+
+
+def test_missing_values_show_a_dash():
+    """One seed; no CIs, achieved sparsity, byte counts; the one-shot global_magnitude without
+    clean units on the primary backend, the fine-tuned one without corrupted units and without
+    recipe / seconds / training accuracy: every such cell is '–' and no later row is lost."""
+    cfg, rows = synthetic(seeds=(0,), corruptions=("fog",))
+    gm0, gmft = NETS[1], NETS[2]
+    out = []
+    for u in rows:
+        net = (u["method"], u["sparsity"], u["finetune_epochs"], u["finetune_recipe"])
+        if net == gm0 and u["corruption"] == "clean" and u["backend"] == "csr":
+            continue
+        if net == gmft and u["corruption"] != "clean":
+            continue
+        u = dict(u, ci_json=None, sparsity_achieved=None, bytes_dense=None, bytes_sparse=None)
+        if u["finetune_json"]:
+            u["finetune_json"] = {"history": {"loss": [1.0, 0.7]}}
+        out.append(u)
+    v = view_of(cfg, out)
+    clean = as_dicts(T.clean_table(v))
+    assert [(r["method"], r["fine-tuning"]) for r in clean] == [
+        ("unpruned (reference)", "one-shot"), ("global_magnitude", "fine-tuned 3 ep [ft-38c543845a]"),
+        ("l1_filter", "one-shot")]
+    assert {r[c] for r in clean for c in ("achieved", "acc 95 % CI", "ECE 95 % CI", "ECE (TS) 95 % CI")} == {"–"}
+    corr = as_dicts(T.corruption_table(v))
+    assert [(r["method"], r["fine-tuning"]) for r in corr] == [
+        ("unpruned (reference)", "one-shot"), ("global_magnitude", "one-shot"), ("l1_filter", "one-shot")]
+    speed = as_dicts(T.speed_table(v))
+    assert [(r["method"], r["fine-tuning"], r["backend"]) for r in speed] == [
+        ("unpruned (reference)", "one-shot", "csr"), ("unpruned (reference)", "one-shot", "dense"),
+        ("global_magnitude", "one-shot", "dense"),
+        ("global_magnitude", "fine-tuned 3 ep [ft-38c543845a]", "csr"),
+        ("global_magnitude", "fine-tuned 3 ep [ft-38c543845a]", "dense"),
+        ("l1_filter", "one-shot", "csr"), ("l1_filter", "one-shot", "dense")]
+    assert {r[c] for r in speed for c in ("model KiB (dense)", "model KiB (stored)", "compression")} == {"–"}
+    verdict = as_dicts(T.verdict_table(v))
+    assert verdict[0]["size reduction"] == "–" and verdict[0]["verdict"] == "reference"
+    g = _find(verdict, gm0)
+    assert (g["Δ acc (pp)"], g["Δ ECE (pp)"], g["size reduction"], g["verdict"]) == ("–", "–", "–", "no clean interval")
+    ft = _find(as_dicts(T.finetune_table(v)), gmft)
+    assert (ft["acc % one-shot"], ft["Δ acc (pp)"], ft["fine-tune s"], ft["cECE % fine-tuned"]) == ("–", "–", "–", "–")
+    assert ft["seeds"] == "1" and ft["acc % fine-tuned"] == fmt([u["accuracy"] for u in _clean(out, gmft)])
+    rec = _find(as_dicts(T.recipe_table(v)), gmft)
+    assert (rec["recipe"], rec["last loss"], rec["last train acc %"], rec["seeds"]) == ("–", "0.700", "–", "1")
+
+
+def test_no_unpruned_network_no_speed_up():
+    cfg, rows = synthetic(nets=NETS[1:3], seeds=(0,), corruptions=("fog",))
+    v = view_of(cfg, rows)
+    assert {r["speed-up"] for r in as_dicts(T.speed_table(v))} == {"–"}
+    verdict = as_dicts(T.verdict_table(v))
+    assert [r["method"] for r in verdict] == ["global_magnitude"] * 2
+    assert {(r["speed-up"], r["size reduction"], r["mCE %"], r["Δ acc (pp)"]) for r in verdict} == {("–", "–", "–", "–")}
+
+
+def test_finetune_and_recipe_columns(study):
+    rows, v = study
+    ft, one = NETS[2], NETS[1]
+    got = _find(as_dicts(T.finetune_table(v)), ft)
+    d = np.mean([u["accuracy"] for u in _clean(rows, ft)]) - np.mean([u["accuracy"] for u in _clean(rows, one)])
+    assert got["seeds"] == "2" and got["Δ acc (pp)"] == f"{100 * d:+.1f}"
+    rec = _find(as_dicts(T.recipe_table(v)), ft)
+    assert rec["seeds"] == "2" and rec["last train acc %"] == fmt([0.8, 0.81])  # history's last epoch per seed
+    assert rec["recipe"] == "batch_size=128, epochs=3, lr=0.001, schedule=constant"
+    assert T.recipe_table(v).header == ["method", "sparsity", "fine-tuning", "seeds", "recipe", "last loss",
+                                        "last train acc %"]
+
+
+def test_corruption_caption_lists_every_reason():
+    """An unpruned error of 0 under fog: the mCE and the relative mCE are undefined, both said."""
+    cfg, rows = synthetic(nets=NETS[:2])
+    rows = [dict(u, accuracy=1.0) if u["method"] == "none" and u["corruption"] == "fog" else u for u in rows]
+    cap = T.corruption_table(view_of(cfg, rows)).caption
+    tail = cap.split(" mCE not computed where shown '–': ", 1)[1]
+    assert tail.endswith(".") and tail[:-1].split("; ") == sorted(tail[:-1].split("; "))
+    reasons = tail[:-1].split("; ")
+    assert "baseline error of 'fog' is 0 at every severity: CE is undefined" in reasons and len(reasons) == 2
+
+
+def test_clean_caption_names_the_binning():
+    cfg, rows = synthetic(nets=NETS[:1], seeds=(0,), corruptions=("fog",))
+    del cfg["binning"]
+    assert T.clean_table(view_of(cfg, rows)).caption.startswith("Clean data (100 evaluation images, 15 width bins). ")
+    cfg = dict(cfg, binning="mass", n_bins=10)
+    assert T.clean_table(view_of(cfg, rows)).caption.startswith("Clean data (100 evaluation images, 10 mass bins). ")
