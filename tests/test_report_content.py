@@ -52,7 +52,8 @@ def _unit(rng, net, seed, corruption, severity, backend, ips):
               "ece_ts": [ts["ece"] - w[2], ts["ece"] + w[2]], "nll": [raw["nll"] - w[3], raw["nll"] + w[3]]}
     ft = None
     if ep:
-        ft = {"recipe": RECIPE, "history": {"loss": [1.0, 0.5 + 0.1 * seed], "train_acc": [0.5, 0.8 + 0.01 * seed]},
+        ft = {"recipe": RECIPE, "history": {"loss": [1.0, 0.8, 0.5 + 0.1 * seed],
+                                            "train_acc": [0.5, 0.7, 0.8 + 0.01 * seed]},
               "seconds": 10.0 + seed}
     return dict(
         config_hash="h", model="resnet20", method=method, sparsity=s, seed=seed, finetune_epochs=ep,
