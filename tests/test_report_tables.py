@@ -610,3 +610,43 @@ def test_size_unknown_for_the_pruned_network_only():
     rows = [dict(u, bytes_sparse=None, bytes_dense=None) if u["method"] != "none" else u for u in rows]
     row = as_dicts(T.verdict_table(view_of(cfg, rows)))[1]
     assert row["size reduction"] == "–" and row["speed-up"] != "–"
+
+
+def test_robustness_with_incomplete_seeds_and_missing_conditions():
+    from prunecal.eval.view import Net
+
+    cfg, rows = synthetic(nets=NETS[:2])
+    gm = Net("global_magnitude", 0.5)
+
+    def drop(pred):
+        return view_of(cfg, [u for u in rows if not pred(u)]).robustness_net(gm)
+
+    def gm_corr(u):
+        return u["method"] == "global_magnitude" and u["corruption"] != "clean"
+
+    # seed 0 lacks one condition, seed 1 is complete: the mCE from seed 1 alone
+    r = drop(lambda u: gm_corr(u) and u["seed"] == 0 and u["corruption"] == "fog" and u["severity"] == 3)
+    assert "reason" not in r and r["mce"].n == 1 and r["mean_error_15"].n == 1
+    e = {(x["corruption"], x["severity"]): 1 - x["accuracy"] for x in _corr(rows, NETS[1], 1)}
+    assert r["mean_error_15"].mean == pytest.approx(np.mean(list(e.values())), rel=1e-12)
+    # no corrupted unit of this network (others have them): all 15 missing
+    assert drop(gm_corr) == {"reason": "15 of the 15 benchmark corruptions missing "
+                                       "(brightness, contrast, defocus_blur, ...)"}
+    # the unpruned network lacks one: missing as well
+    assert drop(lambda u: u["method"] == "none" and u["corruption"] == "zoom_blur") == {
+        "reason": "1 of the 15 benchmark corruptions missing (zoom_blur)"}
+    four = ("brightness", "contrast", "fog", "snow")
+    assert drop(lambda u: u["corruption"] in four) == {
+        "reason": "4 of the 15 benchmark corruptions missing (brightness, contrast, fog, ...)"}
+
+
+def test_primary_backend_and_model_come_from_the_config():
+    cfg, rows = synthetic(nets=NETS[:2], seeds=(0,), corruptions=("fog",))
+    dense_only = [u for u in rows if u["backend"] == "dense"]
+    # the first configured backend stays the primary one before any of its units is stored
+    v = view_of(dict(cfg, sparse_backend=["bsr", "dense"]), dense_only)
+    assert v.primary == "bsr" and v.backends == ["dense"]
+    csr_only = [u for u in rows if u["backend"] == "csr"]
+    nocfg = {k: x for k, x in cfg.items() if k not in ("sparse_backend", "model")}
+    assert view_of(nocfg, csr_only).primary == "csr"  # no configured backends: the first stored one
+    assert view_of(dict(cfg, model="vgg16"), rows).model == "vgg16"
