@@ -474,6 +474,9 @@ def test_view_lookups():
     assert v.fastest(gm)[0] == "dense" and v.fastest(gm)[1].mean == 1e6
     row = as_dicts(T.verdict_table(v))[1]  # size on the fastest backend: dense, nothing saved
     assert row["speed-up"].endswith("x (dense)") and row["size reduction"] == "1.00x"
+    speed = {(r["method"], r["backend"]): r for r in as_dicts(T.speed_table(v))}
+    assert speed["global_magnitude", "dense"]["compression"] == "–"  # no stored sparse bytes
+    assert speed["global_magnitude", "csr"]["compression"] == f"{100_000 / 55_000:.2f}x"
     tie = [dict(u, images_per_s=50.0) if u["corruption"] == "clean" else u for u in rows]
     assert view_of(cfg, tie).fastest(gm)[0] == "csr"  # a tie goes to the first backend
     assert v.seeds_of(Net("x", 0.9)) == [] and v.clean_units(Net("x", 0.9)) == []
@@ -555,6 +558,7 @@ def test_missing_values_show_a_dash():
     assert {r[c] for r in speed for c in ("model KiB (dense)", "model KiB (stored)", "compression")} == {"–"}
     verdict = as_dicts(T.verdict_table(v))
     assert verdict[0]["size reduction"] == "–" and verdict[0]["verdict"] == "reference"
+    assert verdict[0]["mCE %"] == "–"  # one corruption: no mCE, not even for the reference
     g = _find(verdict, gm0)
     assert (g["Δ acc (pp)"], g["Δ ECE (pp)"], g["size reduction"], g["verdict"]) == ("–", "–", "–", "no clean interval")
     ft = _find(as_dicts(T.finetune_table(v)), gmft)
@@ -650,3 +654,18 @@ def test_primary_backend_and_model_come_from_the_config():
     nocfg = {k: x for k, x in cfg.items() if k not in ("sparse_backend", "model")}
     assert view_of(nocfg, csr_only).primary == "csr"  # no configured backends: the first stored one
     assert view_of(dict(cfg, model="vgg16"), rows).model == "vgg16"
+
+
+def test_reference_row_without_clean_units():
+    """The unpruned network evaluated under corruption only: its clean cells, speed and size
+    are '–' (not '– %'), its cECE is shown."""
+    cfg, rows = synthetic(nets=NETS[:2], seeds=(0,), corruptions=("fog",))
+    rows = [u for u in rows if not (u["method"] == "none" and u["corruption"] == "clean")]
+    v = view_of(cfg, rows)
+    ref = as_dicts(T.verdict_table(v))[0]
+    cece = np.mean([r["ece"] for r in _corr(rows, BASE, 0)])
+    assert ref == {"method": "unpruned (reference)", "sparsity": "0", "fine-tuning": "one-shot", "seeds": "1",
+                   "Δ acc (pp)": "–", "Δ ECE (pp)": "–", "Δ ECE TS (pp)": "–", "mCE %": "–",
+                   "Δ cECE (pp)": f"{100 * cece:.2f} %", "speed-up": "–", "size reduction": "–",
+                   "verdict": "reference"}
+    assert {r["speed-up"] for r in as_dicts(T.speed_table(v))} == {"–"}
