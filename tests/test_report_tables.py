@@ -367,6 +367,7 @@ def test_view_orders_by_the_config_then_sorted_extras():
     assert bare.model == "resnet20" and bare.n_bins == 15 and bare.primary == "dense"
     assert bare.backends == ["dense"] and bare.methods == ["global_magnitude", "l1_filter"]
     assert bare.regimes == [(0, "none"), (3, "ft-38c543845a")]
+    assert view_of({}, rows[:1]).model == "resnet20"  # no model in the config: the unit's
     empty = view_of({}, [])
     assert empty.model == "?" and empty.primary == "dense" and empty.nets == [] and not empty.has_base
     assert view_of({"sparse_backend": ["dense", "csr"]}, rows).primary == "dense"
