@@ -2,7 +2,8 @@
 # Mutation testing of the modules whose bugs the tests must catch (docs/testing.md has the scores).
 #
 #   scripts/mutation.sh [TARGET ...]      TARGET: metrics fold plan report params (default: all),
-#                                         or metrics/NAME for one file of prunecal/metrics/
+#                                         metrics/NAME for one file of prunecal/metrics/, report/NAME
+#                                         for one of prunecal/eval/{view,tables,verdict,report,render}.py
 #
 # Uses mutmut 3 (PyPI; installed here if missing, NOT part of the test extra). Each target runs
 # in its own copy of the checkout (built native core included) under $MUTATION_DIR
@@ -30,8 +31,7 @@ target() {
     case "$1" in
         metrics|metrics/*)  # metrics/NAME: only prunecal/metrics/NAME.py (a whole-package run is long)
             if [ "$1" = metrics ]; then ONLY="prunecal/metrics/*.py"; else ONLY="prunecal/$1.py"; fi; NAMES=""
-            TESTS="tests/test_metrics_calibration.py tests/test_metrics_robustness.py tests/test_metrics_scoring.py
-                   tests/test_metrics_selective.py tests/test_metrics_streaming.py" ;;
+            TESTS="$(cd "$ROOT" && ls tests/test_metrics_*.py | tr '\n' ' ')" ;;
         fold)
             ONLY="prunecal/sparse/fold.py"; NAMES=""
             TESTS="tests/test_fold.py tests/test_plan_fusion.py tests/test_sparsify.py" ;;
@@ -40,13 +40,33 @@ target() {
             NAMES="prunecal.sparse.plan.x__check_inplace__mutmut_* prunecal.sparse.plan.x__fold_bn__mutmut_*
                    prunecal.sparse.plan.x__fuse__mutmut_* prunecal.sparse.plan.x__fuse_residual__mutmut_*"
             TESTS="tests/test_plan_fusion.py" ;;  # (test_plan.py: 70 s a survivor on the loaded machine)
-        report)
-            ONLY="prunecal/eval/report.py"; NAMES=""
-            TESTS="$(cd "$ROOT" && ls tests/test_eval_report.py tests/test_report*.py 2>/dev/null | tr '\n' ' ')" ;;
-        params)
+        report|report/*)  # the modules that compute the report's table content (report/NAME: one of them)
+            if [ "$1" = report ]; then ONLY="prunecal/eval/view.py prunecal/eval/tables.py prunecal/eval/verdict.py"
+            else ONLY="prunecal/eval/${1#report/}.py"; fi; NAMES=""
+            # view.py: the functions the tables read, not the one-shot lookups kept for figures / old callers
+            # (method_of, net, unit, clean_unit, clean_series, corruption_units, corruption_summary,
+            # delta_vs_base, robustness, delta_by_corruption, Net.label)
+            if [ "$1" = report/view ]; then
+                NAMES="prunecal.eval.view.x_regime_label__mutmut_* prunecal.eval.view.x_net_of__mutmut_*
+                       prunecal.eval.view.x_stat__mutmut_* prunecal.eval.view.x__getter__mutmut_*
+                       prunecal.eval.view.x_load_view__mutmut_* prunecal.eval.view.x_fmt_stat__mutmut_*
+                       prunecal.eval.view.xǁNetǁ[ir]* prunecal.eval.view.xǁStatǁ*"
+                for m in __post_init__ nets pruned_nets has_base finetuned seeds_of clean_units clean_stat \
+                         corruption_units_of corruption_stat n_corruption_units _seed_mean_by_condition \
+                         condition_changes robustness_net _robustness reference_speed fastest stored_bytes \
+                         reference_bytes finetune_info; do
+                    NAMES="$NAMES prunecal.eval.view.xǁStudyViewǁ${m}__mutmut_*"
+                done
+            fi
+            # the table-level checks (test_report_tables.py reruns test_report_content's column checks on
+            # the Table objects: 1 s instead of a full report build with figures, 45 s a survivor); the
+            # one rendering test of test_report_verdict.py has its Table-level twin in test_report_tables.py
+            TESTS="tests/test_report_tables.py tests/test_report_verdict.py
+                   --deselect=tests/test_report_verdict.py::test_verdict_table_marks_safe_and_fast" ;;
+        params)  # mutmut sees only param(); the PARAMS table: scripts/mutation_params_table.py (run below)
             ONLY="prunecal/corruptions/params.py"; NAMES=""
             TESTS="$(cd "$ROOT" && ls tests/test_corruption*.py 2>/dev/null | tr '\n' ' ')" ;;
-        *) echo "unknown target $1 (metrics metrics/NAME fold plan report params)" >&2; exit 2 ;;
+        *) echo "unknown target $1 (metrics metrics/NAME fold plan report report/NAME params)" >&2; exit 2 ;;
     esac
 }
 
@@ -61,7 +81,8 @@ run_target() {
     {
         echo "[mutmut]"
         echo "source_paths = prunecal"
-        echo "only_mutate = $ONLY"
+        echo "only_mutate ="
+        (set -f; for f in $ONLY; do echo "    $f"; done)
         echo "pytest_add_cli_args = -p no:cacheprovider -q"
         echo "pytest_add_cli_args_test_selection ="
         for f in $TESTS; do echo "    $f"; done
@@ -100,4 +121,8 @@ EOF
 
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(metrics fold plan report params)
-for t in "${targets[@]}"; do run_target "$t"; done
+for t in "${targets[@]}"; do
+    run_target "$t"
+    # mutmut mutates code in functions only: params.py's table (module-level data) gets its own run
+    if [ "$t" = params ]; then (cd "$ROOT" && PYTHONPATH="$ROOT" nice -n "$NICE" "$PY" scripts/mutation_params_table.py); fi
+done

@@ -127,6 +127,43 @@ def test_sigkill_then_resume_completes_without_duplicates(tmp_path):
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     con.close()
     assert (out / "report.html").is_file()
+    # every stored value (metrics, TS metrics, reliability bins, CIs, sizes) equals an uninterrupted run
+    ref = tmp_path / "ref"
+    r = cli("--out", str(ref), "--no-report", *TINY)
+    assert r.returncode == 0, r.stderr
+    got, want = stored_units(db), stored_units(ref / "results.sqlite")
+    assert set(got) == set(want) and len(want) == TINY_UNITS
+    for key, row in want.items():
+        assert set(got[key]) == set(row)
+        for col, value in row.items():
+            if col not in TIMING_COLUMNS:
+                assert_same_value(got[key][col], value, f"{key} {col}")
+
+
+TIMING_COLUMNS = {"images_per_s", "eval_seconds", "started_at", "finished_at"}
+
+
+def stored_units(db: Path) -> dict:
+    from prunecal.eval.store import Store, unit_key
+
+    with Store(db) as st:
+        return {unit_key(u): u for u in st.units()}
+
+
+def assert_same_value(got, want, where: str) -> None:
+    """Equal up to float rounding, recursively through the decoded JSON columns (NaN == NaN)."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want), where
+        for k in want:
+            assert_same_value(got[k], want[k], f"{where}.{k}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_same_value(g, w, f"{where}[{i}]")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-9, nan_ok=True), where
+    else:
+        assert got == want, where
 
 
 def test_ctrl_c_exit_130_and_message(tmp_path):

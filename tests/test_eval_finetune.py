@@ -162,8 +162,15 @@ def test_sigkill_during_finetuning_resumes_from_last_epoch(split_npz, tmp_path):
     got, want = _clean_rows(out), _clean_rows(ref)
     assert set(got) == set(want) == {("global_magnitude", 0.7, 0, 4)}
     for k in want:
-        for col in ("accuracy", "ece", "ece_ts", "nll", "temperature"):
+        for col in ("accuracy", "ece", "ece_ts", "nll", "nll_ts", "temperature"):
             assert got[k][col] == pytest.approx(want[k][col], rel=1e-5, abs=1e-6), col
+        for col in ("metrics_json", "metrics_ts_json"):  # every metric, raw and after temperature
+            assert set(got[k][col]) == set(want[k][col]), col
+            for name, value in want[k][col].items():
+                if isinstance(value, str):
+                    assert got[k][col][name] == value, (col, name)
+                else:
+                    assert got[k][col][name] == pytest.approx(value, rel=1e-5, abs=1e-6, nan_ok=True), (col, name)
         assert got[k]["finetune_json"]["history"]["loss"] == pytest.approx(
             want[k]["finetune_json"]["history"]["loss"], rel=1e-5)
 
@@ -237,10 +244,9 @@ def test_slimming_shrinks_bn_scales_before_bn_channel(split_npz, tmp_path):
     assert len(list((tmp_path / "slim").glob("*.pt"))) == 1 and pruned is not None
 
 
-def test_sparse_kernel_finetuning_matches_masked_torch(split_npz, tmp_path):
+def test_sparse_kernel_finetuning_matches_masked_torch(split_npz, tmp_path, native):
     """--finetune-backend csr trains through prunecal.sparse.trainable: the same losses and
     accuracy as masked dense torch up to float rounding, and the zeros stay zero."""
-    pytest.importorskip("prunecal._C")
     outs = {}
     for backend in ("torch", "csr"):
         out = tmp_path / backend

@@ -3,6 +3,7 @@ figures, CSV, idempotent re-run, changed config -> new units, backend equivalenc
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,10 @@ def native_built() -> bool:
     return True
 
 
-BACKENDS = "dense,csr" if native_built() else "dense,torch"
+# a missing or broken native core FAILS the csr units (CI builds it); only PRUNECAL_ALLOW_NO_NATIVE=1
+# (pure-Python work, conftest.require_native) checks 'torch' as the second backend instead
+ALLOW_NO_NATIVE = os.environ.get("PRUNECAL_ALLOW_NO_NATIVE") == "1"
+BACKENDS = "dense,torch" if ALLOW_NO_NATIVE and not native_built() else "dense,csr"
 ARGS = ["--limit", "40", "--methods", "global_magnitude,l1_filter", "--sparsities", "0,0.5",
         "--corruptions", "gaussian_noise,fog", "--severities", "1,5", "--sparse-backend", BACKENDS,
         "--batch-size", "16", "--n-bootstrap", "20", "--threads", "1", "--quiet", "--keep-logits"]
@@ -101,7 +105,7 @@ def test_metrics_match_independent_formula(study):
 def test_backend_equivalence(study):
     primary, other = BACKENDS.split(",")
     if other == "torch":
-        pytest.skip("prunecal._C is not built (scripts/dev_build.sh): csr checked as 'torch' instead")
+        pytest.skip("prunecal._C is not built and PRUNECAL_ALLOW_NO_NATIVE=1: csr checked as 'torch' instead")
     with Store(study / "results.sqlite") as st:
         clean = [u for u in st.units() if u["corruption"] == "clean"]
     for u in [u for u in clean if u["backend"] == other]:

@@ -345,3 +345,32 @@ def test_no_samples_is_a_clear_error():
         with pytest.raises(ValueError) as e:
             ce_from_stats(empty, norm)
         assert str(e.value) == "no samples: calibration error is undefined"
+
+
+# ---- mutation-run survivors (scripts/mutation.sh metrics/reliability) --------------------------------
+def test_reliability_defaults_dtypes_and_binning_label():
+    import warnings
+
+    from prunecal.metrics.calibration import bin_stats
+    from prunecal.metrics.reliability import reliability_from_stats
+
+    p, y = _random(200, 4, seed=3)
+    rb = M.reliability_bins(p, y)
+    assert rb.count.shape == (15,) and rb.to_dict()["n_bins"] == 15  # default: 15 bins
+    assert rb.count.dtype == np.int64 and rb.binning == "width"  # documented int64 counts
+    mass = M.reliability_bins(p, y, n_bins=4, binning="mass")
+    assert mass.binning == "mass" and mass.to_dict()["binning"] == "mass"
+    assert mass.count.tolist() == [50, 50, 50, 50]
+    conf = p.max(1)
+    st = bin_stats(conf, p.argmax(1) == y, 5, "width")
+    assert reliability_from_stats(st).binning == "width"  # default label
+    assert reliability_from_stats(st, "mass").binning == "mass"
+    with warnings.catch_warnings():  # empty bins give NaN without a RuntimeWarning
+        warnings.simplefilter("error")
+        q = np.array([[0.9, 0.1], [0.8, 0.2]])
+        rb = M.reliability_bins(q, [0, 1], n_bins=10)
+    assert np.isnan(rb.confidence[:8]).all() and np.isnan(rb.accuracy[:8]).all()
+    assert rb.accuracy[8:].tolist() == [0.0, 1.0]
+    with pytest.raises(ValueError) as e:
+        M.reliability_bins(p, y, binning="quantile")
+    assert str(e.value) == "binning must be one of ('width', 'mass'), got 'quantile'"

@@ -71,3 +71,45 @@ def test_bad_input():
     with pytest.raises(ValueError, match="keep_probs"):
         _ = acc.probs
     assert acc.n == 0  # failed updates leave no trace
+
+
+# ---- mutation-run survivors (scripts/mutation.sh metrics/streaming) ---------------------------------
+def test_probabilities_with_a_zero_true_class_clip_the_nll_at_1e_12():
+    """From probabilities, a true-class probability of 0 costs -ln(1e-12) (the documented clip),
+    as in the one-shot ``nll``; expected value written out here."""
+    p = np.array([[0.7, 0.3, 0.0], [0.0, 0.0, 1.0], [0.2, 0.5, 0.3], [1.0, 0.0, 0.0]])
+    y = np.array([0, 1, 1, 2])
+    acc = M.MetricAccumulator(3)
+    acc.update(p[:2], y[:2], from_logits=False)
+    acc.update(p[2:], y[2:], from_logits=False)
+    want = -(np.log(0.7) + np.log(1e-12) + np.log(0.5) + np.log(1e-12)) / 4
+    assert acc.compute()["nll"] == pytest.approx(want, rel=1e-12)
+
+
+def test_num_classes_must_be_an_integer_from_2():
+    assert M.MetricAccumulator(2).num_classes == 2
+    assert M.MetricAccumulator(np.int64(3)).num_classes == 3
+    for bad in (1, 0, 3.0, True, "3"):
+        with pytest.raises(ValueError) as e:
+            M.MetricAccumulator(bad)
+        assert str(e.value) == f"num_classes must be an integer >= 2, got {bad!r}"
+
+
+def test_errors_name_the_argument():
+    acc = M.MetricAccumulator(3)
+    with pytest.raises(ValueError) as e:
+        acc.compute()
+    assert str(e.value) == "MetricAccumulator.compute() called before any update()"
+    with pytest.raises(ValueError) as e:
+        acc.update(np.full((2, 3), np.nan), [0, 1])
+    assert str(e.value) == "logits contains NaN or Inf (2 rows)"
+    with pytest.raises(ValueError) as e:
+        acc.update(np.full((2, 3), 0.5), [0, 1], from_logits=False)
+    assert str(e.value).startswith("rows of probs must sum to 1 (tolerance 0.001)")
+    with pytest.raises(ValueError) as e:
+        acc.update(np.zeros((3, 3)), [0, 1])
+    assert str(e.value) == "length mismatch: 3 predictions but 2 labels"
+    with pytest.raises(ValueError) as e:
+        acc.update(np.full((3, 3), 1 / 3), [0, 1, 2, 0], from_logits=False)
+    assert str(e.value) == "length mismatch: 3 predictions but 4 labels"
+    assert acc.n == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("prunecal._C")
+pytestmark = pytest.mark.usefixtures("native")  # a missing _C fails (conftest.require_native)
 
 from prunecal.sparse.formats import CSRWeight  # noqa: E402
 from prunecal.sparse.ops import sparse_conv2d, sparse_linear  # noqa: E402

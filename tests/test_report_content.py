@@ -52,7 +52,8 @@ def _unit(rng, net, seed, corruption, severity, backend, ips):
               "ece_ts": [ts["ece"] - w[2], ts["ece"] + w[2]], "nll": [raw["nll"] - w[3], raw["nll"] + w[3]]}
     ft = None
     if ep:
-        ft = {"recipe": RECIPE, "history": {"loss": [1.0, 0.5 + 0.1 * seed], "train_acc": [0.5, 0.8 + 0.01 * seed]},
+        ft = {"recipe": RECIPE, "history": {"loss": [1.0, 0.8, 0.5 + 0.1 * seed],
+                                            "train_acc": [0.5, 0.7, 0.8 + 0.01 * seed]},
               "seconds": 10.0 + seed}
     return dict(
         config_hash="h", model="resnet20", method=method, sparsity=s, seed=seed, finetune_epochs=ep,
@@ -67,6 +68,16 @@ def _unit(rng, net, seed, corruption, severity, backend, ips):
 
 def build_synthetic(out: Path, nets=NETS, seeds=SEEDS, corruptions=BENCHMARK, seed=0) -> list[dict]:
     """Insert the synthetic study into ``out/results.sqlite``; returns the inserted rows."""
+    cfg, rows = synthetic(nets, seeds, corruptions, seed)
+    with Store(out / "results.sqlite") as st:
+        st.record_config("h", cfg)
+        for r in rows:
+            assert st.insert_unit(r)
+    return rows
+
+
+def synthetic(nets=NETS, seeds=SEEDS, corruptions=BENCHMARK, seed=0) -> tuple[dict, list[dict]]:
+    """``(config, unit rows)`` of the synthetic study, not stored."""
     rng = np.random.default_rng(seed)
     cfg = {"model": "resnet20", "methods": ["global_magnitude", "l1_filter"],
            "sparse_backend": ["csr", "dense"], "n_bins": 15, "binning": "width", "batch_size": 64,
@@ -81,11 +92,7 @@ def build_synthetic(out: Path, nets=NETS, seeds=SEEDS, corruptions=BENCHMARK, se
             for c in corruptions:
                 for sev in SEVS:
                     rows.append(_unit(rng, net, sd, c, sev, "csr", 100.0))
-    with Store(out / "results.sqlite") as st:
-        st.record_config("h", cfg)
-        for r in rows:
-            assert st.insert_unit(r)
-    return rows
+    return cfg, rows
 
 
 # -- parsing the rendered tables back ---------------------------------------------------------

@@ -104,3 +104,50 @@ def test_verdict_table_marks_safe_and_fast(tmp_path):
     assert cls[header.index("Δ acc (pp)")] == "within" and cls[header.index("speed-up")] == "better"
     assert cls[header.index("Δ cECE (pp)")] == "within"
     assert "global_magnitude — one-shot: at 0.7: acc" in paths["md"].read_text(encoding="utf-8")
+
+
+# ---- mutation-run survivors (scripts/mutation.sh report/verdict) ----------------------------------
+def test_t_table_every_df_and_error():
+    from scipy import stats
+
+    for df in range(1, 31):  # the table is rounded to 3 decimals
+        assert V.t975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=5e-4), df
+    assert V.t975(31) == 1.96
+    with pytest.raises(ValueError) as e:
+        V.t975(0)
+    assert str(e.value) == "df must be >= 1, got 0"
+
+
+def test_interval_and_ratio_boundaries():
+    # an interval touching the null on either end still contains it
+    assert V.interval_class(0.0, 0.02, higher_is_better=False) == V.WITHIN
+    assert V.interval_class(-0.02, 0.0, higher_is_better=False) == V.WITHIN
+    assert V.interval_class(0.001, 0.02, higher_is_better=True) == V.BETTER
+    # touching intervals overlap, on either side
+    assert V.overlap_class((0.85, 0.88), (0.88, 0.92), higher_is_better=True) == V.WITHIN
+    assert V.overlap_class((0.92, 0.95), (0.88, 0.92), higher_is_better=True) == V.WITHIN
+    assert V.overlap_class((0.85, 0.87), None, higher_is_better=True) == V.NA
+    # a one-sided (NaN) CI with one seed is no interval
+    assert V.network_interval(0.9, 0.0, 1, (0.88, math.nan)) is None
+    assert V.network_interval(0.9, 0.0, 1, (math.nan, 0.92)) is None
+    # the speed band is inclusive: [1/1.1, 1.1]
+    assert V.ratio_class(1 + 0.10, 0.10) == V.WITHIN
+    assert V.ratio_class(1 / (1 + 0.10), 0.10) == V.WITHIN
+    for bad in (0.0, -1.0, math.nan, math.inf):
+        assert V.ratio_class(bad, 0.10) == V.NA, bad
+
+
+def test_paired_interval_with_two_values():
+    d = [0.01, 0.03]
+    m, lo, hi = V.paired_interval(d)
+    h = 12.706 * np.std(d, ddof=1) / math.sqrt(2)  # Student t, 1 df
+    assert (m, lo, hi) == pytest.approx((0.02, 0.02 - h, 0.02 + h))
+
+
+def test_overall_names_every_worse_cell():
+    ok = {k: V.WITHIN for k in V.SAFETY_KEYS}
+    assert V.overall({**ok, "ece": V.WORSE, "cece": V.WORSE}) == "worse ECE, cECE"
+    assert V.overall({**ok, "ece": V.WORSE, "ece_ts": V.WORSE, "mce": V.WORSE, "cece": V.WORSE,
+                      "accuracy": V.WORSE, "speedup": V.BETTER}) == "faster; worse accuracy, ECE, ECE (TS), mCE, cECE"
+    assert V.overall({"speedup": V.BETTER}) == "no clean interval"  # accuracy not given at all
+    assert V.overall({"speedup": V.BETTER, "ece": V.WORSE}) == "faster; worse ECE"
