@@ -28,10 +28,6 @@ def _pct(x: float | None, nd: int = 1) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{nd}f}"
 
 
-def _f(x: float | None, nd: int = 3) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
-
-
 def _kib(x: float | None) -> str:
     return "–" if x is None else f"{x / 1024:,.1f}"
 
