@@ -205,3 +205,32 @@ def test_planted_temperature_would_change_the_results(clean, cache, tmp_path):
     for k, v in got.items():
         assert v[METRICS.index("temperature")] == 0.05
         assert v[METRICS.index("nll_ts")] != clean[1][k][METRICS.index("nll_ts")]
+
+
+def test_a_reader_never_sees_an_artefact_without_its_manifest(tmp_path, monkeypatch):
+    """Two processes on one cache: whenever an artefact file becomes visible, a concurrent
+    reader (another ArtefactCache on the same folder) finds it valid, so it never removes a
+    half-published artefact (seen as a FileNotFoundError in the writer: a CI failure)."""
+    import prunecal.eval.cache as cache_mod
+
+    writer, reader = ArtefactCache(tmp_path), ArtefactCache(tmp_path)
+    path = writer.path("finetune", "net_e1", suffix=".json")
+    real = cache_mod.atomic_write
+    seen = []
+
+    def spy(p, write):
+        out = real(p, write)
+        if path.is_file():  # the artefact is visible: what does a reader conclude right now?
+            seen.append(reader.check(path))
+        return out
+
+    monkeypatch.setattr(cache_mod, "atomic_write", spy)
+    writer.put_json(path, {"temperature": 1.5})
+    assert seen and all(seen) and reader.rebuilt == 0
+    assert reader.get_json(path) == {"temperature": 1.5}
+    model = torch.nn.Linear(3, 2)
+    mpath = writer.path("models", "lin")
+    seen.clear()
+    path = mpath
+    writer.save_model(mpath, model)
+    assert seen and all(seen) and reader.rebuilt == 0

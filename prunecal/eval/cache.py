@@ -13,6 +13,7 @@ is keyed by its pruned parent, which is keyed by the base weights' sha256.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -67,11 +68,17 @@ class ArtefactCache:
 
     # -- bytes ---------------------------------------------------------------------------
     def write(self, path: Path, writer: Callable[[Any], None]) -> str:
-        """Write an artefact atomically with ``writer(file)``, then its manifest; its sha256."""
-        atomic_write(path, writer)
-        digest = file_sha256(path)
-        manifest = json.dumps({"sha256": digest, "bytes": path.stat().st_size}).encode()
+        """Write an artefact with ``writer(file)``: its manifest first, then the artefact, each
+        atomically; returns its sha256. In that order an artefact is never visible without its
+        manifest, so a concurrent reader (another process on the same cache) never takes a
+        half-published artefact for a damaged one and removes it."""
+        buf = io.BytesIO()
+        writer(buf)
+        data = buf.getvalue()
+        digest = hashlib.sha256(data).hexdigest()
+        manifest = json.dumps({"sha256": digest, "bytes": len(data)}).encode()
         atomic_write(self._manifest(path), lambda f: f.write(manifest))
+        atomic_write(path, lambda f: f.write(data))
         return digest
 
     def check(self, path: Path) -> bool:
