@@ -145,7 +145,7 @@ def test_sigkill_during_finetuning_resumes_from_last_epoch(split_npz, tmp_path):
     deadline = time.time() + 300
     killed_at = None
     while time.time() < deadline and proc.poll() is None:
-        done = sorted(ft.glob("*_e[0-9].pt.sha256")) if ft.is_dir() else []
+        done = sorted(ft.glob("*_e[0-9].pt")) if ft.is_dir() else []  # (published after its manifest)
         if done:
             killed_at = done[-1].name
             proc.send_signal(signal.SIGKILL)
