@@ -581,6 +581,50 @@ def test_noise_statistics():
         assert abs(d.std() - c * 128 / 255) < 0.04 * c * 128 / 255
 
 
+# The stable corruption ids of the reference generator's order (docs/corruptions.md), written
+# out: each image's generator is PCG64(SeedSequence([seed, id, severity, index])).
+NOISE_IDS = {"gaussian_noise": 0, "shot_noise": 1, "impulse_noise": 2, "speckle_noise": 15}
+
+
+def _image_gen(seed, name, sev, index):
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, NOISE_IDS[name], sev, index])))
+
+
+@pytest.mark.parametrize("name", list(NOISE_IDS))
+def test_noise_equals_published_formula_with_the_image_generator(photos, name):
+    """make_cifar_c.py's noise formulas in numpy, each image drawing from its own generator
+    (np.random.normal(size, scale=c), np.random.poisson(x * c) / c; salt-and-pepper as
+    documented: plane 0 of U(0, 1) picks the replaced values, plane 1 < 0.5 makes them salt)."""
+    seed, start = 3, 7
+    for sev in range(1, 6):
+        c = PUBLISHED[name][sev - 1]
+        ours = corrupt(photos, name, sev, seed=seed, start_index=start)
+        for i, img in enumerate(photos):
+            g = _image_gen(seed, name, sev, start + i)
+            x = img / 255.0
+            if name == "gaussian_noise":
+                ref = x + g.normal(size=x.shape, scale=c)
+            elif name == "shot_noise":
+                ref = g.poisson(x * c) / c
+            elif name == "speckle_noise":
+                ref = x + x * g.normal(size=x.shape, scale=c)
+            else:
+                u = g.random((2,) + x.shape)
+                ref = np.where(u[0] < c, np.where(u[1] < 0.5, 1.0, 0.0), x)
+            diff = np.abs(ours[i].astype(int) - _u8(ref))
+            # speckle: x * (c * z) here, (x * c) * z there: a truncation may rarely move one level
+            assert diff.max() <= (1 if name == "speckle_noise" else 0) and (diff > 0).mean() < 0.01, (sev, i)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_module_functions_take_an_empty_batch(name):
+    """corrupt() never calls a corruption with no images, other callers may: (0, H, W, 3) uint8 back."""
+    fn = pc.CORRUPTIONS.get(name).fn
+    for sev in (1, 5):
+        out = fn(np.zeros((0, 32, 32, 3), np.uint8), sev, [])
+        assert out.shape == (0, 32, 32, 3) and out.dtype == np.uint8
+
+
 def test_frost_and_fog_ranges(photos):
     for sev in range(1, 6):
         a, b = PUBLISHED["frost"][sev - 1]
