@@ -786,30 +786,34 @@ def test_any_size_any_seed(name, sev, h, w, n, seed, start):
 
 def test_elastic_equals_reference_steps(photos):
     """Per-image reference steps (cv2.warpAffine, skimage gaussian, 3-D map_coordinates)
-    with the same draws give the same pixels."""
+    with the same draws give the same pixels; also on a non-square image of odd height
+    (the reference's centre ``np.float32(shape) // 2`` and its (row, column) points)."""
     from prunecal.corruptions._rng import image_rng
 
-    for sev in (1, 3, 5):
-        alpha, sigma, jitter = PUBLISHED["elastic_transform"][sev - 1]
-        ours = corrupt(photos[:3], "elastic_transform", sev, seed=1)
-        for i, img in enumerate(photos[:3]):
-            g = image_rng(1, "elastic_transform", sev, i)
-            image = np.array(img, dtype=np.float32) / 255.0
-            centre = np.float32((32, 32)) // 2
-            s = 32 // 3
-            pts1 = np.float32([centre + s, [centre[0] + s, centre[1] - s], centre - s])
-            pts2 = pts1 + g.uniform(-jitter, jitter, size=(3, 2)).astype(np.float32)
-            image = cv2.warpAffine(image, cv2.getAffineTransform(pts1, pts2), (32, 32),
-                                   borderMode=cv2.BORDER_REFLECT_101)
-            fields = g.uniform(-1, 1, size=(2, 32, 32))
-            dx = (gaussian(fields[0], sigma, mode="reflect", truncate=3) * alpha).astype(np.float32)
-            dy = (gaussian(fields[1], sigma, mode="reflect", truncate=3) * alpha).astype(np.float32)
-            xx, yy, zz = np.meshgrid(np.arange(32), np.arange(32), np.arange(3))
-            idx = (np.reshape(yy + dy[..., None], (-1, 1)), np.reshape(xx + dx[..., None], (-1, 1)),
-                   np.reshape(zz, (-1, 1)))
-            ref = ndi.map_coordinates(image, idx, order=1, mode="reflect").reshape(32, 32, 3)
-            diff = np.abs(ours[i].astype(int) - _u8(ref).astype(int))
-            assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (sev, diff.max())
+    odd = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((40, 33), Image.Resampling.BOX))
+    for images in (photos[:3], odd[None]):
+        h, w = images.shape[1:3]
+        for sev in (1, 3, 5):
+            alpha, sigma, jitter = PUBLISHED["elastic_transform"][sev - 1]
+            ours = corrupt(images, "elastic_transform", sev, seed=1)
+            for i, img in enumerate(images):
+                g = image_rng(1, "elastic_transform", sev, i)
+                image = np.array(img, dtype=np.float32) / 255.0
+                centre = np.float32((h, w)) // 2
+                s = min(h, w) // 3
+                pts1 = np.float32([centre + s, [centre[0] + s, centre[1] - s], centre - s])
+                pts2 = pts1 + g.uniform(-jitter, jitter, size=(3, 2)).astype(np.float32)
+                image = cv2.warpAffine(image, cv2.getAffineTransform(pts1, pts2), (w, h),
+                                       borderMode=cv2.BORDER_REFLECT_101)
+                fields = g.uniform(-1, 1, size=(2, h, w))
+                dx = (gaussian(fields[0], sigma, mode="reflect", truncate=3) * alpha).astype(np.float32)
+                dy = (gaussian(fields[1], sigma, mode="reflect", truncate=3) * alpha).astype(np.float32)
+                xx, yy, zz = np.meshgrid(np.arange(w), np.arange(h), np.arange(3))
+                idx = (np.reshape(yy + dy[..., None], (-1, 1)), np.reshape(xx + dx[..., None], (-1, 1)),
+                       np.reshape(zz, (-1, 1)))
+                ref = ndi.map_coordinates(image, idx, order=1, mode="reflect").reshape(h, w, 3)
+                diff = np.abs(ours[i].astype(int) - _u8(ref).astype(int))
+                assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (h, w, sev, diff.max())
 
 
 # ---------------------------------------------------------------- explicit per-image indices
