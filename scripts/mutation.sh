@@ -72,12 +72,14 @@ target() {
             if [ "$1" = corruptions ]; then
                 ONLY="prunecal/corruptions/noise.py prunecal/corruptions/blur.py prunecal/corruptions/weather.py prunecal/corruptions/digital.py"
             else ONLY="prunecal/$1.py"; fi; NAMES=""
-            # the pixel-level tests (the whole of test_corruptions.py: 3 s) and the noise-model check of
-            # test_corruption_fidelity.py; deselected: its network-accuracy run (ResNet-20 on 300 images
-            # x 95 cells, about 115 s a survivor: it only re-checks at accuracy level what the pixel
-            # tests pin exactly) and the parallel iter_suite test (spawned workers cannot import
-            # mutmut's trampolined package; its serial half repeats corrupt() itself)
-            TESTS="tests/test_corruptions.py tests/test_corruption_fidelity.py
+            # the pixel-level tests (the whole of test_corruptions.py: 3 s), motion blur against
+            # ImageMagick itself (test_corruption_magick.py, 3 s; skips without Wand) and the
+            # noise-model check of test_corruption_fidelity.py; deselected: its network-accuracy run
+            # (ResNet-20 on 300 images x 95 cells, about 115 s a survivor: it only re-checks at
+            # accuracy level what the pixel tests pin exactly) and the parallel iter_suite test
+            # (spawned workers cannot import mutmut's trampolined package; its serial half repeats
+            # corrupt() itself)
+            TESTS="tests/test_corruptions.py tests/test_corruption_magick.py tests/test_corruption_fidelity.py
                    --deselect=tests/test_corruption_fidelity.py::test_accuracy_matches_published_generator
                    --deselect=tests/test_corruptions.py::test_iter_suite_serial_and_parallel" ;;
         *) echo "unknown target $1 (metrics metrics/NAME fold plan report report/NAME params corruptions corruptions/NAME)" >&2; exit 2 ;;

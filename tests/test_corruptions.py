@@ -284,6 +284,30 @@ def test_glass_blur_equals_sequential_loop(photos):
             np.testing.assert_array_equal(ours[i], ref)
 
 
+@pytest.mark.parametrize("params", [(0.9, 2, 1), (1.1, 3, 2)])
+def test_glass_blur_max_delta_above_1_equals_sequential_loop(photos, monkeypatch, params):
+    """The position-by-position path (max_delta > 1: ImageNet-C's severities 2 and 4, not
+    CIFAR's) against the reference's literal loop; positive offsets read pixels already moved."""
+    from prunecal.corruptions import blur
+    from prunecal.corruptions._rng import image_rng
+
+    sigma, delta, iters = params
+    monkeypatch.setattr(blur, "param", lambda name, sev: params)
+    ours = corrupt(photos[:2], "glass_blur", 3, seed=3)
+    for i, img in enumerate(photos[:2]):
+        g = image_rng(3, "glass_blur", 3, i)
+        positions = [(h, w) for h in range(32 - delta, delta, -1) for w in range(32 - delta, delta, -1)]
+        draws = g.integers(-delta, delta, size=(iters, len(positions), 2))
+        x = np.uint8(gaussian(img / 255.0, sigma=sigma, channel_axis=-1) * 255)
+        for it in range(iters):
+            for p, (h, w) in enumerate(positions):
+                dx, dy = draws[it, p]
+                hp, wp = h + dy, w + dx
+                x[h, w], x[hp, wp] = x[hp, wp], x[h, w]
+        ref = _u8(gaussian(x / 255.0, sigma=sigma, channel_axis=-1))
+        np.testing.assert_array_equal(ours[i], ref)
+
+
 def _plasma_reference(u: np.ndarray, mapsize: int, decay: float) -> np.ndarray:
     """The reference's diamond-square, one map, consuming ``u`` in order."""
     m = np.empty((mapsize, mapsize))
@@ -361,6 +385,7 @@ def test_motion_blur_impulse_matches_imagemagick(key):
     for (dx, dy), v in MAGICK_IMPULSE[key].items():
         expected[32 - dy, 32 - dx] = v
     np.testing.assert_array_equal(out, expected)
+    assert out.dtype == np.uint8  # the 8-bit PNG value, as documented
     # RGB: each channel alike
     rgb = magick_motion_blur(np.repeat(img[..., None], 3, axis=-1), *key)
     np.testing.assert_array_equal(rgb, np.repeat(expected[..., None], 3, axis=-1))
@@ -381,6 +406,17 @@ def test_motion_taps(radius, sigma, angle):
     assert dx[0] == 0 and dy[0] == 0
     with pytest.raises(ValueError, match="radius"):
         motion_taps(0, sigma, angle)
+
+
+def test_motion_taps_epsilon_edge_cases():
+    """ImageMagick's guards: sigma below MagickEpsilon (1e-12) is taken as 1e-12 (all weight
+    on tap 0), a radius must exceed MagickEpsilon; offsets are int64."""
+    w, dx, dy = motion_taps(3, 0.0, 30.0)
+    np.testing.assert_array_equal(w, [1, 0, 0, 0, 0, 0, 0])
+    assert dx.dtype == dy.dtype == np.int64
+    with pytest.raises(ValueError, match="radius"):
+        motion_taps(1e-12, 1.0, 0.0)
+    assert motion_taps(2e-12, 1.0, 0.0)[0].shape == (3,)
 
 
 def test_motion_blur_of_edge_moves_along_angle():
