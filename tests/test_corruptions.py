@@ -507,10 +507,11 @@ def test_frost_equals_reference_steps(photos):
     from prunecal.corruptions.textures import FROST_DIR
 
     pics = [np.asarray(Image.open(FROST_DIR / f"frost{k}.png").convert("RGB")).astype(float) for k in range(1, 7)]
+    images = np.concatenate([photos, np.zeros((8, 32, 32, 3), np.uint8)])  # black: frost alone, dark parts -> 0
     for sev in range(1, 6):
         a, b = PUBLISHED["frost"][sev - 1]
-        ours = corrupt(photos, "frost", sev, seed=4)
-        for i, img in enumerate(photos):
+        ours = corrupt(images, "frost", sev, seed=4)
+        for i, img in enumerate(images):
             g = image_rng(4, "frost", sev, i)
             t = pics[g.integers(5)]
             r0 = g.integers(0, t.shape[0] - 32)
@@ -594,6 +595,45 @@ def test_spatter_equals_reference_steps(photos):
                 ref = _u8(x * (1 - m[..., None]) + np.array([63, 42, 20]) / 255.0 * m[..., None])
             diff = np.abs(ours[i].astype(int) - ref)
             assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (sev, diff.max())
+
+
+def _spatter_water_reference(img, params, g):
+    """make_cifar_c.py's water spatter for any image size, with prunecal's documented guard
+    (the liquid layer clipped to [0, 1] before the 8-bit cast; the reference wraps around)."""
+    loc, scale, sigma, thr, inten, _ = params
+    x = img.astype(np.float32) / 255.0
+    liquid = gaussian(g.normal(loc, scale, size=img.shape[:2]), sigma=sigma)
+    liquid[liquid < thr] = 0
+    l8 = (np.clip(liquid, 0, 1) * 255).astype(np.uint8)
+    dist = cv2.distanceTransform(255 - cv2.Canny(l8, 50, 150), cv2.DIST_L2, 5)
+    _, dist = cv2.threshold(dist, 20, 20, cv2.THRESH_TRUNC)
+    dist = cv2.equalizeHist(cv2.blur(dist, (3, 3)).astype(np.uint8))
+    dist = cv2.filter2D(dist, cv2.CV_8U, np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]]))
+    m = l8 * cv2.blur(dist, (3, 3)).astype(np.float32)
+    m = m / m.max() * inten if m.max() > 0 else m
+    return _u8(x + m[..., None] * np.array([175, 238, 238]) / 255.0)
+
+
+def test_spatter_water_exact_on_large_images_and_guards(monkeypatch):
+    """Water spatter equals the reference steps exactly: on 96x96 images (distances to the
+    nearest drop edge beyond the 20 px truncation), with liquid above 1 (saturates instead of
+    wrapping) and with no drop at all (image unchanged, where the reference divides by 0)."""
+    from prunecal.corruptions import weather
+    from prunecal.corruptions._rng import image_rng
+
+    big = np.stack([np.asarray(Image.fromarray(getattr(skimage.data, n)()).resize((96, 96), Image.Resampling.BOX))
+                    for n in ("astronaut", "chelsea", "coffee")])
+    cases = [PUBLISHED["spatter"][0], PUBLISHED["spatter"][2], (0.55, 0.1, 0.7, 0.7, 0.5, 0),  # sparse drops
+             (1.6, 0.3, 1, 0.69, 0.5, 0),  # liquid above 1
+             (0.65, 0.1, 0.7, 50.0, 0.5, 0)]  # no drops
+    for params in cases:
+        monkeypatch.setattr(weather, "param", lambda name, sev: params)
+        ours = corrupt(big, "spatter", 2, seed=11)
+        for i, img in enumerate(big):
+            ref = _spatter_water_reference(img, params, image_rng(11, "spatter", 2, i))
+            np.testing.assert_array_equal(ours[i], ref, err_msg=f"{params} image {i}")
+        if params[3] > 1:
+            np.testing.assert_array_equal(ours, big)
 
 
 # ---------------------------------------------------------------- statistics of the noise
