@@ -520,6 +520,35 @@ def test_frost_equals_reference_steps(photos):
             np.testing.assert_array_equal(ours[i], ref, err_msg=f"severity {sev} image {i}")
 
 
+def test_frost_at_the_texture_size_boundary():
+    """The smallest drawn pictures are 63 rows (frost2, frost3) and 105 columns (frost4):
+    62 x 104 images crop them unscaled (reference crop formula, exact); 63 x 105 images need
+    them upscaled (randint(0, 0) would fail) and must still work."""
+    from prunecal.corruptions._rng import image_rng
+    from prunecal.corruptions.textures import FROST_DIR
+
+    pics = [np.asarray(Image.open(FROST_DIR / f"frost{k}.png").convert("RGB")).astype(float) for k in range(1, 6)]
+    assert min(p.shape[0] for p in pics) == 63 and min(p.shape[1] for p in pics) == 105
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, size=(16, 62, 104, 3), dtype=np.uint8)
+    a, b = PUBLISHED["frost"][2]
+    ours = corrupt(x, "frost", 3, seed=2)
+    drawn = set()
+    for i, img in enumerate(x):
+        g = image_rng(2, "frost", 3, i)
+        k = int(g.integers(5))
+        drawn.add(k)
+        t = pics[k]
+        r0 = g.integers(0, t.shape[0] - 62)
+        c0 = g.integers(0, t.shape[1] - 104)
+        ref = np.uint8(np.clip(a * img.astype(float) + b * t[r0:r0 + 62, c0:c0 + 104], 0, 255))
+        np.testing.assert_array_equal(ours[i], ref, err_msg=f"image {i} texture {k}")
+    assert {1, 2, 3} <= drawn  # the boundary pictures were used
+    big = rng.integers(0, 256, size=(16, 63, 105, 3), dtype=np.uint8)
+    out = corrupt(big, "frost", 3, seed=2)
+    assert out.shape == big.shape and (out.astype(int) >= np.floor(a * big) - 1).all()
+
+
 def test_frost_uses_five_textures_and_whole_range():
     """Over many images every one of the first five textures is used and crops start anywhere
     in range (chi-square-free sanity check of the draw)."""
