@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Mutation testing of the modules whose bugs the tests must catch (docs/testing.md has the scores).
 #
-#   scripts/mutation.sh [TARGET ...]      TARGET: metrics fold plan report params (default: all),
+#   scripts/mutation.sh [TARGET ...]      TARGET: metrics fold plan report params corruptions (default: all),
 #                                         metrics/NAME for one file of prunecal/metrics/, report/NAME
-#                                         for one of prunecal/eval/{view,tables,verdict,report,render}.py
+#                                         for one of prunecal/eval/{view,tables,verdict,report,render}.py,
+#                                         corruptions/NAME for one of prunecal/corruptions/{noise,blur,weather,digital}.py
 #
 # Uses mutmut 3 (PyPI; installed here if missing, NOT part of the test extra). Each target runs
 # in its own copy of the checkout (built native core included) under $MUTATION_DIR
@@ -66,7 +67,22 @@ target() {
         params)  # mutmut sees only param(); the PARAMS table: scripts/mutation_params_table.py (run below)
             ONLY="prunecal/corruptions/params.py"; NAMES=""
             TESTS="$(cd "$ROOT" && ls tests/test_corruption*.py 2>/dev/null | tr '\n' ' ')" ;;
-        *) echo "unknown target $1 (metrics metrics/NAME fold plan report report/NAME params)" >&2; exit 2 ;;
+        corruptions|corruptions/noise|corruptions/blur|corruptions/weather|corruptions/digital)
+            # the corruption functions (corruptions/NAME: one family's module; `corruptions`: all four)
+            if [ "$1" = corruptions ]; then
+                ONLY="prunecal/corruptions/noise.py prunecal/corruptions/blur.py prunecal/corruptions/weather.py prunecal/corruptions/digital.py"
+            else ONLY="prunecal/$1.py"; fi; NAMES=""
+            # the pixel-level tests (the whole of test_corruptions.py: 3 s), motion blur against
+            # ImageMagick itself (test_corruption_magick.py, 3 s; skips without Wand) and the
+            # noise-model check of test_corruption_fidelity.py; deselected: its network-accuracy run
+            # (ResNet-20 on 300 images x 95 cells, about 115 s a survivor: it only re-checks at
+            # accuracy level what the pixel tests pin exactly) and the parallel iter_suite test
+            # (spawned workers cannot import mutmut's trampolined package; its serial half repeats
+            # corrupt() itself)
+            TESTS="tests/test_corruptions.py tests/test_corruption_magick.py tests/test_corruption_fidelity.py
+                   --deselect=tests/test_corruption_fidelity.py::test_accuracy_matches_published_generator
+                   --deselect=tests/test_corruptions.py::test_iter_suite_serial_and_parallel" ;;
+        *) echo "unknown target $1 (metrics metrics/NAME fold plan report report/NAME params corruptions corruptions/NAME)" >&2; exit 2 ;;
     esac
 }
 
@@ -120,7 +136,7 @@ EOF
 }
 
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(metrics fold plan report params)
+[ ${#targets[@]} -eq 0 ] && targets=(metrics fold plan report params corruptions)
 for t in "${targets[@]}"; do
     run_target "$t"
     # mutmut mutates code in functions only: params.py's table (module-level data) gets its own run

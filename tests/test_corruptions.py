@@ -284,6 +284,30 @@ def test_glass_blur_equals_sequential_loop(photos):
             np.testing.assert_array_equal(ours[i], ref)
 
 
+@pytest.mark.parametrize("params", [(0.9, 2, 1), (1.1, 3, 2)])
+def test_glass_blur_max_delta_above_1_equals_sequential_loop(photos, monkeypatch, params):
+    """The position-by-position path (max_delta > 1: ImageNet-C's severities 2 and 4, not
+    CIFAR's) against the reference's literal loop; positive offsets read pixels already moved."""
+    from prunecal.corruptions import blur
+    from prunecal.corruptions._rng import image_rng
+
+    sigma, delta, iters = params
+    monkeypatch.setattr(blur, "param", lambda name, sev: params)
+    ours = corrupt(photos[:2], "glass_blur", 3, seed=3)
+    for i, img in enumerate(photos[:2]):
+        g = image_rng(3, "glass_blur", 3, i)
+        positions = [(h, w) for h in range(32 - delta, delta, -1) for w in range(32 - delta, delta, -1)]
+        draws = g.integers(-delta, delta, size=(iters, len(positions), 2))
+        x = np.uint8(gaussian(img / 255.0, sigma=sigma, channel_axis=-1) * 255)
+        for it in range(iters):
+            for p, (h, w) in enumerate(positions):
+                dx, dy = draws[it, p]
+                hp, wp = h + dy, w + dx
+                x[h, w], x[hp, wp] = x[hp, wp], x[h, w]
+        ref = _u8(gaussian(x / 255.0, sigma=sigma, channel_axis=-1))
+        np.testing.assert_array_equal(ours[i], ref)
+
+
 def _plasma_reference(u: np.ndarray, mapsize: int, decay: float) -> np.ndarray:
     """The reference's diamond-square, one map, consuming ``u`` in order."""
     m = np.empty((mapsize, mapsize))
@@ -361,6 +385,7 @@ def test_motion_blur_impulse_matches_imagemagick(key):
     for (dx, dy), v in MAGICK_IMPULSE[key].items():
         expected[32 - dy, 32 - dx] = v
     np.testing.assert_array_equal(out, expected)
+    assert out.dtype == np.uint8  # the 8-bit PNG value, as documented
     # RGB: each channel alike
     rgb = magick_motion_blur(np.repeat(img[..., None], 3, axis=-1), *key)
     np.testing.assert_array_equal(rgb, np.repeat(expected[..., None], 3, axis=-1))
@@ -381,6 +406,17 @@ def test_motion_taps(radius, sigma, angle):
     assert dx[0] == 0 and dy[0] == 0
     with pytest.raises(ValueError, match="radius"):
         motion_taps(0, sigma, angle)
+
+
+def test_motion_taps_epsilon_edge_cases():
+    """ImageMagick's guards: sigma below MagickEpsilon (1e-12) is taken as 1e-12 (all weight
+    on tap 0), a radius must exceed MagickEpsilon; offsets are int64."""
+    w, dx, dy = motion_taps(3, 0.0, 30.0)
+    np.testing.assert_array_equal(w, [1, 0, 0, 0, 0, 0, 0])
+    assert dx.dtype == dy.dtype == np.int64
+    with pytest.raises(ValueError, match="radius"):
+        motion_taps(1e-12, 1.0, 0.0)
+    assert motion_taps(2e-12, 1.0, 0.0)[0].shape == (3,)
 
 
 def test_motion_blur_of_edge_moves_along_angle():
@@ -471,16 +507,46 @@ def test_frost_equals_reference_steps(photos):
     from prunecal.corruptions.textures import FROST_DIR
 
     pics = [np.asarray(Image.open(FROST_DIR / f"frost{k}.png").convert("RGB")).astype(float) for k in range(1, 7)]
+    images = np.concatenate([photos, np.zeros((8, 32, 32, 3), np.uint8)])  # black: frost alone, dark parts -> 0
     for sev in range(1, 6):
         a, b = PUBLISHED["frost"][sev - 1]
-        ours = corrupt(photos, "frost", sev, seed=4)
-        for i, img in enumerate(photos):
+        ours = corrupt(images, "frost", sev, seed=4)
+        for i, img in enumerate(images):
             g = image_rng(4, "frost", sev, i)
             t = pics[g.integers(5)]
             r0 = g.integers(0, t.shape[0] - 32)
             c0 = g.integers(0, t.shape[1] - 32)
             ref = np.uint8(np.clip(a * img.astype(float) + b * t[r0:r0 + 32, c0:c0 + 32], 0, 255))
             np.testing.assert_array_equal(ours[i], ref, err_msg=f"severity {sev} image {i}")
+
+
+def test_frost_at_the_texture_size_boundary():
+    """The smallest drawn pictures are 63 rows (frost2, frost3) and 105 columns (frost4):
+    62 x 104 images crop them unscaled (reference crop formula, exact); 63 x 105 images need
+    them upscaled (randint(0, 0) would fail) and must still work."""
+    from prunecal.corruptions._rng import image_rng
+    from prunecal.corruptions.textures import FROST_DIR
+
+    pics = [np.asarray(Image.open(FROST_DIR / f"frost{k}.png").convert("RGB")).astype(float) for k in range(1, 6)]
+    assert min(p.shape[0] for p in pics) == 63 and min(p.shape[1] for p in pics) == 105
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, size=(16, 62, 104, 3), dtype=np.uint8)
+    a, b = PUBLISHED["frost"][2]
+    ours = corrupt(x, "frost", 3, seed=2)
+    drawn = set()
+    for i, img in enumerate(x):
+        g = image_rng(2, "frost", 3, i)
+        k = int(g.integers(5))
+        drawn.add(k)
+        t = pics[k]
+        r0 = g.integers(0, t.shape[0] - 62)
+        c0 = g.integers(0, t.shape[1] - 104)
+        ref = np.uint8(np.clip(a * img.astype(float) + b * t[r0:r0 + 62, c0:c0 + 104], 0, 255))
+        np.testing.assert_array_equal(ours[i], ref, err_msg=f"image {i} texture {k}")
+    assert {1, 2, 3} <= drawn  # the boundary pictures were used
+    big = rng.integers(0, 256, size=(16, 63, 105, 3), dtype=np.uint8)
+    out = corrupt(big, "frost", 3, seed=2)
+    assert out.shape == big.shape and (out.astype(int) >= np.floor(a * big) - 1).all()
 
 
 def test_frost_uses_five_textures_and_whole_range():
@@ -560,6 +626,45 @@ def test_spatter_equals_reference_steps(photos):
             assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (sev, diff.max())
 
 
+def _spatter_water_reference(img, params, g):
+    """make_cifar_c.py's water spatter for any image size, with prunecal's documented guard
+    (the liquid layer clipped to [0, 1] before the 8-bit cast; the reference wraps around)."""
+    loc, scale, sigma, thr, inten, _ = params
+    x = img.astype(np.float32) / 255.0
+    liquid = gaussian(g.normal(loc, scale, size=img.shape[:2]), sigma=sigma)
+    liquid[liquid < thr] = 0
+    l8 = (np.clip(liquid, 0, 1) * 255).astype(np.uint8)
+    dist = cv2.distanceTransform(255 - cv2.Canny(l8, 50, 150), cv2.DIST_L2, 5)
+    _, dist = cv2.threshold(dist, 20, 20, cv2.THRESH_TRUNC)
+    dist = cv2.equalizeHist(cv2.blur(dist, (3, 3)).astype(np.uint8))
+    dist = cv2.filter2D(dist, cv2.CV_8U, np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]]))
+    m = l8 * cv2.blur(dist, (3, 3)).astype(np.float32)
+    m = m / m.max() * inten if m.max() > 0 else m
+    return _u8(x + m[..., None] * np.array([175, 238, 238]) / 255.0)
+
+
+def test_spatter_water_exact_on_large_images_and_guards(monkeypatch):
+    """Water spatter equals the reference steps exactly: on 96x96 images (distances to the
+    nearest drop edge beyond the 20 px truncation), with liquid above 1 (saturates instead of
+    wrapping) and with no drop at all (image unchanged, where the reference divides by 0)."""
+    from prunecal.corruptions import weather
+    from prunecal.corruptions._rng import image_rng
+
+    big = np.stack([np.asarray(Image.fromarray(getattr(skimage.data, n)()).resize((96, 96), Image.Resampling.BOX))
+                    for n in ("astronaut", "chelsea", "coffee")])
+    cases = [PUBLISHED["spatter"][0], PUBLISHED["spatter"][2], (0.55, 0.1, 0.7, 0.7, 0.5, 0),  # sparse drops
+             (1.6, 0.3, 1, 0.69, 0.5, 0),  # liquid above 1
+             (0.65, 0.1, 0.7, 50.0, 0.5, 0)]  # no drops
+    for params in cases:
+        monkeypatch.setattr(weather, "param", lambda name, sev: params)
+        ours = corrupt(big, "spatter", 2, seed=11)
+        for i, img in enumerate(big):
+            ref = _spatter_water_reference(img, params, image_rng(11, "spatter", 2, i))
+            np.testing.assert_array_equal(ours[i], ref, err_msg=f"{params} image {i}")
+        if params[3] > 1:
+            np.testing.assert_array_equal(ours, big)
+
+
 # ---------------------------------------------------------------- statistics of the noise
 
 def test_noise_statistics():
@@ -579,6 +684,50 @@ def test_noise_statistics():
     for sev, c in enumerate(PUBLISHED["speckle_noise"], 1):
         d = corrupt(grey, "speckle_noise", sev).astype(float) / 255 - 128 / 255
         assert abs(d.std() - c * 128 / 255) < 0.04 * c * 128 / 255
+
+
+# The stable corruption ids of the reference generator's order (docs/corruptions.md), written
+# out: each image's generator is PCG64(SeedSequence([seed, id, severity, index])).
+NOISE_IDS = {"gaussian_noise": 0, "shot_noise": 1, "impulse_noise": 2, "speckle_noise": 15}
+
+
+def _image_gen(seed, name, sev, index):
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, NOISE_IDS[name], sev, index])))
+
+
+@pytest.mark.parametrize("name", list(NOISE_IDS))
+def test_noise_equals_published_formula_with_the_image_generator(photos, name):
+    """make_cifar_c.py's noise formulas in numpy, each image drawing from its own generator
+    (np.random.normal(size, scale=c), np.random.poisson(x * c) / c; salt-and-pepper as
+    documented: plane 0 of U(0, 1) picks the replaced values, plane 1 < 0.5 makes them salt)."""
+    seed, start = 3, 7
+    for sev in range(1, 6):
+        c = PUBLISHED[name][sev - 1]
+        ours = corrupt(photos, name, sev, seed=seed, start_index=start)
+        for i, img in enumerate(photos):
+            g = _image_gen(seed, name, sev, start + i)
+            x = img / 255.0
+            if name == "gaussian_noise":
+                ref = x + g.normal(size=x.shape, scale=c)
+            elif name == "shot_noise":
+                ref = g.poisson(x * c) / c
+            elif name == "speckle_noise":
+                ref = x + x * g.normal(size=x.shape, scale=c)
+            else:
+                u = g.random((2,) + x.shape)
+                ref = np.where(u[0] < c, np.where(u[1] < 0.5, 1.0, 0.0), x)
+            diff = np.abs(ours[i].astype(int) - _u8(ref))
+            # speckle: x * (c * z) here, (x * c) * z there: a truncation may rarely move one level
+            assert diff.max() <= (1 if name == "speckle_noise" else 0) and (diff > 0).mean() < 0.01, (sev, i)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_module_functions_take_an_empty_batch(name):
+    """corrupt() never calls a corruption with no images, other callers may: (0, H, W, 3) uint8 back."""
+    fn = pc.CORRUPTIONS.get(name).fn
+    for sev in (1, 5):
+        out = fn(np.zeros((0, 32, 32, 3), np.uint8), sev, [])
+        assert out.shape == (0, 32, 32, 3) and out.dtype == np.uint8
 
 
 def test_frost_and_fog_ranges(photos):
@@ -742,30 +891,34 @@ def test_any_size_any_seed(name, sev, h, w, n, seed, start):
 
 def test_elastic_equals_reference_steps(photos):
     """Per-image reference steps (cv2.warpAffine, skimage gaussian, 3-D map_coordinates)
-    with the same draws give the same pixels."""
+    with the same draws give the same pixels; also on a non-square image of odd height
+    (the reference's centre ``np.float32(shape) // 2`` and its (row, column) points)."""
     from prunecal.corruptions._rng import image_rng
 
-    for sev in (1, 3, 5):
-        alpha, sigma, jitter = PUBLISHED["elastic_transform"][sev - 1]
-        ours = corrupt(photos[:3], "elastic_transform", sev, seed=1)
-        for i, img in enumerate(photos[:3]):
-            g = image_rng(1, "elastic_transform", sev, i)
-            image = np.array(img, dtype=np.float32) / 255.0
-            centre = np.float32((32, 32)) // 2
-            s = 32 // 3
-            pts1 = np.float32([centre + s, [centre[0] + s, centre[1] - s], centre - s])
-            pts2 = pts1 + g.uniform(-jitter, jitter, size=(3, 2)).astype(np.float32)
-            image = cv2.warpAffine(image, cv2.getAffineTransform(pts1, pts2), (32, 32),
-                                   borderMode=cv2.BORDER_REFLECT_101)
-            fields = g.uniform(-1, 1, size=(2, 32, 32))
-            dx = (gaussian(fields[0], sigma, mode="reflect", truncate=3) * alpha).astype(np.float32)
-            dy = (gaussian(fields[1], sigma, mode="reflect", truncate=3) * alpha).astype(np.float32)
-            xx, yy, zz = np.meshgrid(np.arange(32), np.arange(32), np.arange(3))
-            idx = (np.reshape(yy + dy[..., None], (-1, 1)), np.reshape(xx + dx[..., None], (-1, 1)),
-                   np.reshape(zz, (-1, 1)))
-            ref = ndi.map_coordinates(image, idx, order=1, mode="reflect").reshape(32, 32, 3)
-            diff = np.abs(ours[i].astype(int) - _u8(ref).astype(int))
-            assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (sev, diff.max())
+    odd = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((40, 33), Image.Resampling.BOX))
+    for images in (photos[:3], odd[None]):
+        h, w = images.shape[1:3]
+        for sev in (1, 3, 5):
+            alpha, sigma, jitter = PUBLISHED["elastic_transform"][sev - 1]
+            ours = corrupt(images, "elastic_transform", sev, seed=1)
+            for i, img in enumerate(images):
+                g = image_rng(1, "elastic_transform", sev, i)
+                image = np.array(img, dtype=np.float32) / 255.0
+                centre = np.float32((h, w)) // 2
+                s = min(h, w) // 3
+                pts1 = np.float32([centre + s, [centre[0] + s, centre[1] - s], centre - s])
+                pts2 = pts1 + g.uniform(-jitter, jitter, size=(3, 2)).astype(np.float32)
+                image = cv2.warpAffine(image, cv2.getAffineTransform(pts1, pts2), (w, h),
+                                       borderMode=cv2.BORDER_REFLECT_101)
+                fields = g.uniform(-1, 1, size=(2, h, w))
+                dx = (gaussian(fields[0], sigma, mode="reflect", truncate=3) * alpha).astype(np.float32)
+                dy = (gaussian(fields[1], sigma, mode="reflect", truncate=3) * alpha).astype(np.float32)
+                xx, yy, zz = np.meshgrid(np.arange(w), np.arange(h), np.arange(3))
+                idx = (np.reshape(yy + dy[..., None], (-1, 1)), np.reshape(xx + dx[..., None], (-1, 1)),
+                       np.reshape(zz, (-1, 1)))
+                ref = ndi.map_coordinates(image, idx, order=1, mode="reflect").reshape(h, w, 3)
+                diff = np.abs(ours[i].astype(int) - _u8(ref).astype(int))
+                assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (h, w, sev, diff.max())
 
 
 # ---------------------------------------------------------------- explicit per-image indices

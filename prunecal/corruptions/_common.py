@@ -134,8 +134,8 @@ def clipped_zoom(x: np.ndarray, factor: float) -> np.ndarray:
     tt, tl = (zh - h) // 2, (zw - w) // 2
     ah = _linear_zoom_matrix(ch, zh)[tt:tt + h].astype(x.dtype, copy=False)
     aw = _linear_zoom_matrix(cw, zw)[tl:tl + w].astype(x.dtype, copy=False)
-    n = x.shape[0]
-    rows = np.matmul(ah, crop.reshape(n, ch, -1)).reshape(n, h, cw, -1)  # (N, H, cw, C)
+    n, c = x.shape[0], int(np.prod(x.shape[3:]))  # c = 1 for (N, H, W); sizes explicit: n may be 0
+    rows = np.matmul(ah, crop.reshape(n, ch, cw * c)).reshape(n, h, cw, c)  # (N, H, cw, C)
     out = np.matmul(aw, rows)  # (W, cw) @ (N, H, cw, C) -> (N, H, W, C)
     return out if x.ndim == 4 else out[..., 0]
 
