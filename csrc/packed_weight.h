@@ -54,6 +54,11 @@ class PackedWeight {
   // each) / block-row pointers.
   const float* stored_values() const { return kind_ == "bsr" ? b_val_.data() : c_val_.data(); }
   const int32_t* stored_indptr() const { return kind_ == "bsr" ? b_indptr_.data() : c_indptr_.data(); }
+  // The CSR view (a BSR weight's blocks without their zeros): values, row pointers, columns
+  // (ci * kh * kw + ky * kw + kx), whatever the stored kind.
+  const std::vector<float>& csr_values() const { return c_val_; }
+  const std::vector<int32_t>& csr_indptr() const { return c_indptr_; }
+  const std::vector<int32_t>& csr_cols() const { return c_cols_; }
 
   // Geometry for an input of H x W with the given conv parameters (cached).
   std::shared_ptr<Geometry> geometry(int H, int W, int stride, int pad, int dil);

@@ -346,8 +346,11 @@ void Plan::add_clamp(const std::string& name, int in, int out, float lo, float h
 
 std::vector<std::string> Plan::describe() const {
   std::vector<std::string> out;
+  const char* e = std::getenv("PRUNECAL_PLAN_LANES");
+  const LaneSection lanes = lane_section(e && e[0] ? std::atoi(e) : kDefaultLanePixels);
   for (const auto& op : ops_) {
     std::ostringstream o;
+    const size_t i = size_t(&op - ops_.data());
     switch (op.kind) {
       case OpKind::Conv: {
         const int64_t numel = int64_t(op.pw->rows()) * op.pw->cols();
@@ -390,6 +393,7 @@ std::vector<std::string> Plan::describe() const {
         o << "avgpool  " << op.name << ": " << spec_str(op.in0, bufs_[op.in0]) << " -> " << spec_str(op.out, bufs_[op.out]);
         break;
     }
+    if (i >= lanes.t0 && i < lanes.t1) o << " [lanes x" << kBatchLanes << "]";
     out.push_back(o.str());
   }
   return out;
@@ -582,6 +586,11 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
 
 void Plan::run_image(const float* x, float* y, Arena& a, int threads, bool dense, const KernelSet& k,
                      double* times, const PlanTeam* team) {
+  run_ops(x, y, 0, ops_.size(), a, threads, dense, k, times, team);
+}
+
+void Plan::run_ops(const float* x, float* y, size_t i0, size_t i1, Arena& a, int threads, bool dense,
+                   const KernelSet& k, double* times, const PlanTeam* team) {
   double t0 = times ? thread_seconds() : 0.0;
   auto tick = [&](size_t i) {
     if (!times) return;
@@ -594,12 +603,14 @@ void Plan::run_image(const float* x, float* y, Arena& a, int threads, bool dense
     if (team) team->step([&](int t) { if (t == 0) fn(); });
     else fn();
   };
-  whole([&] {
-    op_load(x, a.buf[size_t(input_)], bufs_[size_t(input_)]);
-    op_replicate(a.buf[size_t(input_)], bufs_[size_t(input_)], 0, bufs_[size_t(input_)].C);
-  });
-  tick(ops_.size());
-  for (size_t i = 0; i < ops_.size(); ++i) {
+  if (x) {
+    whole([&] {
+      op_load(x, a.buf[size_t(input_)], bufs_[size_t(input_)]);
+      op_replicate(a.buf[size_t(input_)], bufs_[size_t(input_)], 0, bufs_[size_t(input_)].C);
+    });
+    tick(ops_.size());
+  }
+  for (size_t i = i0; i < i1; ++i) {
     const PlanOp& op = ops_[i];
     const BufSpec& so = bufs_[size_t(op.out)];
     float* out = a.buf[size_t(op.out)];
@@ -651,8 +662,10 @@ void Plan::run_image(const float* x, float* y, Arena& a, int threads, bool dense
     }
     tick(i);
   }
-  whole([&] { op_store(a.buf[size_t(output_)], bufs_[size_t(output_)], y); });
-  tick(ops_.size() + 1);
+  if (y) {
+    whole([&] { op_store(a.buf[size_t(output_)], bufs_[size_t(output_)], y); });
+    tick(ops_.size() + 1);
+  }
 }
 
 std::vector<double> Plan::profile(const float* x, int64_t N, int reps, const KernelSet& k) {
@@ -682,9 +695,22 @@ void Plan::run(const float* x, int64_t N, float* y, int threads, int mode, const
   // auto: whole images per worker when they share out evenly (or there are many), else split ops
   const bool auto_mode = mode == 0;
   if (mode == 0) mode = (threads > 1 && N >= threads && (N % threads == 0 || N >= 4 * int64_t(threads))) ? 1 : 2;
+  // the lanes section (plan_lanes.h), where whole images per thread come in blocks of kMinLaneImages or more
+  std::shared_ptr<const LaneSection> lanes = lanes_for_run();
+  if (lanes->empty()) lanes.reset();
   if (mode == 1 && threads > 1 && N > 1) {
     const int workers = int(std::min<int64_t>(threads, N));
     for (int w = 0; w < workers; ++w) arena(w);
+    if (lanes && N >= int64_t(workers) * kMinLaneImages) {
+      // one range of images per task, about kBatchLanes each, a multiple of `workers` tasks
+      int64_t tasks = std::max<int64_t>(workers, (N + kBatchLanes - 1) / kBatchLanes);
+      tasks = (tasks + workers - 1) / workers * workers;
+      parallel_for(workers, tasks, [&](int64_t t, int w) {
+        const int64_t a = N * t / tasks, b = N * (t + 1) / tasks;
+        run_images(x, a, b - a, y, *arenas_[size_t(w)], k, lanes.get());
+      });
+      return;
+    }
     parallel_for(workers, N, [&](int64_t n, int w) { one(n, *arenas_[size_t(w)], 1); });
     return;
   }
@@ -710,7 +736,7 @@ void Plan::run(const float* x, int64_t N, float* y, int threads, int mode, const
     v = v == 0 ? s : 0.75 * v + 0.25 * s;
   };
   if (threads <= 1 || !as_team) {
-    for (int64_t n = 0; n < N; ++n) one(n, a, 1);
+    run_images(x, 0, N, y, a, k, lanes.get());
     record();
     return;
   }

@@ -39,6 +39,7 @@
 #include "common.h"
 #include "jit_conv.h"
 #include "packed_weight.h"
+#include "plan_lanes.h"
 
 namespace prunecal {
 
@@ -130,6 +131,26 @@ void op_store(const float* x, const BufSpec& sx, float* img);
 
 struct PlanTeam;
 
+// The plan's lanes section (csrc/plan_lanes.h): ops [t0, t1), every one of them a conv (groups
+// 1, no fused residual, pad <= its input's P), max-pool, ReLU, clamp or add whose output map has
+// at most `max_pixels` pixels. It reads one buffer written before it (entry) and leaves one
+// that later ops read (exit); the ops after it read nothing else from before it. A block of
+// images runs the ops before t0 image by image, its entry buffers go into the lanes of one
+// buffer, [t0, t1) runs once for the block, and the exit buffer's lanes come back out for the
+// ops after t1 (image by image).
+struct LaneConv {
+  std::vector<int32_t> off, in_base, out_pos;
+  std::vector<int32_t> bptr;  // per row, nblk + 1 bounds of its nonzeros in each input-channel band
+  int nblk = 1;
+};
+struct LaneSection {
+  int max_pixels = 0, band_kb = 0;
+  size_t t0 = 0, t1 = 0;  // empty (t0 == t1): no section
+  int entry = -1, exit = -1;
+  std::vector<LaneConv> convs;  // per op of [t0, t1) (empty for ops other than convs)
+  bool empty() const { return t0 >= t1; }
+};
+
 class Plan {
  public:
   // jit: use generated conv kernels where JitConv can make them (CSR, groups 1; the plain
@@ -162,6 +183,14 @@ class Plan {
   std::vector<std::string> describe() const;
   // Bytes of one worker's arena (activation buffers + scratch).
   int64_t arena_bytes() const;
+  // The lanes section for ops whose output has at most max_pixels pixels (0: none; see
+  // LaneSection). run() uses PRUNECAL_PLAN_LANES (read per call; default kDefaultLanePixels).
+  LaneSection lane_section(int max_pixels, int band_kb = kLaneBandKB) const;
+  static constexpr int kDefaultLanePixels = 16;
+  // Input planes per band of a lanes conv: about this many bytes (PRUNECAL_PLAN_LANE_BAND_KB).
+  static constexpr int kLaneBandKB = 128;
+  // Blocks of fewer images than this run image by image.
+  static constexpr int kMinLaneImages = 4;
 
   // y (N, output features) = network(x (N, C, H, W)). mode: 0 auto, 1 per image, 2 per op.
   void run(const float* x, int64_t N, float* y, int threads, int mode, const KernelSet& k);
@@ -174,6 +203,10 @@ class Plan {
     std::vector<float> mem;
     std::vector<float*> buf;
     float* scratch = nullptr;
+    // lanes buffers of the section lanes_ (nullptr for buffers outside it), zeroed on creation
+    std::vector<float> lane_mem;
+    std::vector<float*> lane_buf;
+    std::shared_ptr<const LaneSection> lane_for;
   };
   void check_buf(int i, const char* what) const;
   Arena& arena(int worker);
@@ -182,6 +215,17 @@ class Plan {
   // still use `threads` pool workers).
   void run_image(const float* x, float* y, Arena& a, int threads, bool dense, const KernelSet& k,
                  double* times = nullptr, const PlanTeam* team = nullptr);
+  // ops [i0, i1) of one image; x: load it first (else the buffers hold its state), y: store the output.
+  void run_ops(const float* x, float* y, size_t i0, size_t i1, Arena& a, int threads, bool dense,
+               const KernelSet& k, double* times = nullptr, const PlanTeam* team = nullptr);
+  // Images [n0, n0 + m) on one thread: as one lanes block where the section and the images allow
+  // (m >= kMinLaneImages, inputs finite), image by image otherwise; outputs that come out
+  // non-finite are re-run with the dense weights.
+  void run_images(const float* x, int64_t n0, int64_t m, float* y, Arena& a, const KernelSet& k,
+                  const LaneSection* lanes);
+  void run_lane_block(const float* x, int64_t n0, int m, float* y, Arena& a, const KernelSet& k,
+                      const LaneSection& s);
+  std::shared_ptr<const LaneSection> lanes_for_run();
   void run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const KernelSet& k, const PlanTeam* team);
   // One op reading `in` and writing `out` (both checked; `what` names the op in errors).
   PlanOp new_op(OpKind kind, const std::string& what, const std::string& name, int in, int out) const;
@@ -194,6 +238,8 @@ class Plan {
   bool jit_ = true;
   std::mutex run_mutex_;
   std::vector<std::unique_ptr<Arena>> arenas_;
+  std::shared_ptr<const LaneSection> lanes_;  // the section of the last run (rebuilt when its key changes)
+  size_t lanes_ops_ = 0;
   // Auto mode with fewer images than threads: the team (per op) or one thread, whichever the
   // calls so far measured faster per image (both give the same bits; see Plan::run).
   struct SmallBatchChoice {

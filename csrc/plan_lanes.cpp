@@ -1,0 +1,124 @@
+// The lanes section's portable conv kernel, its element-wise ops and the kernel choice
+// (csrc/plan_lanes.h). The generic Vec spells the per-image generic kernel's arithmetic
+// (acc += w * x), so the two give the same bits with the same compiler flags.
+#include "plan_lanes.h"
+
+#include <algorithm>
+#include <limits>
+
+namespace prunecal {
+namespace {
+
+constexpr int L = kBatchLanes;
+
+struct Vec {
+  float v[L];
+  static Vec zero() { return set1(0.f); }
+  static Vec set1(float a) {
+    Vec r;
+    for (int l = 0; l < L; ++l) r.v[l] = a;
+    return r;
+  }
+  static Vec load(const float* p) {
+    Vec r;
+    for (int l = 0; l < L; ++l) r.v[l] = p[l];
+    return r;
+  }
+  void store(float* p) const {
+    for (int l = 0; l < L; ++l) p[l] = v[l];
+  }
+  static Vec fma(const Vec& w, const Vec& x, Vec a) {
+    for (int l = 0; l < L; ++l) a.v[l] += w.v[l] * x.v[l];
+    return a;
+  }
+  static Vec add(Vec a, const Vec& b) {
+    for (int l = 0; l < L; ++l) a.v[l] += b.v[l];
+    return a;
+  }
+  static Vec relu(Vec a) {
+    for (int l = 0; l < L; ++l) a.v[l] = a.v[l] < 0.f ? 0.f : a.v[l];  // NaN stays NaN
+    return a;
+  }
+};
+constexpr int kTile = 4;
+
+}  // namespace
+}  // namespace prunecal
+
+#include "plan_lanes_impl.h"
+
+namespace prunecal {
+
+const LaneKernels& lane_kernels_generic() {
+  static const LaneKernels k{"generic", lane_conv};
+  return k;
+}
+
+const LaneKernels& lane_kernels_for(const KernelSet& k) {
+#if defined(PRUNECAL_HAVE_AVX2_TU)
+  // (k may be a copy of the set: compare a kernel, not the address)
+  if (k.csr == avx2_kernels().csr) return isa_config().isa == Isa::Avx512 ? lane_kernels_avx512() : lane_kernels_avx2();
+#endif
+  // generic, and NEON: its per-image kernels use FMA, which the compiler makes of acc += w * x
+  // on AArch64 (floating-point contraction, on by default there) for the generic Vec too
+  return lane_kernels_generic();
+}
+
+namespace {
+inline float* lane_at(float* p, const LaneSpec& s, int c, int y, int x) { return p + c * s.plane() + s.pos(y, x); }
+inline const float* lane_at(const float* p, const LaneSpec& s, int c, int y, int x) {
+  return p + c * s.plane() + s.pos(y, x);
+}
+}  // namespace
+
+void lanes_maxpool(const float* x, const LaneSpec& sx, float* y, const LaneSpec& sy, int k, int stride, int pad) {
+  for (int c = 0; c < sy.C; ++c)
+    for (int oy = 0; oy < sy.H; ++oy)
+      for (int ox = 0; ox < sy.W; ++ox) {
+        const int y0 = std::max(0, oy * stride - pad), y1 = std::min(sx.H, oy * stride - pad + k);
+        const int x0 = std::max(0, ox * stride - pad), x1 = std::min(sx.W, ox * stride - pad + k);
+        float m[L];
+        for (int l = 0; l < L; ++l) m[l] = -std::numeric_limits<float>::infinity();
+        for (int r = y0; r < y1; ++r)
+          for (int q = x0; q < x1; ++q) {
+            const float* v = lane_at(x, sx, c, r, q);
+            for (int l = 0; l < L; ++l)  // as op_maxpool: the first NaN of a window stays
+              m[l] = (m[l] != m[l]) ? m[l] : ((v[l] > m[l] || v[l] != v[l]) ? v[l] : m[l]);
+          }
+        float* o = lane_at(y, sy, c, oy, ox);
+        for (int l = 0; l < L; ++l) o[l] = m[l];
+      }
+}
+
+template <class F>
+static void lanes_map(const float* x, const LaneSpec& sx, float* y, const LaneSpec& sy, F f) {
+  for (int c = 0; c < sy.C; ++c)
+    for (int r = 0; r < sy.H; ++r) {
+      const float* px = lane_at(x, sx, c, r, 0);
+      float* py = lane_at(y, sy, c, r, 0);
+      for (int i = 0; i < sy.W * L; ++i) py[i] = f(px[i]);
+    }
+}
+
+void lanes_relu(const float* x, const LaneSpec& sx, float* y, const LaneSpec& sy) {
+  lanes_map(x, sx, y, sy, [](float v) { return v < 0.f ? 0.f : v; });
+}
+
+void lanes_clamp(const float* x, const LaneSpec& sx, float* y, const LaneSpec& sy, float lo, float hi) {
+  lanes_map(x, sx, y, sy, [lo, hi](float v) { return v < lo ? lo : (v > hi ? hi : v); });
+}
+
+void lanes_add(const float* a, const LaneSpec& sa, const float* b, const LaneSpec& sb, float* y,
+               const LaneSpec& sy, bool relu) {
+  for (int c = 0; c < sy.C; ++c)
+    for (int r = 0; r < sy.H; ++r) {
+      const float *pa = lane_at(a, sa, c, r, 0), *pb = lane_at(b, sb, c, r, 0);
+      float* py = lane_at(y, sy, c, r, 0);
+      for (int i = 0; i < sy.W * L; ++i) {
+        const float v = pa[i] + pb[i];
+        py[i] = relu && v < 0.f ? 0.f : v;
+      }
+    }
+}
+
+}  // namespace prunecal
