@@ -132,7 +132,7 @@ void op_store(const float* x, const BufSpec& sx, float* img);
 struct PlanTeam;
 
 // The plan's lanes section (csrc/plan_lanes.h): ops [t0, t1), every one of them a conv (groups
-// 1, no fused residual, pad <= its input's P), max-pool, ReLU, clamp or add whose output map has
+// 1, no fused residual; any stride and padding), max-pool, ReLU, clamp or add whose output map has
 // at most `max_pixels` pixels. It reads one buffer written before it (entry) and leaves one
 // that later ops read (exit); the ops after it read nothing else from before it. A block of
 // images runs the ops before t0 image by image, its entry buffers go into the lanes of one
@@ -148,6 +148,8 @@ struct LaneSection {
   size_t t0 = 0, t1 = 0;  // empty (t0 == t1): no section
   int entry = -1, exit = -1;
   std::vector<LaneConv> convs;  // per op of [t0, t1) (empty for ops other than convs)
+  std::vector<int> pad;         // per buffer: the border of its lanes copy (>= every pad a conv reads it with)
+  LaneSpec spec(const BufSpec& b, int id) const { return LaneSpec{b.C, b.H, b.W, pad[size_t(id)]}; }
   bool empty() const { return t0 >= t1; }
 };
 

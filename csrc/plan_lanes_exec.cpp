@@ -13,8 +13,6 @@ namespace {
 
 constexpr int L = kBatchLanes;
 
-LaneSpec lane_spec(const BufSpec& b) { return LaneSpec{b.C, b.H, b.W, b.P}; }
-
 // Buffers read by ops [i0, i1) before any op of that range writes them (in order).
 std::vector<int> live_in(const std::vector<PlanOp>& ops, size_t i0, size_t i1) {
   std::set<int> written;
@@ -40,7 +38,7 @@ LaneSection Plan::lane_section(int max_pixels, int band_kb) const {
     if (int64_t(so.H) * so.W > max_pixels) return false;
     switch (op.kind) {
       case OpKind::Conv:
-        return op.groups == 1 && op.res < 0 && op.pad <= bufs_[size_t(op.in0)].P;
+        return op.groups == 1 && op.res < 0;
       case OpKind::MaxPool:
       case OpKind::Relu:
       case OpKind::Clamp:
@@ -80,12 +78,16 @@ LaneSection Plan::lane_section(int max_pixels, int band_kb) const {
     a = b;
   }
   if (s.empty()) return s;
+  s.pad.resize(bufs_.size());
+  for (size_t b = 0; b < bufs_.size(); ++b) s.pad[b] = bufs_[b].P;
+  for (size_t i = s.t0; i < s.t1; ++i)
+    if (ops_[i].kind == OpKind::Conv) s.pad[size_t(ops_[i].in0)] = std::max(s.pad[size_t(ops_[i].in0)], ops_[i].pad);
   s.convs.resize(s.t1 - s.t0);
   for (size_t i = s.t0; i < s.t1; ++i) {
     const PlanOp& op = ops_[i];
     if (op.kind != OpKind::Conv) continue;
     const BufSpec &bi = bufs_[size_t(op.in0)], &bo = bufs_[size_t(op.out)];
-    const LaneSpec li = lane_spec(bi), lo = lane_spec(bo);
+    const LaneSpec li = s.spec(bi, op.in0), lo = s.spec(bo, op.out);
     const PackedWeight& w = *op.pw;
     LaneConv& c = s.convs[i - s.t0];
     const int taps = w.kh() * w.kw();
@@ -111,8 +113,8 @@ LaneSection Plan::lane_section(int max_pixels, int band_kb) const {
     }
     for (int oy = 0; oy < bo.H; ++oy)
       for (int ox = 0; ox < bo.W; ++ox) {
-        c.in_base.push_back(int32_t(int64_t(oy * op.stride - op.pad + bi.P) * li.row() +
-                                    int64_t(ox * op.stride - op.pad + bi.P) * L));
+        c.in_base.push_back(int32_t(int64_t(oy * op.stride - op.pad + li.P) * li.row() +
+                                    int64_t(ox * op.stride - op.pad + li.P) * L));
         c.out_pos.push_back(int32_t(lo.pos(oy, ox)));
       }
   }
@@ -146,7 +148,7 @@ void Plan::run_lane_block(const float* x, int64_t n0, int m, float* y, Arena& a,
       for (int b : {ops_[i].in0, ops_[i].in1, ops_[i].out})
         if (b >= 0 && at[size_t(b)] < 0) {
           at[size_t(b)] = total;
-          total += (lane_spec(bufs_[size_t(b)]).floats() + kSlack + 15) / 16 * 16;
+          total += (s.spec(bufs_[size_t(b)], b).floats() + kSlack + 15) / 16 * 16;
         }
     a.lane_mem.assign(size_t(total + 16), 0.f);
     float* base = a.lane_mem.data();
@@ -160,7 +162,7 @@ void Plan::run_lane_block(const float* x, int64_t n0, int m, float* y, Arena& a,
   // before the section: image by image, each image's entry buffer into its lane
   {
     const BufSpec& sb = bufs_[size_t(s.entry)];
-    const LaneSpec ls = lane_spec(sb);
+    const LaneSpec ls = s.spec(sb, s.entry);
     float* lanes = a.lane_buf[size_t(s.entry)];
     for (int i = 0; i < m; ++i) {
       run_ops(x + (n0 + i) * fin, nullptr, 0, s.t0, a, 1, false, k);
@@ -177,7 +179,7 @@ void Plan::run_lane_block(const float* x, int64_t n0, int m, float* y, Arena& a,
   const LaneKernels& lk = lane_kernels_for(k);
   for (size_t i = s.t0; i < s.t1; ++i) {
     const PlanOp& op = ops_[i];
-    const LaneSpec so = lane_spec(bufs_[size_t(op.out)]), si = lane_spec(bufs_[size_t(op.in0)]);
+    const LaneSpec so = s.spec(bufs_[size_t(op.out)], op.out), si = s.spec(bufs_[size_t(op.in0)], op.in0);
     float* out = a.lane_buf[size_t(op.out)];
     const float* in = a.lane_buf[size_t(op.in0)];
     switch (op.kind) {
@@ -200,7 +202,7 @@ void Plan::run_lane_block(const float* x, int64_t n0, int m, float* y, Arena& a,
         lanes_clamp(in, si, out, so, op.lo, op.hi);
         break;
       case OpKind::Add:
-        lanes_add(in, si, a.lane_buf[size_t(op.in1)], lane_spec(bufs_[size_t(op.in1)]), out, so, op.relu);
+        lanes_add(in, si, a.lane_buf[size_t(op.in1)], s.spec(bufs_[size_t(op.in1)], op.in1), out, so, op.relu);
         break;
       default:
         throw std::logic_error("lanes section: unsupported op " + op.name);
@@ -208,7 +210,7 @@ void Plan::run_lane_block(const float* x, int64_t n0, int m, float* y, Arena& a,
   }
   // after the section: each image's lane back into the exit buffer, then its remaining ops
   const BufSpec& sb = bufs_[size_t(s.exit)];
-  const LaneSpec ls = lane_spec(sb);
+  const LaneSpec ls = s.spec(sb, s.exit);
   const float* lanes = a.lane_buf[size_t(s.exit)];
   for (int i = 0; i < m; ++i) {
     float* dst = a.buf[size_t(s.exit)];

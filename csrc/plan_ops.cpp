@@ -82,7 +82,22 @@ void op_avgpool(const float* x, const BufSpec& sx, float* y, const BufSpec& sy) 
   }
 }
 
+namespace {
+// The larger of a and b, NaN when either is (branch-free: vectorisable).
+inline float max_nan(float a, float b) { return (a > b || a != a) ? a : b; }
+}  // namespace
+
 void op_maxpool(const float* x, const BufSpec& sx, float* y, const BufSpec& sy, int k, int stride, int pad) {
+  if (k == 2 && stride == 2 && pad == 0) {  // VGG's pool: branch-free rows (the loop below: ~13 ns an output)
+    for (int c = 0; c < sy.C; ++c)
+      for (int oy = 0; oy < sy.H; ++oy) {
+        const float *r0 = interior(x, sx, c, 2 * oy), *r1 = interior(x, sx, c, 2 * oy + 1);
+        float* py = interior(y, sy, c, oy);
+        for (int ox = 0; ox < sy.W; ++ox)
+          py[ox] = max_nan(max_nan(r0[2 * ox], r0[2 * ox + 1]), max_nan(r1[2 * ox], r1[2 * ox + 1]));
+      }
+    return;
+  }
   for (int c = 0; c < sy.C; ++c)
     for (int oy = 0; oy < sy.H; ++oy) {
       float* py = interior(y, sy, c, oy);
