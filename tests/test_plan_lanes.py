@@ -36,14 +36,15 @@ def pruned_vgg(config, seed: int, sparsity: float = 0.85) -> nn.Module:
 
 
 class SmallTail(nn.Module):
-    """A stem to a 4x4 map, then a tail the lanes section must handle: a stride-2 conv (4x4 -> 2x2),
-    a pad-0 1x1 conv, a max-pool with padding, ReLU after a conv with bias, global pool, linear."""
+    """A stem to an 8x8 map (input 32x32), then a tail the lanes section must handle: a stride-2
+    conv reading a border-less buffer (8x8 -> 4x4), a pad-0 conv (4x4 -> 2x2), a max-pool with
+    padding, ReLU after a conv with bias, global pool, linear."""
 
     def __init__(self, c: int = 11) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.MaxPool2d(2))
         self.a = nn.Conv2d(c, 21, 3, stride=2, padding=1)
-        self.b = nn.Conv2d(21, 19, 1)
+        self.b = nn.Conv2d(21, 19, 3)
         self.pool = nn.MaxPool2d(3, stride=1, padding=1)
         self.c = nn.Conv2d(19, 17, 3, padding=1)
         self.gap = nn.AdaptiveAvgPool2d(1)
@@ -121,10 +122,11 @@ def test_stride_two_pad_zero_and_padded_pool_inside_the_section(monkeypatch):
     plan = compile_plan(model, "csr", threads=1)
     ops = lanes_ops(plan)
     assert any(" s2 " in op for op in ops) and any("maxpool" in op and "p1" in op for op in ops)
-    assert any("1x1 s1 p0" in op for op in ops)
-    x = torch.randn(23, 3, 16, 16)
-    plan16 = compile_plan(model, "csr", threads=1, input_size=(3, 16, 16))
-    for p, xx in ((plan, torch.randn(23, 3, 32, 32)), (plan16, x)):
+    assert any("3x3 s1 p0" in op for op in ops) and len(ops) == 4
+    # 24x24 input: 6x6 -> 3x3 -> 1x1 maps in the section
+    plan24 = compile_plan(model, "csr", threads=1, input_size=(3, 24, 24))
+    assert len(lanes_ops(plan24)) == 4
+    for p, xx in ((plan, torch.randn(23, 3, 32, 32)), (plan24, torch.randn(23, 3, 24, 24))):
         ref = run(p, xx, monkeypatch, 0)
         got = run(p, xx, monkeypatch, 16)
         assert torch.equal(got, ref)
