@@ -4,6 +4,10 @@
 
 #if defined(PRUNECAL_HAVE_AVX2_TU)
 #include <immintrin.h>
+// (GCC 12's _mm512_max_ps starts from _mm512_undefined_ps: a false -Wmaybe-uninitialized)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 namespace prunecal {
 namespace {

@@ -571,6 +571,64 @@ int test_plan(Rng& r, const std::vector<const KernelSet*>& sets) {
   return runs;
 }
 
+// The lanes section (plan_lanes.h): a small VGG-like plan (8x8 -> 4x4 -> 2x2 maps; pools and convs
+// from the first 4x4 map on in the section) run as a
+// batch (its 4x4 / 2x2 layers on blocks of images, one per lane) gives the same bits as each
+// image run alone, with every kernel set (on AArch64 the lanes' generic kernel against the NEON
+// per-image kernels: both fused multiply-adds); and the same bits with PRUNECAL_PLAN_LANES=0.
+int test_plan_lanes(Rng& r, const std::vector<const KernelSet*>& sets) {
+  int runs = 0;
+  Plan p(false);
+  const int in = p.add_buffer(5, 8, 8, 1), b1 = p.add_buffer(12, 8, 8, 0), b2 = p.add_buffer(12, 4, 4, 1);
+  const int b3 = p.add_buffer(20, 4, 4, 1), b4 = p.add_buffer(20, 4, 4, 0), b5 = p.add_buffer(20, 2, 2, 1);
+  const int b6 = p.add_buffer(17, 2, 2, 0), b7 = p.add_buffer(17, 1, 1, 0), out = p.add_buffer(6, 1, 1, 0);
+  p.set_io(in, out);
+  auto conv = [&](const char* name, int C, int Co, int a, int b, bool relu) {
+    const Sparse s = to_csr(random_weight(r, Co, int64_t(C) * 9, 0.6, 0.4f), Co, int64_t(C) * 9);
+    std::vector<float> bias(static_cast<size_t>(Co));
+    for (auto& v : bias) v = uniform(r, -0.2f, 0.2f);
+    p.add_conv(name, "csr", s.values, s.indptr, s.indices, {Co, C, 3, 3}, 1, bias, 1, 1, 1, 1, relu, a, b);
+  };
+  conv("c1", 5, 12, in, b1, true);
+  p.add_maxpool("p1", b1, b2, 2, 2, 0);
+  conv("c2", 12, 20, b2, b3, true);
+  conv("c3", 20, 20, b3, b4, true);
+  p.add_maxpool("p2", b4, b5, 2, 2, 0);
+  conv("c4", 20, 17, b5, b6, false);
+  p.add_avgpool("gap", b6, b7);
+  const Sparse f = to_csr(random_weight(r, 6, 17, 0.3, 0.5f), 6, 17);
+  p.add_linear("fc", "csr", f.values, f.indptr, f.indices, 6, 17, 1, std::vector<float>(6, 0.1f), false, b7, out);
+  int in_lanes = 0;
+  for (const std::string& line : p.describe()) in_lanes += line.find("[lanes") != std::string::npos;
+  ++g_checks;
+  if (in_lanes != 5) fail("plan lanes: expected 5 ops in the section, got " + std::to_string(in_lanes));
+  const int N = 13, fin = 5 * 8 * 8;
+  std::vector<float> x(size_t(N) * fin);
+  for (auto& v : x) v = uniform(r, -1.f, 1.f);
+  for (const KernelSet* k : sets) {
+    std::vector<float> one(size_t(N) * 6), batch(one.size()), off(one.size());
+    for (int n = 0; n < N; ++n) p.run(x.data() + size_t(n) * fin, 1, one.data() + size_t(n) * 6, 1, 0, *k);
+    for (auto [threads, mode] : {std::pair<int, int>{1, 0}, {2, 1}}) {
+      p.run(x.data(), N, batch.data(), threads, mode, *k);
+      setenv("PRUNECAL_PLAN_LANES", "0", 1);
+      p.run(x.data(), N, off.data(), threads, mode, *k);
+      unsetenv("PRUNECAL_PLAN_LANES");
+      for (size_t i = 0; i < one.size(); ++i) {
+        g_checks += 2;
+        if (batch[i] != one[i] || off[i] != one[i]) {
+          char b[200];
+          std::snprintf(b, sizeof b, "plan lanes %s threads %d: output %zu: batch %.9g, lanes off %.9g, alone %.9g",
+                        k->name, threads, i, batch[i], off[i], one[i]);
+          fail(b);
+          break;
+        }
+      }
+      ++runs;
+    }
+  }
+  return runs;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -609,6 +667,7 @@ int main(int argc, char** argv) {
       {"linear", [&] { return test_linear(r, cases / 3 + 1, sets); }},
       {"bad input", [&] { return test_bad_input(); }},
       {"plan", [&] { return test_plan(r, sets); }},
+      {"lanes", [&] { return test_plan_lanes(r, sets); }},
   };
   for (const Part& part : parts) {
     const int before = g_failures;
