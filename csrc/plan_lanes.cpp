@@ -1,45 +1,19 @@
 // The lanes section's portable conv kernel, its element-wise ops and the kernel choice
-// (csrc/plan_lanes.h). The generic Vec spells the per-image generic kernel's arithmetic
-// (acc += w * x), so the two give the same bits with the same compiler flags.
+// (csrc/plan_lanes.h). The portable vector (simd_vec.h) spells the per-image generic kernel's
+// arithmetic (w * x + acc), so the two give the same bits with the same compiler flags.
 #include "plan_lanes.h"
 
 #include <algorithm>
 #include <limits>
+
+#include "simd_vec.h"
 
 namespace prunecal {
 namespace {
 
 constexpr int L = kBatchLanes;
 
-struct Vec {
-  float v[L];
-  static Vec zero() { return set1(0.f); }
-  static Vec set1(float a) {
-    Vec r;
-    for (int l = 0; l < L; ++l) r.v[l] = a;
-    return r;
-  }
-  static Vec load(const float* p) {
-    Vec r;
-    for (int l = 0; l < L; ++l) r.v[l] = p[l];
-    return r;
-  }
-  void store(float* p) const {
-    for (int l = 0; l < L; ++l) p[l] = v[l];
-  }
-  static Vec fma(const Vec& w, const Vec& x, Vec a) {
-    for (int l = 0; l < L; ++l) a.v[l] += w.v[l] * x.v[l];
-    return a;
-  }
-  static Vec add(Vec a, const Vec& b) {
-    for (int l = 0; l < L; ++l) a.v[l] += b.v[l];
-    return a;
-  }
-  static Vec relu(Vec a) {
-    for (int l = 0; l < L; ++l) a.v[l] = a.v[l] < 0.f ? 0.f : a.v[l];  // NaN stays NaN
-    return a;
-  }
-};
+using Vec = VecN<kBatchLanes>;
 constexpr int kTile = 4;
 
 }  // namespace

@@ -6,20 +6,12 @@
 #if defined(PRUNECAL_HAVE_AVX2_TU)
 #include <immintrin.h>
 
+#include "simd_vec.h"
+
 namespace prunecal {
 namespace {
 
-struct Vec {
-  __m256 lo, hi;
-  static Vec zero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
-  static Vec set1(float a) { return {_mm256_set1_ps(a), _mm256_set1_ps(a)}; }
-  static Vec load(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
-  void store(float* p) const { _mm256_storeu_ps(p, lo), _mm256_storeu_ps(p + 8, hi); }
-  static Vec fma(Vec w, Vec x, Vec a) { return {_mm256_fmadd_ps(w.lo, x.lo, a.lo), _mm256_fmadd_ps(w.hi, x.hi, a.hi)}; }
-  static Vec add(Vec a, Vec b) { return {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)}; }
-  // max(0, v) returns its second operand when either is NaN: NaN stays NaN
-  static Vec relu(Vec a) { return {_mm256_max_ps(_mm256_setzero_ps(), a.lo), _mm256_max_ps(_mm256_setzero_ps(), a.hi)}; }
-};
+using Vec = VecYmm2;
 constexpr int kTile = 6;
 
 }  // namespace

@@ -5,20 +5,14 @@
 #if defined(PRUNECAL_HAVE_AVX2_TU)
 #include <immintrin.h>
 
+#include "simd_vec.h"
+
 #include <cstdint>
 
 namespace prunecal {
 namespace {
 
-struct Vec {
-  static constexpr int L = 8;
-  __m256 v;
-  static Vec zero() { return {_mm256_setzero_ps()}; }
-  static Vec set1(float a) { return {_mm256_set1_ps(a)}; }
-  static Vec load(const float* p) { return {_mm256_loadu_ps(p)}; }
-  void store(float* p) const { _mm256_storeu_ps(p, v); }
-  static Vec fma(Vec a, Vec b, Vec c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
-};
+using Vec = VecYmm;
 constexpr int kGatherTile = 8;
 constexpr int kSddRows = 8;
 

@@ -6,20 +6,14 @@
 #if defined(PRUNECAL_HAVE_AVX2_TU)
 #include <immintrin.h>
 
+#include "simd_vec.h"
+
 #include <cstdint>
 
 namespace prunecal {
 namespace {
 
-struct Vec {
-  static constexpr int L = 16;
-  __m512 v;
-  static Vec zero() { return {_mm512_setzero_ps()}; }
-  static Vec set1(float a) { return {_mm512_set1_ps(a)}; }
-  static Vec load(const float* p) { return {_mm512_loadu_ps(p)}; }
-  void store(float* p) const { _mm512_storeu_ps(p, v); }
-  static Vec fma(Vec a, Vec b, Vec c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
-};
+using Vec = VecZmm;
 constexpr int kGatherTile = 8;
 constexpr int kSddRows = 12;
 

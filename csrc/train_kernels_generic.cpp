@@ -1,38 +1,13 @@
 // Portable kernels of the sparse training conv (8 lanes of plain C++; see train_kernels_impl.h).
 #include <cstdint>
 
+#include "simd_vec.h"
 #include "train_conv.h"
 
 namespace prunecal {
 namespace {
 
-struct Vec {
-  static constexpr int L = 8;
-  float v[L];
-  static Vec zero() {
-    Vec r;
-    for (int l = 0; l < L; ++l) r.v[l] = 0.f;
-    return r;
-  }
-  static Vec set1(float a) {
-    Vec r;
-    for (int l = 0; l < L; ++l) r.v[l] = a;
-    return r;
-  }
-  static Vec load(const float* p) {
-    Vec r;
-    for (int l = 0; l < L; ++l) r.v[l] = p[l];
-    return r;
-  }
-  void store(float* p) const {
-    for (int l = 0; l < L; ++l) p[l] = v[l];
-  }
-  static Vec fma(const Vec& a, const Vec& b, const Vec& c) {
-    Vec r;
-    for (int l = 0; l < L; ++l) r.v[l] = a.v[l] * b.v[l] + c.v[l];
-    return r;
-  }
-};
+using Vec = VecN<8>;
 constexpr int kGatherTile = 4;
 constexpr int kSddRows = 4;
 
