@@ -1,0 +1,70 @@
+"""Where a pruned VGG-16-BN's time goes at batch 64 on one thread: the plan of each part of its
+feature extractor (the 32x32, 16x16 and 8x8 conv blocks) against the whole network, with the
+multiply-adds each keeps after global magnitude pruning to 90 % (every conv but the stem).
+
+    python scripts/vgg_parts.py          # images/s, MMAC per image, GMAC/s, us per image
+
+Default initialisation with randomised BN statistics, as benchmarks/bench_vgg.py.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from prunecal import models  # noqa: E402
+from prunecal.prune import prune  # noqa: E402
+from prunecal.sparse.plan import compile_plan  # noqa: E402
+
+
+def rate(module: nn.Module, x: torch.Tensor, seconds: float = 1.5) -> float:
+    with torch.no_grad():
+        module(x), module(x)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            module(x)
+            n += 1
+    return n * x.shape[0] / (time.perf_counter() - t0)
+
+
+def macs(seq: nn.Module, side: int) -> int:
+    total = 0
+    for m in seq.modules():
+        if isinstance(m, nn.MaxPool2d):
+            side //= 2
+        elif isinstance(m, nn.Conv2d):
+            total += int((m.weight != 0).sum()) * side * side
+    return total
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    model = models.create("vgg16_bn").eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    pruned = prune(model, "global_magnitude", 0.9, keep_first_conv=True, keep_classifier=True).eval()
+    dense = sum(int(m.weight.numel()) * s * s for m, s in zip(
+        [m for m in model.modules() if isinstance(m, nn.Conv2d)], [32] * 2 + [16] * 2 + [8] * 3 + [4] * 3 + [2] * 3))
+    layers = list(pruned.features.children())
+    torch.set_num_threads(1)
+    parts = [("32x32 block", 0, 6, (3, 32, 32)), ("16x16 block", 7, 13, (64, 16, 16)),
+             ("8x8 block", 14, 23, (128, 8, 8))]
+    for name, lo, hi, shape in parts:
+        seq = nn.Sequential(*layers[lo:hi]).eval()
+        r = rate(compile_plan(seq, "csr", threads=1, input_size=shape), torch.randn(64, *shape))
+        k = macs(seq, shape[1])
+        print(f"{name}: {r:.0f} img/s, {k / 1e6:.1f} MMAC/img, {r * k / 1e9:.1f} GMAC/s, {1e6 / r:.0f} us/img")
+    r = rate(compile_plan(pruned, "csr", threads=1), torch.randn(64, 3, 32, 32))
+    k = macs(pruned.features, 32)
+    print(f"whole network: {r:.0f} img/s, {k / 1e6:.1f} MMAC/img (dense {dense / 1e6:.1f}), "
+          f"{r * k / 1e9:.1f} GMAC/s, {1e6 / r:.0f} us/img")
+
+
+if __name__ == "__main__":
+    main()
