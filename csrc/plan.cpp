@@ -346,8 +346,7 @@ void Plan::add_clamp(const std::string& name, int in, int out, float lo, float h
 
 std::vector<std::string> Plan::describe() const {
   std::vector<std::string> out;
-  const char* e = std::getenv("PRUNECAL_PLAN_LANES");
-  const LaneSection lanes = lane_section(e && e[0] ? std::atoi(e) : kDefaultLanePixels);
+  const LaneSection lanes = lane_section(lane_pixels_setting());
   for (const auto& op : ops_) {
     std::ostringstream o;
     const size_t i = size_t(&op - ops_.data());

@@ -189,6 +189,9 @@ class Plan {
   // The lanes section for ops whose output has at most max_pixels pixels (0: none; see
   // LaneSection). run() uses PRUNECAL_PLAN_LANES (read per call; default kDefaultLanePixels).
   LaneSection lane_section(int max_pixels, int band_kb = kLaneBandKB) const;
+  // Bytes of one worker's lanes buffers for the section of PRUNECAL_PLAN_LANES (0 without one),
+  // allocated on the first block, beside arena_bytes().
+  int64_t lane_bytes() const;
   static constexpr int kDefaultLanePixels = 16;
   // Input planes per band of a lanes conv: about this many bytes (PRUNECAL_PLAN_LANE_BAND_KB).
   static constexpr int kLaneBandKB = 128;
@@ -229,6 +232,10 @@ class Plan {
   void run_lane_block(const float* x, int64_t n0, int m, float* y, Arena& a, const KernelSet& k,
                       const LaneSection& s);
   std::shared_ptr<const LaneSection> lanes_for_run();
+  // PRUNECAL_PLAN_LANES (default kDefaultLanePixels); std::invalid_argument when malformed.
+  static int lane_pixels_setting();
+  // Offsets (floats) of the section's lanes buffers in one worker's block (-1: not in it); the total.
+  int64_t lane_offsets(const LaneSection& s, std::vector<int64_t>& at) const;
   void run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const KernelSet& k, const PlanTeam* team);
   // One op reading `in` and writing `out` (both checked; `what` names the op in errors).
   PlanOp new_op(OpKind kind, const std::string& what, const std::string& name, int in, int out) const;

@@ -141,6 +141,9 @@ void bind_plan(py::module_& m) {
       .def_property_readonly("n_ops", [](const Plan& p) { return p.ops().size(); })
       .def_property_readonly("n_buffers", &Plan::n_buffers)
       .def_property_readonly("arena_bytes", &Plan::arena_bytes, "Bytes of one worker's activation arena.")
+      .def_property_readonly("lane_bytes", [](const Plan& p) { return wrap([&] { return p.lane_bytes(); }); },
+                             "Bytes of one worker's lanes buffers (the lanes section; 0 without one), "
+                             "allocated on its first block of images.")
       .def_property_readonly("input_shape", [](const Plan& p) {
         if (p.input() < 0) throw py::value_error("plan: input not set");
         const auto& s = p.buffer(p.input());

@@ -128,15 +128,17 @@ LaneSection Plan::lane_section(int max_pixels, int band_kb) const {
   return s;
 }
 
-std::shared_ptr<const LaneSection> Plan::lanes_for_run() {
+int Plan::lane_pixels_setting() {
   const char* e = std::getenv("PRUNECAL_PLAN_LANES");
-  int px = kDefaultLanePixels;
-  if (e && e[0]) {
-    char* end = nullptr;
-    const long v = std::strtol(e, &end, 10);
-    if (*end || v < 0 || v > (1 << 20)) throw std::invalid_argument("PRUNECAL_PLAN_LANES: expected an integer >= 0");
-    px = int(v);
-  }
+  if (!e || !e[0]) return kDefaultLanePixels;
+  char* end = nullptr;
+  const long v = std::strtol(e, &end, 10);
+  if (*end || v < 0 || v > (1 << 20)) throw std::invalid_argument("PRUNECAL_PLAN_LANES: expected an integer >= 0");
+  return int(v);
+}
+
+std::shared_ptr<const LaneSection> Plan::lanes_for_run() {
+  const int px = lane_pixels_setting();
   const char* eb = std::getenv("PRUNECAL_PLAN_LANE_BAND_KB");
   const int band_kb = eb && eb[0] ? std::max(1, std::atoi(eb)) : kLaneBandKB;
   if (!lanes_ || lanes_->max_pixels != px || lanes_->band_kb != band_kb || lanes_ops_ != ops_.size()) {
@@ -146,17 +148,29 @@ std::shared_ptr<const LaneSection> Plan::lanes_for_run() {
   return lanes_;
 }
 
+int64_t Plan::lane_offsets(const LaneSection& s, std::vector<int64_t>& at) const {
+  at.assign(bufs_.size(), -1);
+  int64_t total = 0;
+  for (size_t i = s.t0; i < s.t1; ++i)
+    for (int b : {ops_[i].in0, ops_[i].in1, ops_[i].out})
+      if (b >= 0 && at[size_t(b)] < 0) {
+        at[size_t(b)] = total;
+        total += (s.spec(bufs_[size_t(b)], b).floats() + kSlack + 15) / 16 * 16;
+      }
+  return total;
+}
+
+int64_t Plan::lane_bytes() const {
+  const LaneSection s = lane_section(lane_pixels_setting(), kLaneBandKB);
+  std::vector<int64_t> at;
+  return s.empty() ? 0 : lane_offsets(s, at) * int64_t(sizeof(float));
+}
+
 void Plan::run_lane_block(const float* x, int64_t n0, int m, float* y, Arena& a, const KernelSet& k,
                           const LaneSection& s) {
   if (a.lane_for.get() != &s) {  // this worker's lanes buffers for the section
-    std::vector<int64_t> at(bufs_.size(), -1);
-    int64_t total = 0;
-    for (size_t i = s.t0; i < s.t1; ++i)
-      for (int b : {ops_[i].in0, ops_[i].in1, ops_[i].out})
-        if (b >= 0 && at[size_t(b)] < 0) {
-          at[size_t(b)] = total;
-          total += (s.spec(bufs_[size_t(b)], b).floats() + kSlack + 15) / 16 * 16;
-        }
+    std::vector<int64_t> at;
+    const int64_t total = lane_offsets(s, at);
     a.lane_mem.assign(size_t(total + 16), 0.f);
     float* base = a.lane_mem.data();
     base += (16 - (reinterpret_cast<uintptr_t>(base) / sizeof(float)) % 16) % 16;

@@ -182,3 +182,29 @@ def test_lanes_setting_is_checked(monkeypatch):
         with pytest.raises(ValueError, match="PRUNECAL_PLAN_LANES"):
             with torch.no_grad():
                 plan(x)
+
+
+def test_lane_bytes_count_every_section_buffer(monkeypatch):
+    import re
+
+    monkeypatch.delenv("PRUNECAL_PLAN_LANES", raising=False)
+    model = pruned_vgg([8, "M", 12, "M", 20, "M", 33, 17, "M", 24, 24], seed=0)
+    plan = compile_plan(model, "csr", threads=1)
+    native = plan.plan_for((3, 32, 32))
+    # independent count from the described ops: each buffer a section op reads or writes, its
+    # C x (H + 2P) x (W + 2P) positions of 16 floats (P: its border, at least 1 where a 3x3 pad-1
+    # conv reads it), plus 64 floats of slack, rounded up to 16 floats
+    bufs: dict[str, tuple[int, int, int, int]] = {}
+    for line in lanes_ops(plan):
+        specs = re.findall(r"(b\d+)\((\d+)x(\d+)x(\d+)(?:,P(\d+))?", line)
+        for i, (name, c, h, w, p) in enumerate(specs):
+            pad = int(p or 0)
+            if line.lstrip().startswith("conv") and i == 0:
+                pad = max(pad, 1)
+            old = bufs.get(name, (0, 0, 0, 0))
+            bufs[name] = (int(c), int(h), int(w), max(pad, old[3]))
+    floats = sum((c * (h + 2 * p) * (w + 2 * p) * 16 + 64 + 15) // 16 * 16 for c, h, w, p in bufs.values())
+    assert native.lane_bytes == floats * 4 > 0
+    assert "KiB lanes buffers" in plan.describe()
+    monkeypatch.setenv("PRUNECAL_PLAN_LANES", "0")
+    assert native.lane_bytes == 0 and "lanes buffers" not in plan.describe()

@@ -779,7 +779,8 @@ class PlanModule(nn.Module):
         """One line per native op, plus buffers and arena size."""
         p = self.plan_for(input_size or self.input_size)
         head = (f"plan: backend={self.backend}, input={tuple(p.input_shape)}, {p.n_ops} ops, {p.n_buffers} buffers, "
-                f"arena {p.arena_bytes / 1024:.0f} KiB per thread")
+                f"arena {p.arena_bytes / 1024:.0f} KiB per thread"
+                + (f" (+ {p.lane_bytes / 1024:.0f} KiB lanes buffers at >= 4 images a thread)" if p.lane_bytes else ""))
         return "\n".join([head] + ["  " + line for line in p.describe()])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
