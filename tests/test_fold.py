@@ -211,8 +211,10 @@ def test_fold_bn_params_errors_name_the_problem():
         fold.fold_bn_params(w, torch.zeros(4), _random_bn(3))
     with pytest.raises(ValueError, match="has 5 channels but the layer has 3 outputs"):
         fold.fold_bn_params(w, None, _random_bn(5))
-    with pytest.raises(ValueError, match="BatchNorm1d is not BatchNorm2d"):
-        fold.fold_bn_params(w, None, nn.BatchNorm1d(3).eval())
+    with pytest.raises(ValueError, match=r"a BatchNorm1d folds only into a linear weight \(out, in\), got shape \(3, 2, 1, 1\)"):
+        fold.fold_bn_params(w[:, :, None, None], None, nn.BatchNorm1d(3).eval())
+    with pytest.raises(ValueError, match="BatchNorm3d is not BatchNorm2d or BatchNorm1d"):
+        fold.fold_bn_params(w, None, nn.BatchNorm3d(3).eval())
     for name in ("running_mean", "running_var", "weight", "bias"):
         bn = _random_bn(3)
         with torch.no_grad():
@@ -235,7 +237,8 @@ def test_can_fold_bn_and_helpers():
     assert fold.can_fold_bn(nn.BatchNorm2d(3)) is None
     assert fold.can_fold_bn(nn.BatchNorm2d(3, track_running_stats=False)) == \
         "BatchNorm without running statistics (track_running_stats=False)"
-    assert fold.can_fold_bn(nn.SyncBatchNorm(3)) == "SyncBatchNorm is not BatchNorm2d"
+    assert fold.can_fold_bn(nn.SyncBatchNorm(3)) == "SyncBatchNorm is not BatchNorm2d or BatchNorm1d"
+    assert fold.can_fold_bn(nn.BatchNorm1d(3)) is None
     bn = nn.BatchNorm2d(3)
     bn.running_var = None
     assert "running statistics" in fold.can_fold_bn(bn)
@@ -400,3 +403,15 @@ def test_find_chains_notes_only_where_a_bn_is_skipped():
         {"c": (False, False), "d": (False, False), "e": (True, False), "f": (False, False), "g": (False, False)}
     chains, notes = fold.find_chains(gm, fold_bn=False)  # BN folding off: nothing to explain
     assert notes == {} and all(c.bn is None for c in chains)
+
+
+def test_batchnorm1d_folds_into_a_linear_weight():
+    torch.manual_seed(0)
+    lin, bn = nn.Linear(5, 3), nn.BatchNorm1d(3).eval()
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+    w, b = fold.fold_bn_params(lin.weight, lin.bias, bn)
+    x = torch.randn(7, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(x @ w.T + b, bn(lin(x)), rtol=1e-6, atol=1e-6)

@@ -354,6 +354,34 @@ def test_rejection_names_the_node(body, node, op, why):
     assert str(e.value) == f"plan: unsupported node {node!r} ({op}): {why}"
 
 
+def test_batchnorm1d_after_linear_folds_and_elsewhere_is_refused():
+    class Mlp(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c0, self.pool = nn.Conv2d(3, 8, 3, padding=1), nn.AdaptiveAvgPool2d(1)
+            self.fc, self.bn, self.out = nn.Linear(8, 6), nn.BatchNorm1d(6), nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.out(torch.relu(self.bn(self.fc(self.pool(self.c0(x)).flatten(1)))))
+
+    torch.manual_seed(0)
+    net = Mlp().eval()
+    with torch.no_grad():
+        net.bn.running_mean.uniform_(-1, 1), net.bn.running_var.uniform_(0.5, 2)
+    pm = compile_plan(net, "csr", input_size=(3, 8, 8))
+    assert "BatchNorm" not in pm.describe() and "+relu" in [ln for ln in pm.describe().splitlines() if "fc" in ln][0]
+    x = torch.randn(5, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(pm(x), net(x), rtol=1e-5, atol=1e-6)
+
+    class BnAfterRelu(Mlp):
+        def forward(self, x):
+            return self.out(self.bn(torch.relu(self.fc(self.pool(self.c0(x)).flatten(1)))))
+
+    with pytest.raises(PlanUnsupported, match="a BatchNorm1d is supported only right after a linear layer"):
+        compile_plan(BnAfterRelu().eval(), "csr", input_size=(3, 8, 8))
+
+
 def test_bn_without_running_statistics_is_unsupported_not_a_crash():
     m = Net(lambda s, x: torch.relu(s.bn_batch(s.c0(x))))
     m.bn_batch = nn.BatchNorm2d(C, track_running_stats=False).eval()

@@ -22,10 +22,9 @@ Pruning" code):
 
 The final pooling is global (``AdaptiveAvgPool2d(1)``): on 32x32 inputs the same as the
 reference code's ``AvgPool2d(2)`` on the 2x2 map, and it keeps other input sizes working.
-``vgg19_bn``, ``vgg16_bn`` and the rest run as one native plan
-(:func:`prunecal.sparse.plan.compile_plan`); ``vgg16_bn_l1`` does not (the plan has no
-``BatchNorm1d`` after a ``Linear``: ``PlanUnsupported``): run it through
-:func:`prunecal.sparse.sparsify`. Measured costs: ``docs/architecture.md`` (prunecal.models).
+All of them run as one native plan (:func:`prunecal.sparse.plan.compile_plan`, the door
+:func:`prunecal.sparse.sparsify` takes; ``vgg16_bn_l1``'s ``BatchNorm1d`` is folded into the
+linear layer before it). Measured costs: ``docs/architecture.md`` (prunecal.models).
 """
 from __future__ import annotations
 

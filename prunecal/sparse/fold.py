@@ -39,12 +39,13 @@ _RELU_METHODS = ("relu", "relu_")
 def can_fold_bn(bn: nn.Module) -> str | None:
     """``None`` when ``bn`` can be folded at inference, else the reason it cannot.
 
-    Only :class:`~torch.nn.BatchNorm2d` (after a conv) with running statistics qualifies: a
+    Only :class:`~torch.nn.BatchNorm2d` (after a conv) or :class:`~torch.nn.BatchNorm1d` (after a
+    linear layer; the caller checks which layer precedes) with running statistics qualifies: a
     BatchNorm created with ``track_running_stats=False`` normalises with batch statistics even
     in eval mode, which no constant weight can reproduce.
     """
-    if type(bn) is not nn.BatchNorm2d:
-        return f"{type(bn).__name__} is not BatchNorm2d"
+    if type(bn) not in (nn.BatchNorm2d, nn.BatchNorm1d):
+        return f"{type(bn).__name__} is not BatchNorm2d or BatchNorm1d"
     if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
         return "BatchNorm without running statistics (track_running_stats=False)"
     return None
@@ -58,7 +59,8 @@ def fold_bn_params(
     Args:
         weight: ``(C_out, ...)`` conv or linear weight.
         bias: ``(C_out,)`` or ``None`` (treated as zeros).
-        bn: a BatchNorm over ``C_out`` channels with running statistics.
+        bn: a BatchNorm over ``C_out`` channels with running statistics (BatchNorm1d: only
+            with a linear weight ``(C_out, in)``).
 
     Returns:
         ``(weight', bias')`` new tensors with ``weight``'s dtype; the arithmetic is done in
@@ -70,6 +72,8 @@ def fold_bn_params(
     reason = can_fold_bn(bn) if isinstance(bn, nn.modules.batchnorm._BatchNorm) else "not a BatchNorm"
     if reason is not None:
         raise ValueError(f"bn: cannot fold: {reason}")
+    if type(bn) is nn.BatchNorm1d and weight.dim() != 2:
+        raise ValueError(f"bn: a BatchNorm1d folds only into a linear weight (out, in), got shape {tuple(weight.shape)}")
     c_out = weight.shape[0]
     if bn.num_features != c_out:
         raise ValueError(f"bn: has {bn.num_features} channels but the layer has {c_out} outputs")

@@ -19,7 +19,7 @@ The model is traced with :mod:`torch.fx` and its graph is interpreted on a small
 (which gives every activation's shape and evaluates shape arithmetic to constants). Supported:
 ``Conv2d`` (+ ``BatchNorm2d`` folded in eval mode) (+ ReLU fused), residual ``add`` (+ ReLU),
 ReLU, the CIFAR ResNet option-A shortcut (module or its traced ``x[:, :, ::s, ::s]`` +
-channel ``F.pad``), global average pooling, ``flatten`` / ``view(N, -1)``, ``Linear``,
+channel ``F.pad``), global average pooling, ``flatten`` / ``view(N, -1)``, ``Linear`` (+ ``BatchNorm1d`` folded),
 ``Identity`` / ``Dropout`` (eval), ``MaxPool2d``, ``ReLU6`` / ``Hardtanh``, and the layers of
 :func:`prunecal.sparse.sparsify` (``FoldedConv2d``, ``SparseConv2d``, ``FoldedLinear``,
 ``SparseLinear``). Anything else raises :class:`PlanUnsupported` naming the graph node.
@@ -302,6 +302,12 @@ def _build_ir(gm: torch.fx.GraphModule, input_size: tuple[int, int, int]) -> _IR
                          groups=int(m.groups), relu=bool(m.relu))
                 elif type(m) is nn.BatchNorm2d:
                     emit(node, "bn", [vin], value, bn=m)
+                elif type(m) is nn.BatchNorm1d:  # after a linear layer (the MLP classifier of VGG-16 L1)
+                    if len(ir.shapes[vin]) != 1:
+                        raise PlanUnsupported(node.name, f"{what} (BatchNorm1d)",
+                                              f"BatchNorm1d on an activation of shape {ir.shapes[vin]}; the plan "
+                                              "folds it into the linear layer before it, on (N, features)")
+                    emit(node, "bn", [vin], value, bn=m)
                 elif type(m) is nn.ReLU:
                     emit(node, "relu", [vin], value, inplace=bool(m.inplace))
                 elif isinstance(m, OptionAShortcut):
@@ -425,12 +431,15 @@ def _fold_bn(ir: _IR) -> None:
         if op.kind != "bn":
             continue
         prod = ir.producer(op.inputs[0])
-        if prod is None or prod.kind != "conv" or prod.relu or len(ir.users(op.inputs[0])) != 1 \
+        kind = type(op.bn).__name__
+        want = "linear" if kind == "BatchNorm1d" else "conv"
+        if prod is None or prod.kind != want or prod.relu or len(ir.users(op.inputs[0])) != 1 \
                 or ir.output == op.inputs[0]:
-            raise PlanUnsupported(op.name, "BatchNorm2d", "a BatchNorm is supported only right after a conv")
+            raise PlanUnsupported(op.name, kind, "a BatchNorm is supported only right after a conv" if want == "conv"
+                                  else "a BatchNorm1d is supported only right after a linear layer")
         reason = _fold.can_fold_bn(op.bn)
         if reason:
-            raise PlanUnsupported(op.name, "BatchNorm2d", reason)
+            raise PlanUnsupported(op.name, kind, reason)
         prod.weight, prod.bias = _fold.fold_bn_params(prod.weight, prod.bias, op.bn)
         prod.out = op.out
         ir.ops.remove(op)
