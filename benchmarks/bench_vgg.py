@@ -1,14 +1,16 @@
 """The paper's VGGs through the native plan: wide, small-map layers at batch 64 (issue: lanes section).
 
 Networks pruned to 90 % by global magnitude (every conv but the stem; classifier dense):
-VGG-16-BN and VGG-19-BN with their default initialisation and randomised BN statistics, or
+VGG-16-BN, VGG-19-BN and the paper's VGG-16 (``vgg16_bn_l1``) with their default initialisation and randomised BN statistics, or
 trained weights from ``PRUNECAL_VGG_WEIGHTS`` (a folder of ``<name>.pt`` state dicts, e.g. from
 ``scripts/train_vgg_brief.py``); ResNet-56 (pretrained where the checkpoint exists) and
 MobileNetV2 beside them to show the other shapes do not regress. Runners:
 
 - ``eager``: the pruned model in torch eager mode (dense arithmetic; the baseline),
 - ``plan``: :func:`prunecal.sparse.sparsify` (the compiled plan; its lanes section on),
-- ``plan-nolanes``: the same plan with ``PRUNECAL_PLAN_LANES=0`` (every layer image by image).
+- ``plan-nolanes``: the same plan with ``PRUNECAL_PLAN_LANES=0`` (every layer image by image),
+- ``layers``: ``sparsify(..., plan=False)``, one native call per layer (what ``vgg16_bn_l1``, the
+  paper's VGG-16 with its ``Linear-BatchNorm1d`` classifier, ran as before the plan folded it).
 
 Per layer: three 3x3 convs at 90 % on VGG's shapes (64x32x32 ... 512x2x2), batch 64, one thread,
 lanes on and off. The ISA path is the process's (``PRUNECAL_ISA=avx2`` forces the AVX2 path on
@@ -38,8 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness, peers
 import peers  # noqa: E402
 from harness import bench_forward  # noqa: E402
 
-NETS = ("vgg16_bn", "vgg19_bn", "resnet56", "mobilenetv2")
+NETS = ("vgg16_bn", "vgg19_bn", "vgg16_bn_l1", "resnet56", "mobilenetv2")
 RUNNERS = ("eager", "plan", "plan-nolanes")
+NET_RUNNERS = RUNNERS + ("layers",)
 CONFIGS = ((1, 1), (64, 2))  # (batch, threads)
 LAYERS = ((64, 32), (128, 16), (256, 8), (512, 4), (512, 2))  # (channels, map side)
 SPARSITY = 0.9
@@ -81,7 +84,7 @@ def prepared(name: str, runner: str, threads: int) -> nn.Module:
         return model
     from prunecal.sparse import sparsify
 
-    return sparsify(model, "csr", threads=threads)
+    return sparsify(model, "csr", threads=threads, plan=runner != "layers")
 
 
 def lanes_setting(monkeypatch, runner: str) -> None:
@@ -92,7 +95,7 @@ def lanes_setting(monkeypatch, runner: str) -> None:
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"b{c[0]}-t{c[1]}")
-@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("runner", NET_RUNNERS)
 @pytest.mark.parametrize("net", NETS)
 def test_network(benchmark, monkeypatch, net, runner, config):
     batch, threads = config
@@ -154,15 +157,17 @@ def tables(json_path: str) -> str:
     cpu = data.get("machine_info", {}).get("cpu", {}).get("brand_raw", "?")
     isa = {b["extra_info"].get("isa", "auto") for b in data["benchmarks"]}
     out = [f"CPU: {cpu}; PRUNECAL_ISA: {', '.join(sorted(isa))}", "",
-           "| network @90 % | weights | batch / threads | torch eager | plan (lanes) | plan (no lanes) "
-           "| plan / eager | lanes gain |", "|---|---|---|---|---|---|---|---|"]
+           "| network @90 % | weights | batch / threads | torch eager | per-layer modules | plan (lanes) "
+           "| plan (no lanes) | plan / eager | lanes gain |", "|---|---|---|---|---|---|---|---|---|"]
     for (net, w, batch, threads), r in sorted(nets.items()):
-        e, p, n = r.get("eager"), r.get("plan"), r.get("plan-nolanes")
+        e, p, n, lay = r.get("eager"), r.get("plan"), r.get("plan-nolanes"), r.get("layers")
         ratio = f"{p / e:.2f}x" if e and p else "-"
         gain = f"{p / n:.2f}x" if n and p else "-"
-        out.append(f"| {net} | {w} | b{batch} / {threads} | {e or 0:.0f} | {p or 0:.0f} | {n or 0:.0f} | {ratio} | {gain} |")
-    out += ["", "| layer (3 convs @90 %, batch 64, 1 thread) | torch eager | plan (lanes) | plan (no lanes) "
-            "| lanes gain |", "|---|---|---|---|---|"]
+        out.append(f"| {net} | {w} | b{batch} / {threads} | {e or 0:.0f} | {lay or 0:.0f} | {p or 0:.0f} | {n or 0:.0f} "
+                   f"| {ratio} | {gain} |")
+    if layers:
+        out += ["", "| layer (3 convs @90 %, batch 64, 1 thread) | torch eager | plan (lanes) | plan (no lanes) "
+                "| lanes gain |", "|---|---|---|---|---|"]
     for layer, r in layers.items():
         e, p, n = r.get("eager"), r.get("plan"), r.get("plan-nolanes")
         gain = f"{p / n:.2f}x" if n and p else "-"
