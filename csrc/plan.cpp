@@ -732,7 +732,11 @@ void Plan::run(const float* x, int64_t N, float* y, int threads, int mode, const
     if (!timed) return;
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count() / double(N);
     double& v = as_team ? small_.team_s : small_.one_s;
-    v = v == 0 ? s : 0.75 * v + 0.25 * s;
+    // a decaying minimum: one slow call (a descheduled teammate) does not flip the choice, while
+    // a lasting slowdown raises the estimate 5 % a call until the other path wins (an average
+    // flipped on single outliers and then kept the slower path for 64+ calls: batch 1, 2
+    // threads ran about 10 % below the team alone)
+    v = v == 0 ? s : std::min(s, 1.05 * v);
   };
   if (threads <= 1 || !as_team) {
     run_images(x, 0, N, y, a, k, lanes.get());

@@ -253,7 +253,7 @@ class Plan {
   // Auto mode with fewer images than threads: the team (per op) or one thread, whichever the
   // calls so far measured faster per image (both give the same bits; see Plan::run).
   struct SmallBatchChoice {
-    double team_s = 0, one_s = 0;  // smoothed wall seconds per image
+    double team_s = 0, one_s = 0;  // wall seconds per image: decaying minimum of the calls
     int64_t calls = 0;
     int threads = 0;  // the thread count measured (another count starts afresh)
   } small_;
