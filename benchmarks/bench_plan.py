@@ -21,7 +21,11 @@ the target measuring time per case.
 Against the issue's targets (torch eager dense, DeepSparse 1.8 when its venv exists, the plan),
 one loop for every runtime, sweeps interleaved and repeated, best sweep per cell::
 
-    python benchmarks/bench_plan.py --compare [--seconds 2] [--repeats 2] [--plain-layout] [--busy-core]
+    python benchmarks/bench_plan.py --compare [--net NAME] [--sparsities 0.9,0.95] [--seconds 2] [--repeats 2] \
+        [--plain-layout] [--busy-core]
+
+``--net``: any registered model (pretrained where ``../shared/data/weights`` has it, else the
+default initialisation with randomised BN statistics; see ``peers.build_model``).
 """
 from __future__ import annotations
 
@@ -289,6 +293,7 @@ if __name__ == "__main__":
     ap.add_argument("--net", default="resnet56")
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--sparsities", default="0.9,0.95", help="comma-separated (--compare)")
     ap.add_argument("--plain-layout", action="store_true", help="also the plan with the plain row layout")
     ap.add_argument("--busy-core", action="store_true", help="keep one core busy with another process")
     ap.add_argument("--fixed-kernels", action="store_true", help="also the plan without generated kernels")
@@ -300,8 +305,8 @@ if __name__ == "__main__":
     elif a.stability:
         print(stability(a.net))
     elif a.compare:
-        print(compare(a.net, a.seconds, a.repeats, plain_layout=a.plain_layout, busy_core=a.busy_core,
-                      fixed_kernels=a.fixed_kernels))
+        print(compare(a.net, a.seconds, a.repeats, sparsities=tuple(float(v) for v in a.sparsities.split(",")),
+                      plain_layout=a.plain_layout, busy_core=a.busy_core, fixed_kernels=a.fixed_kernels))
     elif a.json:
         print(table(*a.json))
     else:

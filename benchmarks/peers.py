@@ -65,13 +65,24 @@ def weights_path(name: str = "resnet56") -> Path | None:
 
 
 def build_model(name: str = "resnet56") -> tuple[nn.Module, str]:
-    """``(model in eval mode, "pretrained" | "random")``; pretrained where the checkpoint exists."""
-    if name not in DEPTHS:
-        raise ValueError(f"name must be one of {sorted(DEPTHS)}, got {name!r}")
-    ckpt = weights_path(name)
+    """``(model in eval mode, "pretrained" | "random")`` for any registered model name;
+    pretrained where the checkpoint exists, else the default initialisation (seed 0) with
+    randomised BatchNorm statistics (running mean U(-0.1, 0.1), variance U(0.5, 1.5), as
+    ``bench_vgg.py``), so that folding BN is not a no-op."""
     from prunecal import models
 
-    return models.create(name, weights=ckpt).eval(), ("pretrained" if ckpt else "random")
+    if name not in models.available():
+        raise ValueError(f"name must be one of {sorted(models.available())}, got {name!r}")
+    ckpt = weights_path(name)
+    torch.manual_seed(0)
+    model = models.create(name, weights=ckpt).eval()
+    if ckpt is None:
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+                    m.running_mean.uniform_(-0.1, 0.1)
+                    m.running_var.uniform_(0.5, 1.5)
+    return model, ("pretrained" if ckpt else "random")
 
 
 def prune_convs(model: nn.Module, sparsity: float) -> nn.Module:
