@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cstdlib>
 #include <set>
-#include <cstdio>
 #include <stdexcept>
 
 #include "plan.h"
