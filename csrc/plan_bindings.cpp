@@ -137,7 +137,8 @@ void bind_plan(py::module_& m) {
            },
            py::arg("x"), py::arg("reps") = 1, py::arg("isa") = "auto",
            "CPU seconds per op (one thread), summed over reps x N images; the last two entries are the "
-           "input load and the output store.")
+           "input load and the output store. Image by image: the lanes section's ops are timed as they "
+           "run without it (PRUNECAL_PLAN_LANES=0).")
       .def_property_readonly("n_ops", [](const Plan& p) { return p.ops().size(); })
       .def_property_readonly("n_buffers", &Plan::n_buffers)
       .def_property_readonly("arena_bytes", &Plan::arena_bytes, "Bytes of one worker's activation arena.")
