@@ -167,9 +167,11 @@ def assert_same_value(got, want, where: str) -> None:
 
 
 def test_ctrl_c_exit_130_and_message(tmp_path):
-    # a run of 5 x (1 + 5 x 5) = 130 units: SIGINT after the first lands long before the last
-    # (TINY's 20 units could finish in the polling gap: the test then skipped instead of testing)
+    # a run of 5 x (1 + 5 x 5) = 130 units of 200 images (about 20 s in all): SIGINT after the
+    # first lands long before the last (TINY's 20 units of 24 images could finish while the
+    # poll waited on the store's lock: the test then skipped, later failed, instead of testing)
     longer = [a for a in TINY]
+    longer[longer.index("--limit") + 1] = "200"
     longer[longer.index("--sparsities") + 1] = "0,0.3,0.5,0.7,0.9"
     longer[longer.index("--corruptions") + 1] = "fog,contrast,pixelate,brightness,jpeg_compression"
     longer[longer.index("--severities") + 1] = "1-5"
