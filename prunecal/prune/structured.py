@@ -56,6 +56,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from prunecal.fx_match import RELU_FUNCTIONS, RELU_METHODS
+
 from ..models.preresnet_cifar import ChannelSelection
 from .channel_surgery import (is_depthwise, slice_bn, slice_conv_in, slice_conv_out,
                               slice_depthwise, slice_linear_in, slice_selection)
@@ -117,12 +119,12 @@ _CHANNELWISE_MODULES = (
 )
 _POOL_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _ELEMENTWISE_FNS: set = {
-    F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.hardtanh, F.leaky_relu, F.gelu,
+    *RELU_FUNCTIONS, F.relu6, F.hardtanh, F.leaky_relu, F.gelu,
     F.silu, F.elu, F.hardswish, F.hardsigmoid, torch.sigmoid, torch.tanh, F.sigmoid,
     F.tanh, F.dropout,
 }
 _POOL_FNS: set = {F.avg_pool2d, F.max_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d}
-_ELEMENTWISE_METHODS = {"relu", "relu_", "sigmoid", "tanh", "contiguous", "clamp", "clamp_"}
+_ELEMENTWISE_METHODS = {*RELU_METHODS, "sigmoid", "tanh", "contiguous", "clamp", "clamp_"}
 
 
 def _is_shape_only(n: fx.Node) -> bool:

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.fx
-import torch.nn.functional as F
 from torch import nn
+
+from prunecal.fx_match import is_relu_call
 
 __all__ = [
     "fold_bn_params",
@@ -32,8 +33,6 @@ __all__ = [
     "find_sequential_chains",
 ]
 
-_RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_, F.relu_)
-_RELU_METHODS = ("relu", "relu_")
 
 
 def can_fold_bn(bn: nn.Module) -> str | None:
@@ -130,15 +129,7 @@ def _is_relu_node(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
         m = modules.get(node.target)  # type: ignore[arg-type]
         return is_relu_module(m) and not has_hooks(m)
-    if node.op == "call_function":
-        return node.target in _RELU_FUNCTIONS and len(node.args) == 1 and _only_inplace_kw(node)
-    if node.op == "call_method":
-        return node.target in _RELU_METHODS and len(node.args) == 1 and not node.kwargs
-    return False
-
-
-def _only_inplace_kw(node: torch.fx.Node) -> bool:
-    return set(node.kwargs) <= {"inplace"}
+    return is_relu_call(node)
 
 
 @dataclass

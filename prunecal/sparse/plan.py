@@ -45,6 +45,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from prunecal._native import default_threads, load_native
+from prunecal.fx_match import add_call_inplace, is_add_call, is_relu_call, relu_call_inplace
 from prunecal.models.resnet_cifar import OptionAShortcut
 
 from . import fold as _fold
@@ -66,8 +67,6 @@ batch shares out evenly over the threads (``N % threads == 0``) or ``N >= 4 * th
 slow cross-core round trips make one thread win; both give the same bits)."""
 
 _SAMPLE_BATCH = 3  # batch of the tracing sample (odd, so that it is not confused with a shape)
-_RELU_FNS = (F.relu, torch.relu, torch.relu_, F.relu_)
-_ADD_FNS = (operator.add, operator.iadd, torch.add)
 _ALIAS_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.AlphaDropout)
 
 
@@ -337,10 +336,8 @@ def _build_ir(gm: torch.fx.GraphModule, input_size: tuple[int, int, int]) -> _IR
                 else:
                     raise PlanUnsupported(node.name, f"{what} ({type(m).__name__})")
                 continue
-            if node.op == "call_function" and node.target in _RELU_FNS and len(node.args) == 1 and act(x) \
-                    and set(node.kwargs) <= {"inplace"}:
-                emit(node, "relu", [vid_of[x]], value, inplace=node.target in (torch.relu_, F.relu_)
-                     or bool(node.kwargs.get("inplace", False)))
+            if is_relu_call(node) and act(x):
+                emit(node, "relu", [vid_of[x]], value, inplace=relu_call_inplace(node))
             elif node.op == "call_function" and node.target in (F.relu6, F.hardtanh) and act(x):
                 args = concrete(node.args[1:])
                 kw = concrete({k: v for k, v in node.kwargs.items() if k != "inplace"})
@@ -356,20 +353,11 @@ def _build_ir(gm: torch.fx.GraphModule, input_size: tuple[int, int, int]) -> _IR
                 emit(node, "maxpool", [vid_of[x]], value, **_maxpool_params(
                     ks, get(1, "stride", None) or ks, get(2, "padding", 0), get(3, "dilation", 1),
                     get(4, "ceil_mode", False), get(5, "return_indices", False), node.name))
-            elif node.op == "call_method" and node.target in ("relu", "relu_") and len(node.args) == 1 and not node.kwargs:
-                emit(node, "relu", [vid_of[x]], value, inplace=node.target == "relu_")
-            elif node.op == "call_function" and node.target in _ADD_FNS and len(node.args) == 2 and not node.kwargs \
-                    and act(node.args[0]) and act(node.args[1]):
+            elif is_add_call(node) and act(node.args[0]) and act(node.args[1]):
                 a, b = vid_of[node.args[0]], vid_of[node.args[1]]
                 if ir.shapes[a] != ir.shapes[b]:
                     raise PlanUnsupported(node.name, what, "broadcasting add")
-                emit(node, "add", [a, b], value, inplace=node.target is operator.iadd)
-            elif node.op == "call_method" and node.target in ("add", "add_") and len(node.args) == 2 \
-                    and not node.kwargs and act(node.args[1]):
-                a, b = vid_of[x], vid_of[node.args[1]]
-                if ir.shapes[a] != ir.shapes[b]:
-                    raise PlanUnsupported(node.name, what, "broadcasting add")
-                emit(node, "add", [a, b], value, inplace=node.target == "add_")
+                emit(node, "add", [a, b], value, inplace=add_call_inplace(node))
             elif node.op == "call_function" and node.target is F.adaptive_avg_pool2d and act(x) \
                     and concrete(node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")) in (1, (1, 1), [1, 1]):
                 emit(node, "avgpool", [vid_of[x]], value)
