@@ -186,15 +186,17 @@ void Plan::set_io(int input, int output) {
   output_ = output;
 }
 
-void Plan::add_conv(const std::string& name, const std::string& kind, std::vector<float> values,
-                    std::vector<int32_t> indptr, std::vector<int32_t> indices, std::array<int, 4> shape,
-                    int block_rows, std::vector<float> bias, int stride, int pad, int dil, int groups,
-                    bool relu, int in, int out, int residual) {
+void Plan::add_conv(const std::string& name, WeightArgs w, const ConvArgs& c, int in, int out) {
+  const std::string& kind = w.kind;
+  const int block_rows = w.block_rows;
+  std::vector<float>& bias = w.bias;
+  const int stride = c.stride, pad = c.pad, dil = c.dil, groups = c.groups, residual = c.residual;
+  const bool relu = c.relu;
   PlanOp op = new_op(OpKind::Conv, "conv", name, in, out);
   if (in == out) throw std::invalid_argument("conv: input and output buffers must differ");
   if (stride < 1 || pad < 0 || dil < 1 || groups < 1) throw std::invalid_argument("conv: bad stride/pad/dil/groups");
   op.relu = relu;
-  op.pw = std::make_shared<PackedWeight>(kind, std::move(values), std::move(indptr), std::move(indices), shape,
+  op.pw = std::make_shared<PackedWeight>(kind, std::move(w.values), std::move(w.indptr), std::move(w.indices), w.shape,
                                          block_rows);
   const BufSpec &si = bufs_[size_t(in)], &so = bufs_[size_t(out)];
   const int Co = op.pw->rows();
@@ -267,11 +269,12 @@ void Plan::add_conv(const std::string& name, const std::string& kind, std::vecto
   ops_.push_back(std::move(op));
 }
 
-void Plan::add_linear(const std::string& name, const std::string& kind, std::vector<float> values,
-                      std::vector<int32_t> indptr, std::vector<int32_t> indices, int out_features,
-                      int in_features, int block_rows, std::vector<float> bias, bool relu, int in, int out) {
+void Plan::add_linear(const std::string& name, WeightArgs w, bool relu, int in, int out) {
+  const int out_features = w.shape[0], in_features = w.shape[1];
+  std::vector<float>& bias = w.bias;
   PlanOp op = new_op(OpKind::Linear, "linear", name, in, out);
-  if (kind != "csr") throw std::invalid_argument("linear " + name + ": only CSR weights are supported");
+  if (w.kind != "csr") throw std::invalid_argument("linear " + name + ": only CSR weights are supported");
+  if (w.shape[2] != 1 || w.shape[3] != 1) throw std::invalid_argument("linear " + name + ": shape must be (out, in, 1, 1)");
   const BufSpec &si = bufs_[size_t(in)], &so = bufs_[size_t(out)];
   if (si.P != 0 || so.P != 0) throw std::invalid_argument("linear " + name + ": buffers must have P = 0");
   if (si.features() != in_features || so.features() != out_features)
@@ -279,7 +282,7 @@ void Plan::add_linear(const std::string& name, const std::string& kind, std::vec
   if (!bias.empty() && int(bias.size()) != out_features)
     throw std::invalid_argument("linear " + name + ": bias length != out_features");
   op.relu = relu;
-  op.pw = std::make_shared<PackedWeight>(kind, std::move(values), std::move(indptr), std::move(indices),
+  op.pw = std::make_shared<PackedWeight>(w.kind, std::move(w.values), std::move(w.indptr), std::move(w.indices),
                                          std::array<int, 4>{out_features, in_features, 1, 1}, 1);  // validates
   op.bias = std::move(bias);
   ops_.push_back(std::move(op));

@@ -131,6 +131,25 @@ void op_store(const float* x, const BufSpec& sx, float* img);
 
 struct PlanTeam;
 
+// A layer's weight as handed to the plan: kind "csr" or "bsr"; values, indptr, indices as in
+// PackedWeight; shape (C_out, C_in / groups, kh, kw); block_rows for BSR; bias per output
+// channel (empty: none).
+struct WeightArgs {
+  std::string kind = "csr";
+  std::vector<float> values;
+  std::vector<int32_t> indptr, indices;
+  std::array<int, 4> shape{};
+  int block_rows = 1;
+  std::vector<float> bias;
+};
+// A conv's geometry and epilogue: stride, padding, dilation, groups; ReLU; a fused residual
+// buffer added before the ReLU (-1: none).
+struct ConvArgs {
+  int stride = 1, pad = 0, dil = 1, groups = 1;
+  bool relu = false;
+  int residual = -1;
+};
+
 // The plan's lanes section (csrc/plan_lanes.h): ops [t0, t1), every one of them a conv (groups
 // 1, no fused residual, larger than 1x1, whose image-by-image kernels would fill under 3/4 of
 // their vector lanes; any stride and padding), max-pool, ReLU, clamp or add whose output map has
@@ -164,13 +183,10 @@ class Plan {
 
   int add_buffer(int C, int H, int W, int P);
   void set_io(int input, int output);
-  void add_conv(const std::string& name, const std::string& kind, std::vector<float> values,
-                std::vector<int32_t> indptr, std::vector<int32_t> indices, std::array<int, 4> shape,
-                int block_rows, std::vector<float> bias, int stride, int pad, int dil, int groups,
-                bool relu, int in, int out, int residual = -1);
-  void add_linear(const std::string& name, const std::string& kind, std::vector<float> values,
-                  std::vector<int32_t> indptr, std::vector<int32_t> indices, int out_features,
-                  int in_features, int block_rows, std::vector<float> bias, bool relu, int in, int out);
+  // out = relu?(conv(in) + bias [+ buffer c.residual]); the weight is validated by PackedWeight.
+  void add_conv(const std::string& name, WeightArgs w, const ConvArgs& c, int in, int out);
+  // out = relu?(in W^T + bias); w.shape = (out_features, in_features, 1, 1), CSR only.
+  void add_linear(const std::string& name, WeightArgs w, bool relu, int in, int out);
   void add_add(const std::string& name, int a, int b, int out, bool relu);
   void add_relu(const std::string& name, int in, int out);
   void add_shortcut(const std::string& name, int in, int out, int stride, int left);

@@ -79,8 +79,10 @@ void bind_plan(py::module_& m) {
              auto ix = vec<int32_t>(indices, "indices", 1);
              auto b = opt_bias(bias);
              wrap([&] {
-               p.add_conv(name, kind, std::move(v), std::move(ip), std::move(ix), {shape[0], shape[1], shape[2], shape[3]},
-                          block_rows, std::move(b), stride, pad, dil, groups, relu, in, out, residual);
+               p.add_conv(name,
+                          prunecal::WeightArgs{kind, std::move(v), std::move(ip), std::move(ix),
+                                               {shape[0], shape[1], shape[2], shape[3]}, block_rows, std::move(b)},
+                          prunecal::ConvArgs{stride, pad, dil, groups, relu, residual}, in, out);
                return 0;
              });
            },
@@ -97,8 +99,10 @@ void bind_plan(py::module_& m) {
              auto ix = vec<int32_t>(indices, "indices", 1);
              auto b = opt_bias(bias);
              wrap([&] {
-               p.add_linear(name, "csr", std::move(v), std::move(ip), std::move(ix), out_features, in_features, 1,
-                            std::move(b), relu, in, out);
+               p.add_linear(name,
+                            prunecal::WeightArgs{"csr", std::move(v), std::move(ip), std::move(ix),
+                                                 {out_features, in_features, 1, 1}, 1, std::move(b)},
+                            relu, in, out);
                return 0;
              });
            },

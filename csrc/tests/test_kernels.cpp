@@ -371,12 +371,12 @@ int test_bad_input() {
   expect_throw("plan conv channels", [&] {
     Plan p;
     const int a = p.add_buffer(3, 8, 8, 1), b = p.add_buffer(4, 8, 8, 1);
-    p.add_conv("c", "csr", V{}, I{0, 0, 0, 0, 0}, I{}, {4, 2, 3, 3}, 1, {}, 1, 1, 1, 1, false, a, b);
+    p.add_conv("c", WeightArgs{"csr", V{}, I{0, 0, 0, 0, 0}, I{}, {4, 2, 3, 3}, 1, {}}, ConvArgs{1, 1, 1, 1, false, -1}, a, b);
   });
   expect_throw("plan conv output shape", [&] {
     Plan p;
     const int a = p.add_buffer(3, 8, 8, 1), b = p.add_buffer(4, 7, 8, 1);
-    p.add_conv("c", "csr", V{}, I{0, 0, 0, 0, 0}, I{}, {4, 3, 3, 3}, 1, {}, 1, 1, 1, 1, false, a, b);
+    p.add_conv("c", WeightArgs{"csr", V{}, I{0, 0, 0, 0, 0}, I{}, {4, 3, 3, 3}, 1, {}}, ConvArgs{1, 1, 1, 1, false, -1}, a, b);
   });
   expect_throw("plan buffer index", [&] {
     Plan p;
@@ -530,8 +530,9 @@ int test_plan(Rng& r, const std::vector<const KernelSet*>& sets) {
           const Net::Layer& L = net.layers[size_t(i)];
           // grouped BSR blocks must not straddle groups: 32 rows per group, blocks of 4 do not
           const Sparse s = pack(L.w, L.s.Co, L.s.K(), kind);
-          p.add_conv("conv" + std::to_string(i), s.kind, s.values, s.indptr, s.indices,
-                     {L.s.Co, L.s.C / L.s.groups, 3, 3}, s.block_rows, L.b, L.s.stride, 1, 1, L.s.groups, relu, a, b, res);
+          p.add_conv("conv" + std::to_string(i),
+                     WeightArgs{s.kind, s.values, s.indptr, s.indices, {L.s.Co, L.s.C / L.s.groups, 3, 3}, s.block_rows, L.b},
+                     ConvArgs{L.s.stride, 1, 1, L.s.groups, relu, res}, a, b);
         };
         add_conv(0, in, b1, true, -1);
         add_conv(1, b1, t1, true, -1);
@@ -547,7 +548,7 @@ int test_plan(Rng& r, const std::vector<const KernelSet*>& sets) {
         p.add_add("add4", u4, b4, b5, true);
         p.add_avgpool("pool", b5, pool);
         const Sparse f = to_csr(fc.w, 10, 64);
-        p.add_linear("fc", "csr", f.values, f.indptr, f.indices, 10, 64, 1, fc.b, false, pool, out);
+        p.add_linear("fc", WeightArgs{"csr", f.values, f.indptr, f.indices, {10, 64, 1, 1}, 1, fc.b}, false, pool, out);
 
         for (size_t bi = 0; bi < xs.size(); ++bi) {
           const std::vector<float>& x = xs[bi];
@@ -587,7 +588,7 @@ int test_plan_lanes(Rng& r, const std::vector<const KernelSet*>& sets) {
     const Sparse s = to_csr(random_weight(r, Co, int64_t(C) * 9, 0.6, 0.4f), Co, int64_t(C) * 9);
     std::vector<float> bias(static_cast<size_t>(Co));
     for (auto& v : bias) v = uniform(r, -0.2f, 0.2f);
-    p.add_conv(name, "csr", s.values, s.indptr, s.indices, {Co, C, 3, 3}, 1, bias, 1, 1, 1, 1, relu, a, b);
+    p.add_conv(name, WeightArgs{"csr", s.values, s.indptr, s.indices, {Co, C, 3, 3}, 1, bias}, ConvArgs{1, 1, 1, 1, relu, -1}, a, b);
   };
   conv("c1", 5, 12, in, b1, true);
   p.add_maxpool("p1", b1, b2, 2, 2, 0);
@@ -597,7 +598,8 @@ int test_plan_lanes(Rng& r, const std::vector<const KernelSet*>& sets) {
   conv("c4", 20, 17, b5, b6, false);
   p.add_avgpool("gap", b6, b7);
   const Sparse f = to_csr(random_weight(r, 6, 17, 0.3, 0.5f), 6, 17);
-  p.add_linear("fc", "csr", f.values, f.indptr, f.indices, 6, 17, 1, std::vector<float>(6, 0.1f), false, b7, out);
+  p.add_linear("fc", WeightArgs{"csr", f.values, f.indptr, f.indices, {6, 17, 1, 1}, 1, std::vector<float>(6, 0.1f)}, false, b7,
+               out);
   int in_lanes = 0;
   for (const std::string& line : p.describe()) in_lanes += line.find("[lanes") != std::string::npos;
   ++g_checks;
