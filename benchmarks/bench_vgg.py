@@ -58,23 +58,14 @@ def weights_kind(name: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def pruned(name: str) -> nn.Module:
-    from prunecal import models
-    from prunecal.prune import prune
-
-    torch.manual_seed(0)
-    kind = weights_kind(name)
-    model = models.create(name, peers.weights_path(name) if kind == "pretrained" else None)
-    if kind == "trained":
-        state = torch.load(Path(os.environ["PRUNECAL_VGG_WEIGHTS"]) / f"{name}.pt", map_location="cpu",
-                           weights_only=True)
-        model.load_state_dict(state)
-    elif kind == "init":
-        with torch.no_grad():
-            for m in model.modules():
-                if isinstance(m, nn.BatchNorm2d):
-                    m.running_mean.uniform_(-0.1, 0.1)
-                    m.running_var.uniform_(0.5, 1.5)
-    return prune(model.eval(), "global_magnitude", SPARSITY, keep_first_conv=True, keep_classifier=True).eval()
+    """``peers.pruned_model(name, SPARSITY)``, or with the trained weights of
+    ``PRUNECAL_VGG_WEIGHTS`` loaded before pruning."""
+    if weights_kind(name) != "trained":
+        return peers.pruned_model(name, SPARSITY)
+    model = peers.build_model(name)[0]
+    state = torch.load(Path(os.environ["PRUNECAL_VGG_WEIGHTS"]) / f"{name}.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return peers.prune_convs(model.eval(), SPARSITY).eval()
 
 
 @functools.lru_cache(maxsize=8)

@@ -349,7 +349,7 @@ void Plan::add_clamp(const std::string& name, int in, int out, float lo, float h
 
 std::vector<std::string> Plan::describe() const {
   std::vector<std::string> out;
-  const LaneSection lanes = lane_section(lane_pixels_setting());
+  const LaneSection lanes = lane_range(lane_pixels_setting());  // (which ops: no kernel data needed)
   for (const auto& op : ops_) {
     std::ostringstream o;
     const size_t i = size_t(&op - ops_.data());
@@ -687,13 +687,6 @@ void Plan::run(const float* x, int64_t N, float* y, int threads, int mode, const
   if (N <= 0) return;
   std::lock_guard<std::mutex> lk(run_mutex_);
   const int64_t fin = bufs_[size_t(input_)].features(), fout = bufs_[size_t(output_)].features();
-  auto one = [&](int64_t n, Arena& a, int th) {
-    const float* xi = x + n * fin;
-    float* yi = y + n * fout;
-    const bool bad = k.nonfinite(xi, fin);
-    run_image(xi, yi, a, th, bad, k);
-    if (!bad && k.nonfinite(yi, fout)) run_image(xi, yi, a, th, true, k);  // overflow inside
-  };
   // auto: whole images per worker when they share out evenly (or there are many), else split ops
   const bool auto_mode = mode == 0;
   if (mode == 0) mode = (threads > 1 && N >= threads && (N % threads == 0 || N >= 4 * int64_t(threads))) ? 1 : 2;
@@ -713,7 +706,7 @@ void Plan::run(const float* x, int64_t N, float* y, int threads, int mode, const
       });
       return;
     }
-    parallel_for(workers, N, [&](int64_t n, int w) { one(n, *arenas_[size_t(w)], 1); });
+    parallel_for(workers, N, [&](int64_t n, int w) { run_images(x, n, 1, y, *arenas_[size_t(w)], k, nullptr); });
     return;
   }
   Arena& a = arena(0);

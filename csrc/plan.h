@@ -250,6 +250,8 @@ class Plan {
   std::shared_ptr<const LaneSection> lanes_for_run();
   // PRUNECAL_PLAN_LANES (default kDefaultLanePixels); std::invalid_argument when malformed.
   static int lane_pixels_setting();
+  // The section's ops, entry / exit buffers and lanes borders, without the convs' kernel data.
+  LaneSection lane_range(int max_pixels) const;
   // Offsets (floats) of the section's lanes buffers in one worker's block (-1: not in it); the total.
   int64_t lane_offsets(const LaneSection& s, std::vector<int64_t>& at) const;
   void run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const KernelSet& k, const PlanTeam* team);

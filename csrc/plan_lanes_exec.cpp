@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <set>
+#include <string>
 #include <stdexcept>
 
 #include "plan.h"
@@ -25,11 +26,41 @@ std::vector<int> live_in(const std::vector<PlanOp>& ops, size_t i0, size_t i1) {
   return in;
 }
 
+// An integer setting from the environment: dflt when unset or empty; std::invalid_argument
+// naming the variable when it is not an integer in [lo, hi].
+int env_int(const char* name, int dflt, long lo, long hi) {
+  const char* e = std::getenv(name);
+  if (!e || !e[0]) return dflt;
+  char* end = nullptr;
+  const long v = std::strtol(e, &end, 10);
+  if (*end || v < lo || v > hi)
+    throw std::invalid_argument(std::string(name) + ": expected an integer >= " + std::to_string(lo));
+  return int(v);
+}
+
+// Lane i of a lanes buffer <-> the interior of the same buffer's per-image copy.
+void to_lane(const float* img, const BufSpec& sb, float* lanes, const LaneSpec& ls, int i) {
+  for (int c = 0; c < sb.C; ++c)
+    for (int r = 0; r < sb.H; ++r) {
+      const float* p = img + c * sb.plane() + sb.pos(r, 0);
+      float* q = lanes + c * ls.plane() + ls.pos(r, 0) + i;
+      for (int x = 0; x < sb.W; ++x) q[x * L] = p[x];
+    }
+}
+
+void from_lane(const float* lanes, const LaneSpec& ls, int i, float* img, const BufSpec& sb) {
+  for (int c = 0; c < sb.C; ++c)
+    for (int r = 0; r < sb.H; ++r) {
+      float* p = img + c * sb.plane() + sb.pos(r, 0);
+      const float* q = lanes + c * ls.plane() + ls.pos(r, 0) + i;
+      for (int x = 0; x < sb.W; ++x) p[x] = q[x * L];
+    }
+}
+
 }  // namespace
 
-LaneSection Plan::lane_section(int max_pixels, int band_kb) const {
+LaneSection Plan::lane_range(int max_pixels) const {
   LaneSection s;
-  s.band_kb = band_kb;
   s.max_pixels = max_pixels;
   if (max_pixels <= 0 || input_ < 0 || output_ < 0) return s;
   auto fits = [&](const PlanOp& op) {
@@ -88,6 +119,13 @@ LaneSection Plan::lane_section(int max_pixels, int band_kb) const {
   for (size_t b = 0; b < bufs_.size(); ++b) s.pad[b] = bufs_[b].P;
   for (size_t i = s.t0; i < s.t1; ++i)
     if (ops_[i].kind == OpKind::Conv) s.pad[size_t(ops_[i].in0)] = std::max(s.pad[size_t(ops_[i].in0)], ops_[i].pad);
+  return s;
+}
+
+LaneSection Plan::lane_section(int max_pixels, int band_kb) const {
+  LaneSection s = lane_range(max_pixels);
+  s.band_kb = band_kb;
+  if (s.empty()) return s;
   s.convs.resize(s.t1 - s.t0);
   for (size_t i = s.t0; i < s.t1; ++i) {
     const PlanOp& op = ops_[i];
@@ -127,19 +165,11 @@ LaneSection Plan::lane_section(int max_pixels, int band_kb) const {
   return s;
 }
 
-int Plan::lane_pixels_setting() {
-  const char* e = std::getenv("PRUNECAL_PLAN_LANES");
-  if (!e || !e[0]) return kDefaultLanePixels;
-  char* end = nullptr;
-  const long v = std::strtol(e, &end, 10);
-  if (*end || v < 0 || v > (1 << 20)) throw std::invalid_argument("PRUNECAL_PLAN_LANES: expected an integer >= 0");
-  return int(v);
-}
+int Plan::lane_pixels_setting() { return env_int("PRUNECAL_PLAN_LANES", kDefaultLanePixels, 0, 1 << 20); }
 
 std::shared_ptr<const LaneSection> Plan::lanes_for_run() {
   const int px = lane_pixels_setting();
-  const char* eb = std::getenv("PRUNECAL_PLAN_LANE_BAND_KB");
-  const int band_kb = eb && eb[0] ? std::max(1, std::atoi(eb)) : kLaneBandKB;
+  const int band_kb = env_int("PRUNECAL_PLAN_LANE_BAND_KB", kLaneBandKB, 1, 1 << 20);
   if (!lanes_ || lanes_->max_pixels != px || lanes_->band_kb != band_kb || lanes_ops_ != ops_.size()) {
     lanes_ = std::make_shared<const LaneSection>(lane_section(px, band_kb));
     lanes_ops_ = ops_.size();
@@ -160,7 +190,7 @@ int64_t Plan::lane_offsets(const LaneSection& s, std::vector<int64_t>& at) const
 }
 
 int64_t Plan::lane_bytes() const {
-  const LaneSection s = lane_section(lane_pixels_setting(), kLaneBandKB);
+  const LaneSection s = lane_range(lane_pixels_setting());
   std::vector<int64_t> at;
   return s.empty() ? 0 : lane_offsets(s, at) * int64_t(sizeof(float));
 }
@@ -180,20 +210,10 @@ void Plan::run_lane_block(const float* x, int64_t n0, int m, float* y, Arena& a,
   }
   const int64_t fin = bufs_[size_t(input_)].features(), fout = bufs_[size_t(output_)].features();
   // before the section: image by image, each image's entry buffer into its lane
-  {
-    const BufSpec& sb = bufs_[size_t(s.entry)];
-    const LaneSpec ls = s.spec(sb, s.entry);
-    float* lanes = a.lane_buf[size_t(s.entry)];
-    for (int i = 0; i < m; ++i) {
-      run_ops(x + (n0 + i) * fin, nullptr, 0, s.t0, a, 1, false, k);
-      const float* src = a.buf[size_t(s.entry)];
-      for (int c = 0; c < sb.C; ++c)
-        for (int r = 0; r < sb.H; ++r) {
-          const float* p = src + c * sb.plane() + sb.pos(r, 0);
-          float* q = lanes + c * ls.plane() + ls.pos(r, 0) + i;
-          for (int xq = 0; xq < sb.W; ++xq) q[xq * L] = p[xq];
-        }
-    }
+  const BufSpec &se = bufs_[size_t(s.entry)], &sx = bufs_[size_t(s.exit)];
+  for (int i = 0; i < m; ++i) {
+    run_ops(x + (n0 + i) * fin, nullptr, 0, s.t0, a, 1, false, k);
+    to_lane(a.buf[size_t(s.entry)], se, a.lane_buf[size_t(s.entry)], s.spec(se, s.entry), i);
   }
   // the section, once for the block (lanes >= m hold an earlier block's finite values: unused)
   const LaneKernels& lk = lane_kernels_for(k);
@@ -229,18 +249,9 @@ void Plan::run_lane_block(const float* x, int64_t n0, int m, float* y, Arena& a,
     }
   }
   // after the section: each image's lane back into the exit buffer, then its remaining ops
-  const BufSpec& sb = bufs_[size_t(s.exit)];
-  const LaneSpec ls = s.spec(sb, s.exit);
-  const float* lanes = a.lane_buf[size_t(s.exit)];
   for (int i = 0; i < m; ++i) {
-    float* dst = a.buf[size_t(s.exit)];
-    for (int c = 0; c < sb.C; ++c)
-      for (int r = 0; r < sb.H; ++r) {
-        float* p = dst + c * sb.plane() + sb.pos(r, 0);
-        const float* q = lanes + c * ls.plane() + ls.pos(r, 0) + i;
-        for (int xq = 0; xq < sb.W; ++xq) p[xq] = q[xq * L];
-      }
-    op_replicate(dst, sb, 0, sb.C);
+    from_lane(a.lane_buf[size_t(s.exit)], s.spec(sx, s.exit), i, a.buf[size_t(s.exit)], sx);
+    op_replicate(a.buf[size_t(s.exit)], sx, 0, sx.C);
     run_ops(nullptr, y + (n0 + i) * fout, s.t1, ops_.size(), a, 1, false, k);
   }
 }

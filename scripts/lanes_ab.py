@@ -4,8 +4,9 @@ round), checking that every setting gives the same bits.
 
     python scripts/lanes_ab.py NET BATCH THREADS LIMITS        # e.g. vgg16_bn 8 2 0,16
 
-NET: a prunecal model name, pruned to 90 % by global magnitude (every conv but the stem), default
-initialisation with randomised BN statistics (as benchmarks/bench_vgg.py).
+NET: a prunecal model name, pruned to 90 % by global magnitude (every conv but the stem):
+``peers.pruned_model`` of benchmarks/peers.py (pretrained where the checkpoint exists, else the
+default initialisation with randomised BN statistics), as the benchmarks use.
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from prunecal import models  # noqa: E402
-from prunecal.prune import prune  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import peers  # noqa: E402
 from prunecal.sparse.plan import compile_plan  # noqa: E402
 
 
@@ -26,13 +27,7 @@ def main(argv: list[str]) -> None:
     if len(argv) != 4:
         sys.exit(__doc__)
     name, batch, threads, limits = argv[0], int(argv[1]), int(argv[2]), argv[3].split(",")
-    torch.manual_seed(0)
-    model = models.create(name).eval()
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    pruned = prune(model, "global_magnitude", 0.9, keep_first_conv=True, keep_classifier=True).eval()
+    pruned = peers.pruned_model(name, 0.9)
     torch.set_num_threads(threads)
     plan = compile_plan(pruned, "csr", threads=threads)
     x = torch.randn(batch, 3, 32, 32)

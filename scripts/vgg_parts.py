@@ -4,7 +4,8 @@ multiply-adds each keeps after global magnitude pruning to 90 % (every conv but 
 
     python scripts/vgg_parts.py          # images/s, MMAC per image, GMAC/s, us per image
 
-Default initialisation with randomised BN statistics, as benchmarks/bench_vgg.py.
+The network of the benchmarks: ``peers.pruned_model("vgg16_bn", 0.9)`` (default initialisation
+with randomised BN statistics).
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from prunecal import models  # noqa: E402
-from prunecal.prune import prune  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import peers  # noqa: E402
 from prunecal.sparse.plan import compile_plan  # noqa: E402
 
 
@@ -42,13 +43,8 @@ def macs(seq: nn.Module, side: int) -> int:
 
 
 def main() -> None:
-    torch.manual_seed(0)
-    model = models.create("vgg16_bn").eval()
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    pruned = prune(model, "global_magnitude", 0.9, keep_first_conv=True, keep_classifier=True).eval()
+    model = peers.build_model("vgg16_bn")[0]
+    pruned = peers.pruned_model("vgg16_bn", 0.9)
     dense = sum(int(m.weight.numel()) * s * s for m, s in zip(
         [m for m in model.modules() if isinstance(m, nn.Conv2d)], [32] * 2 + [16] * 2 + [8] * 3 + [4] * 3 + [2] * 3))
     layers = list(pruned.features.children())
