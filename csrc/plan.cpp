@@ -691,8 +691,8 @@ void Plan::run(const float* x, int64_t N, float* y, int threads, int mode, const
   const bool auto_mode = mode == 0;
   if (mode == 0) mode = (threads > 1 && N >= threads && (N % threads == 0 || N >= 4 * int64_t(threads))) ? 1 : 2;
   // the lanes section (plan_lanes.h), where whole images per thread come in blocks of kMinLaneImages or more
-  std::shared_ptr<const LaneSection> lanes = lanes_for_run();
-  if (lanes->empty()) lanes.reset();
+  std::shared_ptr<const LaneSection> lanes = N >= kMinLaneImages ? lanes_for_run() : nullptr;
+  if (lanes && lanes->empty()) lanes.reset();
   if (mode == 1 && threads > 1 && N > 1) {
     const int workers = int(std::min<int64_t>(threads, N));
     for (int w = 0; w < workers; ++w) arena(w);

@@ -56,8 +56,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from prunecal.fx_match import RELU_FUNCTIONS, RELU_METHODS
-
+from ..fx_match import RELU_FUNCTIONS, RELU_METHODS
 from ..models.preresnet_cifar import ChannelSelection
 from .channel_surgery import (is_depthwise, slice_bn, slice_conv_in, slice_conv_out,
                               slice_depthwise, slice_linear_in, slice_selection)

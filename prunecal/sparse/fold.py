@@ -34,7 +34,6 @@ __all__ = [
 ]
 
 
-
 def can_fold_bn(bn: nn.Module) -> str | None:
     """``None`` when ``bn`` can be folded at inference, else the reason it cannot.
 

@@ -299,10 +299,8 @@ def _build_ir(gm: torch.fx.GraphModule, input_size: tuple[int, int, int]) -> _IR
                     emit(node, "conv", [vin], value, weight=_as_f32(w, node.name),
                          bias=None if m.bias is None else _as_f32(m.bias, node.name), stride=p[0], pad=p[1], dil=p[2],
                          groups=int(m.groups), relu=bool(m.relu))
-                elif type(m) is nn.BatchNorm2d:
-                    emit(node, "bn", [vin], value, bn=m)
-                elif type(m) is nn.BatchNorm1d:  # after a linear layer (the MLP classifier of VGG-16 L1)
-                    if len(ir.shapes[vin]) != 1:
+                elif type(m) in (nn.BatchNorm2d, nn.BatchNorm1d):  # folded by _fold_bn (1d: after a linear)
+                    if type(m) is nn.BatchNorm1d and len(ir.shapes[vin]) != 1:
                         raise PlanUnsupported(node.name, f"{what} (BatchNorm1d)",
                                               f"BatchNorm1d on an activation of shape {ir.shapes[vin]}; the plan "
                                               "folds it into the linear layer before it, on (N, features)")
