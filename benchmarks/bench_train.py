@@ -212,14 +212,16 @@ def compare(seconds: float, nets: list[str], batches: list[int], sparsities: lis
     return "\n".join(out)
 
 
-def profile(net: str, sparsity: float, batch: int, channels_last: bool, steps: int = 3) -> str:
-    """CPU time (1 thread, time.thread_time) of a csr training step: total, the native conv calls
-    (forward / backward) and the rest (BN, ReLU, residual adds, loss, optimizer, Python)."""
+def profile(net: str, sparsity: float, batch: int, channels_last: bool, steps: int = 3, threads: int = 1) -> str:
+    """Time of a csr training step: total, the native conv calls (forward / backward) and the rest
+    (BN, ReLU, residual adds, loss, optimizer, Python). One thread: CPU time of the calling thread
+    (time.thread_time, robust on a shared machine); more threads: wall time (time.perf_counter)."""
     import peers
 
     from prunecal.sparse.train import SparseConv2d, trainable
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
+    clock = time.thread_time if threads == 1 else time.perf_counter
     model = trainable(peers.pruned_model(net, sparsity)).train()
     spent = {"forward": 0.0, "backward": 0.0}
 
@@ -231,14 +233,14 @@ def profile(net: str, sparsity: float, batch: int, channels_last: bool, steps: i
             return getattr(self.tc, name)
 
         def _forward_ptr(self, *a):
-            t0 = time.thread_time()
+            t0 = clock()
             self.tc._forward_ptr(*a)
-            spent["forward"] += time.thread_time() - t0
+            spent["forward"] += clock() - t0
 
         def _backward_ptr(self, *a):
-            t0 = time.thread_time()
+            t0 = clock()
             self.tc._backward_ptr(*a)
-            spent["backward"] += time.thread_time() - t0
+            spent["backward"] += clock() - t0
 
     for m in model.modules():
         if isinstance(m, SparseConv2d):
@@ -259,13 +261,13 @@ def profile(net: str, sparsity: float, batch: int, channels_last: bool, steps: i
     best = None
     for _ in range(steps):
         spent.update(forward=0.0, backward=0.0)
-        t0 = time.thread_time()
+        t0 = clock()
         step()
-        total = time.thread_time() - t0
+        total = clock() - t0
         if best is None or total < best[0]:
             best = (total, spent["forward"], spent["backward"])
     total, fwd, bwd = (v * 1e3 for v in best)
-    return (f"{net} s{sparsity} b{batch} {'channels_last' if channels_last else 'NCHW'} 1 thread, CPU ms (fastest of "
+    return (f"{net} s{sparsity} b{batch} {'channels_last' if channels_last else 'NCHW'} {threads} thread(s), {'CPU' if threads == 1 else 'wall'} ms (fastest of "
             f"{steps} steps): step {total:.1f} = sparse conv forward {fwd:.1f} + sparse conv backward {bwd:.1f} "
             f"+ rest {total - fwd - bwd:.1f}")
 
@@ -281,7 +283,7 @@ if __name__ == "__main__":
     ap.add_argument("--batches", default="64,128")
     ap.add_argument("--sparsities", default="0.7,0.9,0.95")
     ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--profile", metavar="NET", help="split a csr step's CPU time (1 thread; --sparsities[0], --batches[0])")
+    ap.add_argument("--profile", metavar="NET", help="split a csr step's time (--sparsities[0], --batches[0], --threads[0])")
     ap.add_argument("--channels-last", action="store_true", help="--profile in channels_last")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall: time.perf_counter; cpu: time.thread_time (needs --threads 1)")
@@ -290,7 +292,8 @@ if __name__ == "__main__":
     if a.clock == "cpu" and threads != [1]:
         ap.error("--clock cpu measures the calling thread only: use --threads 1")
     if a.profile:
-        print(profile(a.profile, float(a.sparsities.split(",")[0]), int(a.batches.split(",")[0]), a.channels_last))
+        print(profile(a.profile, float(a.sparsities.split(",")[0]), int(a.batches.split(",")[0]), a.channels_last,
+                      threads=threads[0]))
     elif a.compare:
         compare(a.seconds, a.nets.split(","), [int(v) for v in a.batches.split(",")],
                 [float(v) for v in a.sparsities.split(",")], threads,

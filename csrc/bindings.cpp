@@ -6,11 +6,15 @@
 #include <pybind11/stl.h>
 
 #include <array>
+#include <atomic>
+#include <chrono>
+#include <thread>
 #include <cstring>
 #include <string>
 #include <vector>
 
 #include "common.h"
+#include "thread_pool.h"
 #include "jit_conv.h"
 #include "packed_weight.h"
 
@@ -112,6 +116,11 @@ PYBIND11_MODULE(_C, m) {
   m.attr("__version__") = "0.1.0";
   // the ISA path is decided here, once, at load (csrc/common.h isa_config)
   if (const char* err = prunecal::isa_config().error) throw py::import_error(std::string("prunecal._C: ") + err);
+  try {
+    prunecal::thread_runtime_setting();  // (a malformed PRUNECAL_THREAD_RUNTIME refuses the load too)
+  } catch (const std::invalid_argument& e) {
+    throw py::import_error(std::string("prunecal._C: ") + e.what());
+  }
 
   m.def("cpu_features", [] {
     py::dict d;
@@ -134,6 +143,46 @@ PYBIND11_MODULE(_C, m) {
         "unset or '0', PRUNECAL_ISA not 'generic').");
   m.def("isa", [] { return std::string(prunecal::select_kernels("auto").name); },
         "Name of the kernel set used by default ('avx2', 'neon' or 'generic'); isa_path() names the whole path.");
+  m.def("thread_runtime", [] { return prunecal::thread_runtime(); },
+        "What multi-threaded calls run on now: 'openmp (<library>)' when an OpenMP runtime is loaded "
+        "in the process (torch's) and PRUNECAL_THREAD_RUNTIME is auto or openmp, else 'pool'.");
+  m.def(
+      "_parallel_for_check",
+      [](int threads, int64_t n_tasks, int64_t fail_task, bool rendezvous) {
+        // the thread door itself, for its tests: each task's run count and worker; with
+        // rendezvous, each task first waits (<= 10 s) until min(threads, n_tasks) tasks started
+        if (threads < 1 || n_tasks < 0) throw std::invalid_argument("threads >= 1, n_tasks >= 0");
+        std::vector<std::atomic<int>> runs(static_cast<size_t>(n_tasks));
+        std::vector<int> worker(runs.size(), -1);
+        std::atomic<int64_t> started{0};
+        std::atomic<bool> met{true};
+        const int64_t want = std::min<int64_t>(threads, n_tasks);
+        {
+          py::gil_scoped_release nogil;
+          prunecal::parallel_for(threads, n_tasks, [&](int64_t t, int w) {
+            if (t == fail_task) throw std::runtime_error("task " + std::to_string(t) + " failed");
+            if (rendezvous) {
+              started.fetch_add(1);
+              const auto t0 = std::chrono::steady_clock::now();
+              while (started.load() < want) {
+                if (std::chrono::steady_clock::now() - t0 > std::chrono::seconds(10)) {
+                  met.store(false);
+                  break;
+                }
+                std::this_thread::yield();
+              }
+            }
+            runs[size_t(t)].fetch_add(1);
+            worker[size_t(t)] = w;
+          });
+        }
+        std::vector<int> counts(runs.size());
+        for (size_t i = 0; i < runs.size(); ++i) counts[i] = runs[i].load();
+        return py::make_tuple(counts, worker, rendezvous ? met.load() : true);
+      },
+      py::arg("threads"), py::arg("n_tasks"), py::arg("fail_task") = -1, py::arg("rendezvous") = false,
+      "Test hook: n_tasks tasks through the native thread door; (runs per task, worker of each, "
+      "whether the rendezvous was met).");
   m.def("isa_path", [] { return std::string(prunecal::isa_name(prunecal::isa_config().isa)); },
         "The ISA path this process runs, chosen once at load: 'avx512', 'avx2', 'neon' or 'generic' "
         "(PRUNECAL_ISA, PRUNECAL_NO_AVX512, CPUID).");

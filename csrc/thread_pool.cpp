@@ -7,12 +7,18 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
 #if defined(__unix__) || defined(__APPLE__)
+#include <dlfcn.h>
 #include <pthread.h>
+#include <unistd.h>
 #endif
+#include <cstdlib>
+#include <cstring>
+#include <string>
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #include <immintrin.h>
 #define PRUNECAL_PAUSE() _mm_pause()
@@ -139,10 +145,134 @@ ThreadPool& pool_for(int threads) {
 
 }  // namespace
 
+// ---- the OpenMP runtime already in the process (torch's), used through its GNU ABI ----------
+//
+// torch runs its own ops on an OpenMP team whose idle threads spin for a while after each op. A
+// second pool's threads then wait for a core those spinners hold: measured on 2 cores, a sparse
+// training step's native convs ran no faster on 2 threads than on 1. Running our tasks on the
+// same team (GOMP_parallel, exported by libgomp and, for compatibility, by LLVM's and Intel's
+// runtimes) leaves one set of threads. The library is only looked up among those already loaded
+// (RTLD_NOLOAD): this module never loads or links an OpenMP runtime itself.
+namespace {
+
+using GompParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
+using OmpThreadNum = int (*)();
+
+struct OpenMpRuntime {
+  GompParallel parallel = nullptr;
+  OmpThreadNum thread_num = nullptr;
+  const char* library = nullptr;
+  long pid = 0;  // the process that found it (a forked child uses the pool: libgomp is not fork-safe)
+};
+
+ThreadRuntime runtime_setting() {
+  const char* e = std::getenv("PRUNECAL_THREAD_RUNTIME");
+  const std::string v = e && e[0] ? e : "auto";
+  if (v == "auto") return ThreadRuntime::Auto;
+  if (v == "pool") return ThreadRuntime::Pool;
+  if (v == "openmp") return ThreadRuntime::OpenMp;
+  throw std::invalid_argument("PRUNECAL_THREAD_RUNTIME: expected auto, pool or openmp, got '" + v + "'");
+}
+
+#if defined(__unix__) && !defined(__APPLE__)
+OpenMpRuntime find_openmp() {
+  OpenMpRuntime r;
+  for (const char* lib : {"libgomp.so.1", "libomp.so", "libomp.so.5", "libiomp5.so"}) {
+    void* h = dlopen(lib, RTLD_NOW | RTLD_NOLOAD);
+    if (!h) continue;
+    r.parallel = reinterpret_cast<GompParallel>(dlsym(h, "GOMP_parallel"));
+    r.thread_num = reinterpret_cast<OmpThreadNum>(dlsym(h, "omp_get_thread_num"));
+    if (r.parallel && r.thread_num) {
+      r.library = lib;
+      r.pid = long(getpid());
+      return r;
+    }
+    r = OpenMpRuntime{};
+  }
+  return r;
+}
+#else
+OpenMpRuntime find_openmp() { return {}; }
+#endif
+
+std::atomic<const OpenMpRuntime*> g_openmp{nullptr};
+
+// The loaded runtime, or nullptr while none is loaded (looked up again on later calls: torch may
+// be imported after this module's first call; once found, it is kept: torch never unloads it).
+const OpenMpRuntime* loaded_openmp() {
+  const OpenMpRuntime* r = g_openmp.load(std::memory_order_acquire);
+  if (r) return r;
+  static std::mutex m;
+  std::lock_guard<std::mutex> lk(m);
+  if ((r = g_openmp.load())) return r;
+  const OpenMpRuntime found = find_openmp();
+  if (!found.parallel) return nullptr;
+  r = new OpenMpRuntime(found);  // (process lifetime)
+  g_openmp.store(r, std::memory_order_release);
+  return r;
+}
+
+// The runtime a call with more than one thread runs on.
+const OpenMpRuntime* openmp_for_call() {
+  static const ThreadRuntime setting = runtime_setting();
+  if (setting == ThreadRuntime::Pool) return nullptr;
+  const OpenMpRuntime* r = loaded_openmp();
+#if defined(__unix__) || defined(__APPLE__)
+  if (r && r->pid != long(getpid())) return nullptr;
+#endif
+  if (!r && setting == ThreadRuntime::OpenMp)
+    throw std::runtime_error("PRUNECAL_THREAD_RUNTIME=openmp: no OpenMP runtime is loaded in this process "
+                             "(import torch first, or use auto / pool)");
+  return r;
+}
+
+struct OmpJob {
+  const OmpThreadNum thread_num;
+  const std::function<void(int64_t, int)>* fn;
+  int64_t n_tasks;
+  std::atomic<int64_t> next{0};
+  std::mutex error_mutex;
+  std::exception_ptr error;
+};
+
+void omp_body(void* p) {  // every member of the team: dynamic tasks; nothing may escape the region
+  OmpJob& j = *static_cast<OmpJob*>(p);
+  const int worker = j.thread_num();
+  for (;;) {
+    const int64_t t = j.next.fetch_add(1);
+    if (t >= j.n_tasks) break;
+    try {
+      (*j.fn)(t, worker);
+    } catch (...) {
+      std::lock_guard<std::mutex> lk(j.error_mutex);
+      if (!j.error) j.error = std::current_exception();
+      j.next.store(j.n_tasks);
+    }
+  }
+}
+
+}  // namespace
+
+ThreadRuntime thread_runtime_setting() { return runtime_setting(); }
+
+std::string thread_runtime() {
+  if (runtime_setting() == ThreadRuntime::Pool) return "pool";
+  const OpenMpRuntime* r = loaded_openmp();
+  return r ? std::string("openmp (") + r->library + ")" : "pool";
+}
+
 void parallel_for(int threads, int64_t n_tasks, const std::function<void(int64_t, int)>& fn) {
   if (n_tasks <= 0) return;
   if (threads <= 1 || n_tasks == 1) {
     for (int64_t t = 0; t < n_tasks; ++t) fn(t, 0);
+    return;
+  }
+  if (const OpenMpRuntime* omp = openmp_for_call()) {
+    // a team of `threads` (the caller is thread 0); nested in a team it runs on fewer: tasks are
+    // handed out dynamically, so any team size computes the same tasks
+    OmpJob job{omp->thread_num, &fn, n_tasks, {}, {}, {}};
+    omp->parallel(omp_body, &job, unsigned(std::min<int64_t>(threads, n_tasks)), 0);
+    if (job.error) std::rethrow_exception(job.error);
     return;
   }
   pool_for(threads).run(n_tasks, fn);

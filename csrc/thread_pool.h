@@ -1,4 +1,8 @@
-// A small std::thread pool (no OpenMP: torch ships its own runtime, two would fight).
+// Threads of the native core: one set, never two. When an OpenMP runtime is already loaded in
+// the process (torch's libgomp), tasks run on its team (through the GNU ABI, looked up at run
+// time; this module never links OpenMP); otherwise on a small std::thread pool.
+// PRUNECAL_THREAD_RUNTIME = auto (default: OpenMP when loaded, else the pool) | pool | openmp
+// (an error while none is loaded); read once per process.
 //
 // Lifetime / global state: pools live in one process-wide table keyed by thread count,
 // created on first use by pool_for(threads) and intentionally never destroyed (no joins in
@@ -8,6 +12,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <string>
 
 namespace prunecal {
 
@@ -16,5 +21,11 @@ class ThreadPool;
 // fn(task, worker) for task in [0, n_tasks), worker in [0, threads); the caller is worker 0.
 // Tasks are handed out dynamically. Exceptions from fn are rethrown in the caller.
 void parallel_for(int threads, int64_t n_tasks, const std::function<void(int64_t, int)>& fn);
+
+enum class ThreadRuntime { Auto, Pool, OpenMp };
+// PRUNECAL_THREAD_RUNTIME as read (std::invalid_argument when malformed).
+ThreadRuntime thread_runtime_setting();
+// What a multi-threaded call runs on now: "pool" or "openmp (<library>)".
+std::string thread_runtime();
 
 }  // namespace prunecal

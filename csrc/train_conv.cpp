@@ -387,7 +387,9 @@ void TrainConv::backward(const float* x, const float* dy, int N, int H, int W, c
   std::vector<float> acc(dval ? size_t(workers) * size_t(nz) * 16 : 0, 0.f);
   std::atomic<bool> bad{false};
   const int64_t hw_in = int64_t(H) * W, hw_out = int64_t(g.Ho) * g.Wo;
-  parallel_for(workers, N, [&](int64_t n, int w) {
+  // images in `workers` fixed runs, run t summing into accumulator t: the weight gradient's
+  // order of additions depends on the thread count only, not on which thread ran what
+  auto image = [&](int64_t n, float* a) {
     const float* dyi = dy + n * img_out;
     // stride 1, "same" padding: the input gradient's dy planes, read from (pad, pad), are the weight
     // gradient's wide rows too (padding columns = zero junk columns), when the reads past a plane's
@@ -442,7 +444,6 @@ void TrainConv::backward(const float* x, const float* dy, int N, int H, int W, c
         dyw = buf;
         dyw_stride = g.pw;
       }
-      float* a = acc.data() + size_t(w) * size_t(nz) * 16;
       for (int v0 = 0; v0 < nvx; v0 += cv)
         k.sdd(planes, dyw, dyw_stride, indptr_.data(), g.off.data(), 0, Co, v0, std::min(nvx, v0 + cv), a);
     }
@@ -453,6 +454,10 @@ void TrainConv::backward(const float* x, const float* dy, int N, int H, int W, c
       if (nhwc) extract_nhwc(wide, g.pwb, g.Wb, C, H, W, dx + n * img_in, k);
       else extract(wide, g.pwb, g.Wb, 0, C, H, W, dx + n * img_in);
     }
+  };
+  parallel_for(workers, workers, [&](int64_t t, int) {
+    float* a = dval ? acc.data() + size_t(t) * size_t(nz) * 16 : nullptr;
+    for (int64_t n = N * t / workers; n < N * (t + 1) / workers; ++n) image(n, a);
   });
   if (bad.load()) throw std::domain_error("grad_output: holds NaN or Inf");
   if (dval)

@@ -111,6 +111,31 @@ def test_conv_grads_random_shapes(n, cg_in, cg_out, h, w, k, stride, pad, groups
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_two_thread_gradients_are_deterministic(isa, channels_last):
+    """The weight gradient sums per-run partial sums: the same bits on every call with the same
+    thread count, whichever thread ran which images (it was dynamic once)."""
+    gen = torch.Generator().manual_seed(3)
+    conv = nn.Conv2d(16, 24, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(pruned_weight(conv.weight.shape, 0.3, gen))
+    layer = SparseConv2d(conv, threads=2, isa=isa)
+    x = torch.randn(13, 16, 12, 12, generator=gen)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    gy = torch.randn(13, 24, 12, 12, generator=gen)
+    grads = []
+    for _ in range(12):
+        layer.values.grad = None
+        xs = x.clone().requires_grad_()
+        layer(xs).backward(gy)
+        grads.append((layer.values.grad.clone(), xs.grad.clone()))
+    for gv, gx in grads[1:]:
+        assert torch.equal(gv, grads[0][0])
+        assert torch.equal(gx, grads[0][1])
+
+
+@pytest.mark.parametrize("isa", ISAS)
 def test_all_zero_weight(isa):
     conv = nn.Conv2d(4, 6, 3, padding=1, bias=False)
     with torch.no_grad():
