@@ -53,8 +53,15 @@ using CsrFn = void (*)(const ConvTask&, int row0, int row1, int s0, int s1);
 using BsrFn = void (*)(const ConvTask&, int block_rows, int brow0, int brow1, int s0, int s1);
 using NonfiniteFn = bool (*)(const float* x, int64_t n);
 
+// Instruction-set families: of the process's path (IsaConfig) and of a kernel set.
+enum class Isa { Generic = 0, Avx2 = 1, Avx512 = 2, Neon = 3 };
+
+// A kernel set: operators pick per-ISA companions (fixed tiles, generated kernels, lanes
+// kernels) by `isa`, never by name. The x86 set is Avx2 on both x86 paths (the avx512 path adds
+// AVX-512 tiles and generated kernels to it).
 struct KernelSet {
-  const char* name;
+  const char* name;  // for display only
+  Isa isa;
   CsrFn csr;
   BsrFn bsr;
   NonfiniteFn nonfinite;
@@ -82,7 +89,6 @@ const KernelSet& select_kernels(const char* isa);
 //     naming one the CPU lacks, or an unknown name, leaves `error` set and the module refuses to load),
 //   PRUNECAL_NO_AVX512 = 1: caps auto at avx2 (the older switch),
 //   PRUNECAL_NO_JIT = 1: no generated conv kernels.
-enum class Isa { Generic = 0, Avx2 = 1, Avx512 = 2, Neon = 3 };
 struct IsaConfig {
   Isa isa = Isa::Generic;  // generic: portable kernels; avx2: AVX2+FMA kernels and tiles; avx512: + AVX-512F tiles;
                            // neon: AArch64 NEON kernels and tiles

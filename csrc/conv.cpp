@@ -8,6 +8,7 @@
 #include <emmintrin.h>
 #endif
 
+#include "conv_exec.h"
 #include "jit_conv.h"
 #include "pack_fixed.h"
 #include "packed_weight.h"
@@ -158,7 +159,7 @@ void PackedWeight::conv2d(const float* x, int N, int C, int H, int W, float* y, 
   if (N <= 0) return;
   auto gp = geometry(H, W, stride, pad, dil);
   Geometry& g = *gp;
-  const int Cg = cin_per_group(), Co = rows(), Cog = Co / groups, r = block_rows_;
+  const int Co = rows(), Cog = Co / groups, r = block_rows_;
   const bool use_bsr = kind_ == "bsr" && (groups == 1 || Cog % r == 0);
   const int64_t img_in = int64_t(C) * H * W, out_plane = int64_t(g.Ho) * g.Wo;
   const int64_t img_out = int64_t(Co) * out_plane, buf_floats = C * g.chan_floats + kSlack;
@@ -167,42 +168,30 @@ void PackedWeight::conv2d(const float* x, int N, int C, int H, int W, float* y, 
   const int fast = plan_fast_kernels(k) ? plan_fast_shape(g.Wo, g.Wq, stride, dil) : 0;
   const int spr = (g.Wo + kLanes - 1) / kLanes;
 
-  // rows of work per group: output channels, or block rows for BSR
-  auto units = [&](bool bad) {
-    if (use_bsr && !bad) return groups == 1 ? (Co + r - 1) / r : Cog / r;
-    return Cog;
-  };
-  auto compute = [&](const float* buf, float* yi, bool bad, int grp, int u0, int u1, int s0, int s1) {
+  const ConvRows stored = conv_rows(*this, g, use_bsr, false, groups, fast);
+  // the rows an image reads: the stored ones, or the dense form when it holds NaN / Inf
+  auto rows_for = [&](bool bad) { return bad ? conv_rows(*this, g, false, true, groups, 0) : stored; };
+  auto compute = [&](const float* buf, float* yi, const ConvRows& r, int grp, int u0, int u1, int s0, int s1) {
     ConvTask t;
-    t.in = buf + int64_t(grp) * Cg * g.chan_floats;
     t.slots = g.slots.data();
     t.out = yi;
     t.out_stride = out_plane;
     t.bias = bias;
     t.relu = relu;
     t.valid_rows = Co;
-    if (bad) {
-      t.indptr = g.dense_indptr.data(), t.off = g.dense_off.data(), t.val = g.dense_val.data();
-      k.csr(t, grp * Cog + u0, grp * Cog + u1, s0, s1);
-    } else if (use_bsr) {
-      t.indptr = b_indptr_.data(), t.off = g.bsr_off.data(), t.val = b_val_.data();
-      const int base = groups == 1 ? 0 : grp * (Cog / r);
-      k.bsr(t, r, base + u0, base + u1, s0, s1);
+    if (r.fast && s0 % spr != 0) {  // (the fixed-shape tiles start at an output row)
+      ConvRows plain = r;
+      plain.fast = 0;
+      conv_units(k, plain, t, buf, grp, u0, u1, s0, s1);
     } else {
-      t.indptr = c_indptr_.data(), t.off = g.csr_off.data(), t.val = c_val_.data();
-      if (fast && s0 % spr == 0) plan_csr_fast(fast, t, grp * Cog + u0, grp * Cog + u1, s0, s1, k.csr);
-      else k.csr(t, grp * Cog + u0, grp * Cog + u1, s0, s1);
+      conv_units(k, r, t, buf, grp, u0, u1, s0, s1);
     }
   };
   // generated kernels (CSR, one group): one call per (channel group, tile of 8 / 16 outputs)
-  const JitConv* jit = (!use_bsr && groups == 1 && std::strcmp(k.name, "avx2") == 0) ? this->jit(g) : nullptr;
+  const JitConv* jit = (!use_bsr && groups == 1 && k.isa == Isa::Avx2) ? this->jit(g) : nullptr;
   const int n_tiles = jit ? S / jit->slots_per_tile() : 0;
   auto compute_jit = [&](const float* buf, float* yi, int k0, int k1, int t0, int t1) {
-    for (int kk = k0; kk < k1; ++kk)
-      for (int t = t0; t < t1; ++t) {
-        const Slot& sl = g.slots[size_t(t) * jit->slots_per_tile()];
-        jit->run(kk, buf + sl.in_q, yi + sl.out_q, bias, relu);
-      }
+    jit_tiles(*jit, buf, g.slots.data(), yi, bias, relu, nullptr, nullptr, k0, k1, t0, t1);
   };
   auto pack = [&](int64_t n, float* buf, bool zero_borders) {
     const bool bad = pack_planes(x + n * img_in, C, H, W, g, buf, zero_borders, k);  // (scans while copying)
@@ -220,7 +209,8 @@ void PackedWeight::conv2d(const float* x, int N, int C, int H, int W, float* y, 
         compute_jit(buf, y + n * img_out, 0, jit->n_groups(), 0, n_tiles);
         return;
       }
-      for (int grp = 0; grp < groups; ++grp) compute(buf, y + n * img_out, bad, grp, 0, units(bad), 0, S);
+      const ConvRows r = rows_for(bad);
+      for (int grp = 0; grp < groups; ++grp) compute(buf, y + n * img_out, r, grp, 0, r.units(), 0, S);
     });
     return;
   }
@@ -246,22 +236,13 @@ void PackedWeight::conv2d(const float* x, int N, int C, int H, int W, float* y, 
       });
       continue;
     }
-    const int U = units(bad);
-    const int ub = (use_bsr && !bad) ? 1 : std::max(1, std::min(8, U / (2 * threads)));
-    const int nub = (U + ub - 1) / ub;
-    const int64_t row_tasks = int64_t(groups) * nub;
-    int sc = S;
-    if (row_tasks < 4 * threads) {
-      const int64_t want = (4 * threads + row_tasks - 1) / row_tasks;
-      sc = int(std::max<int64_t>(8, ((S + want - 1) / want + 7) / 8 * 8));
-    }
-    const int nsc = (S + sc - 1) / sc;
+    const ConvRows r = rows_for(bad);
+    const GroupSplit sp = split_groups(groups, r.units(), S, threads, r.form == ConvRows::Form::Bsr);
     float* yi = y + n * img_out;
-    parallel_for(threads, row_tasks * nsc, [&](int64_t task, int) {
-      const int si = int(task % nsc);
-      const int64_t rt = task / nsc;
-      const int grp = int(rt / nub), u0 = int(rt % nub) * ub;
-      compute(buf, yi, bad, grp, u0, std::min(U, u0 + ub), si * sc, std::min(S, si * sc + sc));
+    parallel_for(threads, sp.tasks(groups), [&](int64_t task, int) {
+      int grp, u0, u1, s0, s1;
+      sp.task(task, &grp, &u0, &u1, &s0, &s1);
+      compute(buf, yi, r, grp, u0, u1, s0, s1);
     });
   }
 }

@@ -1,6 +1,5 @@
 // The ISA decision (isa_config, see common.h) and the kernel-set choice that follows from it.
 #include <cstdlib>
-#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -13,21 +12,24 @@ bool env_on(const char* name) {
   const char* e = std::getenv(name);
   return e && e[0] && e[0] != '0';
 }
+enum class Feature { Avx2Fma, Avx512f, Avx512vl };
 #if defined(PRUNECAL_HAVE_AVX2_TU) && (defined(__GNUC__) || defined(__clang__))
-bool cpu(const char* f) {
+bool cpu(Feature f) {
   __builtin_cpu_init();
-  if (!std::strcmp(f, "avx2")) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (!std::strcmp(f, "avx512f")) return __builtin_cpu_supports("avx512f");
-  if (!std::strcmp(f, "avx512vl")) return __builtin_cpu_supports("avx512vl");
+  switch (f) {
+    case Feature::Avx2Fma: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case Feature::Avx512f: return __builtin_cpu_supports("avx512f");
+    case Feature::Avx512vl: return __builtin_cpu_supports("avx512vl");
+  }
   return false;
 }
 #else
-bool cpu(const char*) { return false; }
+bool cpu(Feature) { return false; }
 #endif
 
 IsaConfig make_config() {
   IsaConfig c;
-  const bool has2 = cpu("avx2"), has512 = has2 && cpu("avx512f"), vl = has512 && cpu("avx512vl");
+  const bool has2 = cpu(Feature::Avx2Fma), has512 = has2 && cpu(Feature::Avx512f), vl = has512 && cpu(Feature::Avx512vl);
   const char* e = std::getenv("PRUNECAL_ISA");
   const std::string req = e && e[0] ? e : "auto";
   static std::string requested;  // (kept for the config's lifetime: the whole process)
@@ -77,7 +79,7 @@ const char* isa_name(Isa i) {
 }
 
 bool cpu_has_avx2_fma() {
-  static const bool ok = cpu("avx2");
+  static const bool ok = cpu(Feature::Avx2Fma);
   return ok;
 }
 

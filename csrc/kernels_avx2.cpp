@@ -147,7 +147,7 @@ bool nonfinite(const float* x, int64_t n) {
 }  // namespace
 
 const KernelSet& avx2_kernels() {
-  static const KernelSet k{"avx2", csr_rows, bsr_rows, nonfinite};
+  static const KernelSet k{"avx2", Isa::Avx2, csr_rows, bsr_rows, nonfinite};
   return k;
 }
 

@@ -76,7 +76,7 @@ bool nonfinite(const float* x, int64_t n) {
 }  // namespace
 
 const KernelSet& generic_kernels() {
-  static const KernelSet k{"generic", csr_rows, bsr_rows, nonfinite};
+  static const KernelSet k{"generic", Isa::Generic, csr_rows, bsr_rows, nonfinite};
   return k;
 }
 

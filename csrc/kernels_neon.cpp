@@ -200,7 +200,7 @@ bool nonfinite(const float* x, int64_t n) {
 }  // namespace
 
 const KernelSet& neon_kernels() {
-  static const KernelSet k{"neon", csr_rows, bsr_rows, nonfinite};
+  static const KernelSet k{"neon", Isa::Neon, csr_rows, bsr_rows, nonfinite};
   return k;
 }
 

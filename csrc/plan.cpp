@@ -11,6 +11,7 @@
 #include <thread>
 #include <stdexcept>
 
+#include "conv_exec.h"
 #include "thread_pool.h"
 
 namespace prunecal {
@@ -439,49 +440,30 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
   }
   if (dense && !team) op.pw->ensure_dense(g);  // (a team's caller built them before the team started)
   const PackedWeight& w = *op.pw;
-  const int Cg = w.cin_per_group(), Co = w.rows(), Cog = Co / op.groups, r = w.block_rows();
-  const bool bsr = op.use_bsr && !dense;
   const int S = int(op.slots.size());
   float* out = a.buf[size_t(op.out)];
   const float* bias = op.bias.empty() ? nullptr : op.bias.data();
-  const bool fast = op.fast && !dense && plan_fast_kernels(k);
+  const int fast = op.fast && !dense && plan_fast_kernels(k) ? op.fast : 0;
+  const ConvRows rows = conv_rows(w, g, op.use_bsr, dense, op.groups, fast);
   const float* res = op.res >= 0 ? a.buf[size_t(op.res)] : nullptr;
   auto compute = [&](int grp, int u0, int u1, int s0, int s1) {
     ConvTask t;
-    t.in = src + int64_t(grp) * Cg * g.chan_floats;
     t.slots = op.slots.data();
     t.out = out;
     t.out_stride = so.plane();
     t.bias = bias;
     t.relu = op.relu && !res;
-    t.valid_rows = Co;
+    t.valid_rows = w.rows();
     t.res = res;
     t.res_q = op.res_q.data();
     t.res_stride = res ? bufs_[size_t(op.res)].plane() : 0;
     t.res_relu = op.relu;
     t.copy_floats = so.copies == 3 ? so.copy_floats() : 0;
-    int r0, r1;
-    if (dense) {
-      t.indptr = g.dense_indptr.data(), t.off = g.dense_off.data(), t.val = g.dense_val.data();
-      r0 = grp * Cog + u0, r1 = grp * Cog + u1;
-      k.csr(t, r0, r1, s0, s1);
-    } else if (bsr) {
-      t.indptr = w.stored_indptr(), t.off = g.bsr_off.data(), t.val = w.stored_values();
-      const int base = op.groups == 1 ? 0 : grp * (Cog / r);
-      r0 = (base + u0) * r, r1 = std::min(Co, (base + u1) * r);
-      k.bsr(t, r, base + u0, base + u1, s0, s1);
-    } else {
-      t.indptr = w.stored_indptr(), t.off = g.csr_off.data(), t.val = w.stored_values();
-      r0 = grp * Cog + u0, r1 = grp * Cog + u1;
-      if (fast) {  // the fixed-shape kernels apply the epilogue themselves
-        plan_csr_fast(op.fast, t, r0, r1, s0, s1, k.csr);
-        return;
-      }
-      k.csr(t, r0, r1, s0, s1);
-    }
-    op_epilogue(t, r0, r1, s0, s1);  // fused residual, shifted copies, while the rows are in cache
+    const RowsDone d = conv_units(k, rows, t, src, grp, u0, u1, s0, s1);
+    // fused residual, shifted copies, while the rows are in cache (the fixed-shape tiles did it)
+    if (!d.epilogue_done) op_epilogue(t, d.r0, d.r1, s0, s1);
   };
-  const int U = bsr ? (op.groups == 1 ? (Co + r - 1) / r : Cog / r) : Cog;
+  const int U = rows.units();
   const int spr = (g.Wo + kLanes - 1) / kLanes;  // slots per output row
   // before a thread's band of slots [s0, s1): the input rows its halo reads, which the other
   // threads wrote, fetched into this core's caches (direct convs; gathered planes are local)
@@ -493,16 +475,11 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
     op_prefetch_rows(src, si, lo, oy0);
     op_prefetch_rows(src, si, oy1, hi);
   };
-  if (op.jit && !dense && std::strcmp(k.name, "avx2") == 0) {  // generated kernels: (channel group, tile) calls
+  if (op.jit && !dense && k.isa == Isa::Avx2) {  // generated kernels: (channel group, tile) calls
     const JitConv& j = *op.jit;
     const int spt = j.slots_per_tile(), T = S / spt, ng = j.n_groups();
     auto tiles = [&](int t0, int t1) {
-      for (int kk = 0; kk < ng; ++kk)
-        for (int t = t0; t < t1; ++t) {
-          const int s = t * spt;
-          const Slot& sl = op.slots[size_t(s)];
-          j.run(kk, src + sl.in_q, out + sl.out_q, bias, op.relu, res ? res + op.res_q[size_t(s)] : nullptr);
-        }
+      jit_tiles(j, src, op.slots.data(), out, bias, op.relu, res, op.res_q.data(), 0, ng, t0, t1);
     };
     if (threads <= 1) {
       tiles(0, T);
@@ -551,7 +528,7 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
       });
     } else {
       // bands of output channels (units) with about equal nonzeros: pruned rows differ a lot
-      const int32_t* ip = dense ? g.dense_indptr.data() : w.stored_indptr();  // over units (rows / block rows)
+      const int32_t* ip = rows.indptr;  // over units (rows / block rows)
       auto bound = [&](int64_t task) {
         if (task <= 0) return 0;
         if (task >= threads) return U;
@@ -566,23 +543,11 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
     return;
   }
   // split over (group, unit block, slot range): enough tasks for dynamic balance
-  const int ub = bsr ? 1 : std::max(1, std::min(8, U / (2 * threads)));
-  int sc = S;
-  {
-    const int64_t row_tasks0 = int64_t(op.groups) * ((U + ub - 1) / ub);
-    if (row_tasks0 < 4 * threads) {
-      const int64_t want = (4 * threads + row_tasks0 - 1) / row_tasks0;
-      sc = int(std::max<int64_t>(8, ((S + want - 1) / want + 7) / 8 * 8));
-    }
-  }
-  const int nub = (U + ub - 1) / ub;
-  const int64_t row_tasks = int64_t(op.groups) * nub;
-  const int nsc = (S + sc - 1) / sc;
-  run_tasks(row_tasks * nsc, [&](int64_t task) {
-    const int si = int(task % nsc);
-    const int64_t rt = task / nsc;
-    const int grp = int(rt / nub), u0 = int(rt % nub) * ub;
-    compute(grp, u0, std::min(U, u0 + ub), si * sc, std::min(S, si * sc + sc));
+  const GroupSplit sp = split_groups(op.groups, U, S, threads, rows.form == ConvRows::Form::Bsr);
+  run_tasks(sp.tasks(op.groups), [&](int64_t task) {
+    int grp, u0, u1, s0, s1;
+    sp.task(task, &grp, &u0, &u1, &s0, &s1);
+    compute(grp, u0, u1, s0, s1);
   });
 }
 

@@ -92,7 +92,7 @@ void rows(const ConvTask& t, int row0, int row1, int s0, int s1, CsrFn rest) {
 
 bool plan_avx512_active() { return false; }
 
-bool plan_fast_kernels(const KernelSet& k) { return std::strcmp(k.name, "neon") == 0; }
+bool plan_fast_kernels(const KernelSet& k) { return k.isa == Isa::Neon; }
 
 // The shape ids of plan_kernels.cpp (same numbering; 6 and 7 arise only with the aligned layout,
 // which needs the AVX-512 tiles, and are left to the general kernel here).
