@@ -355,6 +355,29 @@ def test_traced_shortcut_and_residual_forms():
     assert isinstance(pm, PlanModule) and "shortcut" in pm.describe()
 
 
+def test_asymmetric_channel_pad_and_contiguous():
+    """F.pad's channel padding before and after differ (left = the 5th value), and .contiguous()
+    passes the activation through."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 6, 3, padding=1)
+            self.b = nn.Conv2d(6, 16, 3, stride=2, padding=1)
+            self.fc = nn.Linear(16 * 4 * 4, 4)
+
+        def forward(self, x):
+            y = torch.relu(self.a(x)).contiguous()
+            s = F.pad(y[:, :, ::2, ::2], (0, 0, 0, 0, 7, 3), "constant", 0)
+            z = (self.b(y) + s).relu()
+            return self.fc(z.flatten(1))
+
+    m = Net().eval()
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        pm = compile_plan(m, "csr", input_size=(3, 8, 8))
+        assert _rel(pm(x), m(x)) < 1e-4
+
+
 def test_native_plan_rejects_bad_structure():
     from prunecal import _C
     from prunecal.sparse.formats import CSRWeight
