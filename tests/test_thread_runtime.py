@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import numpy as np
@@ -16,17 +17,23 @@ import pytest
 
 pytestmark = pytest.mark.usefixtures("native")  # a missing _C fails (conftest.require_native)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LINUX = sys.platform.startswith("linux")
 
 
 def _run(code: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python -c code`` in a fresh process importing the prunecal under test (the installed
+    package in CI, the checkout in development), from a folder that keeps a checkout off sys.path."""
+    import prunecal
+
+    if os.environ.get("PRUNECAL_MUTATION_RUN") == "1":  # set by scripts/mutation.sh only
+        pytest.skip("a new process cannot import mutmut's trampolined package (mutation run)")
     full = dict(os.environ)
     full.pop("PRUNECAL_THREAD_RUNTIME", None)
     full.update(env or {})
-    full["PYTHONPATH"] = ROOT + os.pathsep + full.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full, capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    full["PYTHONPATH"] = os.path.dirname(os.path.dirname(prunecal.__file__))
+    with tempfile.TemporaryDirectory() as cwd:
+        return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full, capture_output=True, text=True,
+                              timeout=timeout, cwd=cwd)
 
 
 DOOR = """
@@ -79,7 +86,6 @@ def test_in_process_runtime_follows_torch():
 SAME_BITS = """
 import sys, numpy as np, torch
 import torch.nn as nn
-sys.path.insert(0, "benchmarks")
 from prunecal.sparse.train import trainable
 from prunecal.sparse.plan import compile_plan
 from prunecal import _C
