@@ -117,7 +117,7 @@ PYBIND11_MODULE(_C, m) {
   // the ISA path is decided here, once, at load (csrc/common.h isa_config)
   if (const char* err = prunecal::isa_config().error) throw py::import_error(std::string("prunecal._C: ") + err);
   try {
-    prunecal::thread_runtime_setting();  // (a malformed PRUNECAL_THREAD_RUNTIME refuses the load too)
+    prunecal::thread_runtime_init();  // (a malformed PRUNECAL_THREAD_RUNTIME refuses the load too)
   } catch (const std::invalid_argument& e) {
     throw py::import_error(std::string("prunecal._C: ") + e.what());
   }
@@ -145,7 +145,8 @@ PYBIND11_MODULE(_C, m) {
         "Name of the kernel set used by default ('avx2', 'neon' or 'generic'); isa_path() names the whole path.");
   m.def("thread_runtime", [] { return prunecal::thread_runtime(); },
         "What multi-threaded calls run on now: 'openmp (<library>)' when an OpenMP runtime is loaded "
-        "in the process (torch's) and PRUNECAL_THREAD_RUNTIME is auto or openmp, else 'pool'.");
+        "in the process (torch's) and PRUNECAL_THREAD_RUNTIME is auto or openmp; 'pool' (also "
+        "'pool (a forked child)'); 'none (...)' when openmp is asked for and none is loaded.");
   m.def(
       "_parallel_for_check",
       [](int threads, int64_t n_tasks, int64_t fail_task, bool rendezvous) {

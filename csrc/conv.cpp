@@ -171,7 +171,7 @@ void PackedWeight::conv2d(const float* x, int N, int C, int H, int W, float* y, 
   const ConvRows stored = conv_rows(*this, g, use_bsr, false, groups, fast);
   // the rows an image reads: the stored ones, or the dense form when it holds NaN / Inf
   auto rows_for = [&](bool bad) { return bad ? conv_rows(*this, g, false, true, groups, 0) : stored; };
-  auto compute = [&](const float* buf, float* yi, const ConvRows& r, int grp, int u0, int u1, int s0, int s1) {
+  auto compute = [&](const float* buf, float* yi, const ConvRows& rows_in, int grp, int u0, int u1, int s0, int s1) {
     ConvTask t;
     t.slots = g.slots.data();
     t.out = yi;
@@ -179,12 +179,12 @@ void PackedWeight::conv2d(const float* x, int N, int C, int H, int W, float* y, 
     t.bias = bias;
     t.relu = relu;
     t.valid_rows = Co;
-    if (r.fast && s0 % spr != 0) {  // (the fixed-shape tiles start at an output row)
-      ConvRows plain = r;
+    if (rows_in.fast && s0 % spr != 0) {  // (the fixed-shape tiles start at an output row)
+      ConvRows plain = rows_in;
       plain.fast = 0;
       conv_units(k, plain, t, buf, grp, u0, u1, s0, s1);
     } else {
-      conv_units(k, r, t, buf, grp, u0, u1, s0, s1);
+      conv_units(k, rows_in, t, buf, grp, u0, u1, s0, s1);
     }
   };
   // generated kernels (CSR, one group): one call per (channel group, tile of 8 / 16 outputs)
@@ -209,8 +209,8 @@ void PackedWeight::conv2d(const float* x, int N, int C, int H, int W, float* y, 
         compute_jit(buf, y + n * img_out, 0, jit->n_groups(), 0, n_tiles);
         return;
       }
-      const ConvRows r = rows_for(bad);
-      for (int grp = 0; grp < groups; ++grp) compute(buf, y + n * img_out, r, grp, 0, r.units(), 0, S);
+      const ConvRows rows_n = rows_for(bad);
+      for (int grp = 0; grp < groups; ++grp) compute(buf, y + n * img_out, rows_n, grp, 0, rows_n.units(), 0, S);
     });
     return;
   }
@@ -236,13 +236,13 @@ void PackedWeight::conv2d(const float* x, int N, int C, int H, int W, float* y, 
       });
       continue;
     }
-    const ConvRows r = rows_for(bad);
-    const GroupSplit sp = split_groups(groups, r.units(), S, threads, r.form == ConvRows::Form::Bsr);
+    const ConvRows rows_n = rows_for(bad);
+    const GroupSplit sp = split_groups(groups, rows_n.units(), S, threads, rows_n.form == ConvRows::Form::Bsr);
     float* yi = y + n * img_out;
     parallel_for(threads, sp.tasks(groups), [&](int64_t task, int) {
       int grp, u0, u1, s0, s1;
       sp.task(task, &grp, &u0, &u1, &s0, &s1);
-      compute(buf, yi, r, grp, u0, u1, s0, s1);
+      compute(buf, yi, rows_n, grp, u0, u1, s0, s1);
     });
   }
 }

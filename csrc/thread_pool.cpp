@@ -14,7 +14,9 @@
 #if defined(__unix__) || defined(__APPLE__)
 #include <dlfcn.h>
 #include <pthread.h>
-#include <unistd.h>
+#endif
+#if defined(__unix__) && !defined(__APPLE__)
+#include <link.h>  // dl_iterate_phdr
 #endif
 #include <cstdlib>
 #include <cstring>
@@ -161,11 +163,10 @@ using OmpThreadNum = int (*)();
 struct OpenMpRuntime {
   GompParallel parallel = nullptr;
   OmpThreadNum thread_num = nullptr;
-  const char* library = nullptr;
-  long pid = 0;  // the process that found it (a forked child uses the pool: libgomp is not fork-safe)
+  std::string library;  // file name of the library that holds it
 };
 
-ThreadRuntime runtime_setting() {
+ThreadRuntime parse_setting() {
   const char* e = std::getenv("PRUNECAL_THREAD_RUNTIME");
   const std::string v = e && e[0] ? e : "auto";
   if (v == "auto") return ThreadRuntime::Auto;
@@ -174,22 +175,56 @@ ThreadRuntime runtime_setting() {
   throw std::invalid_argument("PRUNECAL_THREAD_RUNTIME: expected auto, pool or openmp, got '" + v + "'");
 }
 
+// The process's choice, made once (thread_runtime_init, at module load): the setting, and whether
+// this process is a fork() child of one that ran us (libgomp is not fork-safe: its threads do
+// not exist in the child, so a child uses the pool).
+struct RuntimeState {
+  ThreadRuntime setting = ThreadRuntime::Auto;
+  std::atomic<bool> forked{false};
+};
+RuntimeState& state() {
+  static RuntimeState* s = [] {
+    auto* st = new RuntimeState();  // (process lifetime)
+    st->setting = parse_setting();
+#if defined(__unix__) || defined(__APPLE__)
+    pthread_atfork(nullptr, nullptr, [] { state().forked.store(true); });
+#endif
+    return st;
+  }();
+  return *s;
+}
+
 #if defined(__unix__) && !defined(__APPLE__)
+bool take(void* handle, OpenMpRuntime* r) {
+  if (!handle) return false;
+  r->parallel = reinterpret_cast<GompParallel>(dlsym(handle, "GOMP_parallel"));
+  r->thread_num = reinterpret_cast<OmpThreadNum>(dlsym(handle, "omp_get_thread_num"));
+  Dl_info info;
+  if (!r->parallel || !r->thread_num || !dladdr(reinterpret_cast<void*>(r->parallel), &info)) return false;
+  const std::string path = info.dli_fname ? info.dli_fname : "?";
+  r->library = path.substr(path.find_last_of('/') + 1);
+  return true;
+}
+
+int add_openmp_candidate(dl_phdr_info* info, size_t, void* data) {
+  const std::string path = info->dlpi_name ? info->dlpi_name : "";
+  const std::string base = path.substr(path.find_last_of('/') + 1);
+  for (const char* prefix : {"libgomp", "libomp", "libiomp"})
+    if (base.rfind(prefix, 0) == 0) static_cast<std::vector<std::string>*>(data)->push_back(path);
+  return 0;
+}
+
+// torch's runtime first: a symbol looked up through libtorch_cpu's handle resolves in its own
+// dependencies (whatever the wheel renamed its libgomp to, and whichever other copy is loaded);
+// else any OpenMP runtime among the loaded libraries. Nothing is loaded (RTLD_NOLOAD).
 OpenMpRuntime find_openmp() {
   OpenMpRuntime r;
-  for (const char* lib : {"libgomp.so.1", "libomp.so", "libomp.so.5", "libiomp5.so"}) {
-    void* h = dlopen(lib, RTLD_NOW | RTLD_NOLOAD);
-    if (!h) continue;
-    r.parallel = reinterpret_cast<GompParallel>(dlsym(h, "GOMP_parallel"));
-    r.thread_num = reinterpret_cast<OmpThreadNum>(dlsym(h, "omp_get_thread_num"));
-    if (r.parallel && r.thread_num) {
-      r.library = lib;
-      r.pid = long(getpid());
-      return r;
-    }
-    r = OpenMpRuntime{};
-  }
-  return r;
+  if (take(dlopen("libtorch_cpu.so", RTLD_NOW | RTLD_NOLOAD), &r)) return r;
+  std::vector<std::string> loaded;
+  dl_iterate_phdr(add_openmp_candidate, &loaded);
+  for (const std::string& lib : loaded)
+    if (take(dlopen(lib.c_str(), RTLD_NOW | RTLD_NOLOAD), &r)) return r;
+  return OpenMpRuntime{};
 }
 #else
 OpenMpRuntime find_openmp() { return {}; }
@@ -212,15 +247,12 @@ const OpenMpRuntime* loaded_openmp() {
   return r;
 }
 
-// The runtime a call with more than one thread runs on.
+// The runtime a call with more than one thread runs on (nullptr: the pool).
 const OpenMpRuntime* openmp_for_call() {
-  static const ThreadRuntime setting = runtime_setting();
-  if (setting == ThreadRuntime::Pool) return nullptr;
+  RuntimeState& st = state();
+  if (st.setting == ThreadRuntime::Pool || st.forked.load()) return nullptr;
   const OpenMpRuntime* r = loaded_openmp();
-#if defined(__unix__) || defined(__APPLE__)
-  if (r && r->pid != long(getpid())) return nullptr;
-#endif
-  if (!r && setting == ThreadRuntime::OpenMp)
+  if (!r && st.setting == ThreadRuntime::OpenMp)
     throw std::runtime_error("PRUNECAL_THREAD_RUNTIME=openmp: no OpenMP runtime is loaded in this process "
                              "(import torch first, or use auto / pool)");
   return r;
@@ -253,12 +285,14 @@ void omp_body(void* p) {  // every member of the team: dynamic tasks; nothing ma
 
 }  // namespace
 
-ThreadRuntime thread_runtime_setting() { return runtime_setting(); }
+void thread_runtime_init() { (void)state(); }
 
 std::string thread_runtime() {
-  if (runtime_setting() == ThreadRuntime::Pool) return "pool";
-  const OpenMpRuntime* r = loaded_openmp();
-  return r ? std::string("openmp (") + r->library + ")" : "pool";
+  const RuntimeState& st = state();
+  if (st.setting == ThreadRuntime::Pool) return "pool";
+  if (st.forked.load()) return "pool (a forked child)";
+  if (const OpenMpRuntime* r = loaded_openmp()) return "openmp (" + r->library + ")";
+  return st.setting == ThreadRuntime::OpenMp ? "none (openmp asked for, none loaded: threaded calls raise)" : "pool";
 }
 
 void parallel_for(int threads, int64_t n_tasks, const std::function<void(int64_t, int)>& fn) {

@@ -2,7 +2,8 @@
 // the process (torch's libgomp), tasks run on its team (through the GNU ABI, looked up at run
 // time; this module never links OpenMP); otherwise on a small std::thread pool.
 // PRUNECAL_THREAD_RUNTIME = auto (default: OpenMP when loaded, else the pool) | pool | openmp
-// (an error while none is loaded); read once per process.
+// (an error while none is loaded); read once per process, at module load. A fork() child
+// uses the pool (libgomp's threads do not exist there).
 //
 // Lifetime / global state: pools live in one process-wide table keyed by thread count,
 // created on first use by pool_for(threads) and intentionally never destroyed (no joins in
@@ -23,9 +24,11 @@ class ThreadPool;
 void parallel_for(int threads, int64_t n_tasks, const std::function<void(int64_t, int)>& fn);
 
 enum class ThreadRuntime { Auto, Pool, OpenMp };
-// PRUNECAL_THREAD_RUNTIME as read (std::invalid_argument when malformed).
-ThreadRuntime thread_runtime_setting();
-// What a multi-threaded call runs on now: "pool" or "openmp (<library>)".
+// Reads PRUNECAL_THREAD_RUNTIME (std::invalid_argument when malformed) and registers the fork
+// handler, once per process (the module calls it at load; the first threaded call otherwise).
+void thread_runtime_init();
+// What a multi-threaded call runs on now: "pool", "openmp (<library>)", "pool (a forked child)",
+// or "none (...)" when openmp is asked for and none is loaded.
 std::string thread_runtime();
 
 }  // namespace prunecal

@@ -132,7 +132,9 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: i
             raise TypeError("val must be a tuple (images, labels)")
         val = _check_xy(val[0], val[1], "val images")
     dev = _device(model)
-    fmt = bool(channels_last) and any(p.dim() == 4 for p in model.parameters())
+    # (convs: 4-D weights, or layers that say they read NHWC, e.g. prunecal.sparse.trainable's)
+    fmt = bool(channels_last) and (any(p.dim() == 4 for p in model.parameters())
+                                   or any(getattr(m, "reads_channels_last", False) for m in model.modules()))
     if fmt:  # oneDNN's NHWC kernels: faster on CPU, notably for depthwise convs
         model.to(memory_format=torch.channels_last)
     try:

@@ -110,6 +110,32 @@ def test_conv_grads_random_shapes(n, cg_in, cg_out, h, w, k, stride, pad, groups
                zero_row=zero_row, bias=bias, seed=seed)
 
 
+def test_train_uses_channels_last_when_every_conv_is_sparse():
+    """prunecal.train's channels_last switch also covers a model whose convs are all sparse
+    layers (no 4-D parameter left): the layers see NHWC inputs, the training equals NCHW's."""
+    from prunecal.train import train
+
+    def net():
+        torch.manual_seed(0)
+        conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        with torch.no_grad():
+            conv.weight.mul_(torch.rand_like(conv.weight) < 0.5)
+        return nn.Sequential(SparseConv2d(conv, threads=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(8, 10))
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8), rng.integers(0, 10, 64)
+    kw = dict(epochs=1, lr=0.05, batch_size=16, mean=(0.5,) * 3, std=(0.25,) * 3, seed=1, progress=False)
+    out = {}
+    for cl in (True, False):
+        m, seen = net(), []
+        m[0].register_forward_pre_hook(lambda mod, a: seen.append(a[0].is_contiguous(memory_format=torch.channels_last)
+                                                                  and not a[0].is_contiguous()))
+        out[cl] = (train(m, x, y, channels_last=cl, **kw)["step_loss"], seen)
+    assert all(out[True][1]) and not any(out[False][1])
+    np.testing.assert_allclose(out[True][0], out[False][0], rtol=1e-4)
+
+
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_two_thread_gradients_are_deterministic(isa, channels_last):

@@ -42,8 +42,9 @@ from prunecal import _C
 runs, workers, met = _C._parallel_for_check(2, 200)
 assert runs == [1] * 200, runs
 assert set(workers) <= {0, 1}, set(workers)
-_, _, met = _C._parallel_for_check(2, 2, rendezvous=True)
+_, workers, met = _C._parallel_for_check(2, 2, rendezvous=True)
 assert met, "two tasks never ran at the same time on 2 threads"
+assert sorted(workers) == [0, 1], workers  # two threads at once have two worker ids (per-worker buffers)
 try:
     _C._parallel_for_check(2, 50, fail_task=7)
 except RuntimeError as e:
@@ -136,7 +137,7 @@ def test_openmp_without_a_loaded_runtime_is_a_clear_error():
     import sys
     from prunecal import _C
     assert "torch" not in sys.modules
-    assert _C.thread_runtime() == "pool"
+    assert _C.thread_runtime().startswith("none (openmp asked for"), _C.thread_runtime()
     assert _C._parallel_for_check(1, 3)[0] == [1, 1, 1]  # one thread needs no runtime
     try:
         _C._parallel_for_check(2, 8)
@@ -170,21 +171,29 @@ def test_malformed_setting_refuses_to_load():
     assert "PRUNECAL_THREAD_RUNTIME" in r.stderr and "auto, pool or openmp" in r.stderr
 
 
+FORK = """
+import os, torch
+from prunecal import _C
+torch.set_num_threads(2)
+(torch.randn(4_000_000) * 2).sum()  # torch's OpenMP team has run in the parent
+if {door_first}:
+    assert _C._parallel_for_check(2, 100)[0] == [1] * 100  # and ours on it
+pid = os.fork()
+if pid == 0:
+    runs, workers, met = _C._parallel_for_check(2, 2, rendezvous=True)
+    ok = runs == [1, 1] and met and _C.thread_runtime() == "pool (a forked child)"
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+assert _C._parallel_for_check(2, 100)[0] == [1] * 100
+print(_C.thread_runtime())
+"""
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
-def test_forked_child_runs_threaded_calls():
-    code = """
-    import os, torch
-    from prunecal import _C
-    assert _C._parallel_for_check(2, 100)[0] == [1] * 100  # the parent's team exists now
-    pid = os.fork()
-    if pid == 0:
-        runs, workers, met = _C._parallel_for_check(2, 2, rendezvous=True)
-        os._exit(0 if runs == [1, 1] and met else 3)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
-    assert _C._parallel_for_check(2, 100)[0] == [1] * 100
-    print("ok")
-    """
-    r = _run(code, timeout=60)
+@pytest.mark.parametrize("door_first", [True, False])  # False: the child is the first to look the runtime up
+def test_forked_child_runs_threaded_calls_on_the_pool(door_first):
+    r = _run(FORK.replace("{door_first}", str(door_first)), timeout=60)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "ok"
+    if LINUX:
+        assert r.stdout.strip().startswith("openmp ("), r.stdout

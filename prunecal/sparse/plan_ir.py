@@ -277,14 +277,17 @@ def _m_alias(b: _IRBuilder, node: torch.fx.Node, m: nn.Module, vin: int, what: s
 
 
 def _m_conv(b: _IRBuilder, node: torch.fx.Node, m: nn.Module, vin: int, what: str, value: Any) -> None:
-    bias = None if m.bias is None else _as_f32(m.bias, node.name)
+    # (checked in the order of the first fault reported: Conv2d weight, bias, geometry; sparsify's
+    # layers geometry, weight, bias)
     if type(m) is nn.Conv2d:
-        b.emit(node, "conv", [vin], value, weight=_as_f32(m.weight, node.name), bias=bias,
+        w = _as_f32(m.weight, node.name)
+        b.emit(node, "conv", [vin], value, weight=w, bias=None if m.bias is None else _as_f32(m.bias, node.name),
                **_conv_params(m, node.name))
         return
-    w = m.weight if isinstance(m, FoldedConv2d) else m.to_dense_weight()
     p = [_square(v, k, node.name) for k, v in (("stride", m.stride), ("padding", m.padding), ("dilation", m.dilation))]
-    b.emit(node, "conv", [vin], value, weight=_as_f32(w, node.name), bias=bias, stride=p[0], pad=p[1], dil=p[2],
+    w = _as_f32(m.weight if isinstance(m, FoldedConv2d) else m.to_dense_weight(), node.name)
+    bias = None if m.bias is None else _as_f32(m.bias, node.name)
+    b.emit(node, "conv", [vin], value, weight=w, bias=bias, stride=p[0], pad=p[1], dil=p[2],
            groups=int(m.groups), relu=bool(m.relu))
 
 
@@ -417,8 +420,9 @@ def _c_pad(b: _IRBuilder, node: torch.fx.Node, x: Any, what: str, value: Any) ->
 
 
 def _avgpool_call(b: _IRBuilder, node: torch.fx.Node, x: Any) -> bool:
-    size = b.concrete(node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size"))
-    return _is_fn(node, F.adaptive_avg_pool2d) and b.act(x) and size in (1, (1, 1), [1, 1])
+    if not (_is_fn(node, F.adaptive_avg_pool2d) and b.act(x)):
+        return False
+    return b.concrete(node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")) in (1, (1, 1), [1, 1])
 
 
 _CALLS: list[tuple[Callable[[_IRBuilder, torch.fx.Node, Any], bool], Callable[..., None]]] = [

@@ -180,6 +180,8 @@ class SparseConv2d(_SparseTrainLayer):
     input gives a channels_last output (the kernels read and write that layout directly).
     """
 
+    reads_channels_last = True  # (prunecal.train trains a model holding one in channels_last)
+
     def __init__(self, conv: nn.Conv2d, *, threads: Optional[int] = None, isa: str = "auto") -> None:
         reason = conv_unsupported(conv)
         if reason:
