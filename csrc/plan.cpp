@@ -12,6 +12,7 @@
 #include <stdexcept>
 
 #include "conv_exec.h"
+#include "phase_planes.h"
 #include "thread_pool.h"
 
 namespace prunecal {
@@ -431,10 +432,11 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
   if (team) threads = team->n;
   if (!op.direct) {
     const BufSpec& si = bufs_[size_t(op.in0)];
+    const PlaneSource in{src + si.pos(0, 0), si.plane(), si.pitch, si.C, si.H, si.W};  // (its interior)
     if (team) {  // a range of channels per slot
-      team->step([&](int t) { op_gather_planes(src, si, g, a.scratch, si.C * t / team->n, si.C * (t + 1) / team->n); });
+      team->step([&](int t) { copy_phase_planes(in, g, a.scratch, si.C * t / team->n, si.C * (t + 1) / team->n, true); });
     } else {
-      op_gather_planes(src, si, g, a.scratch, 0, si.C);
+      copy_phase_planes(in, g, a.scratch, 0, si.C, true);
     }
     src = a.scratch;
   }

@@ -122,9 +122,6 @@ void op_replicate(float* x, const BufSpec& sx, int c0, int c1);
 // Prefetch (into this core's caches) input rows [y0, y1) of every channel and copy of x: the
 // rows a thread's band of a conv reads but another thread wrote.
 void op_prefetch_rows(const float* x, const BufSpec& sx, int y0, int y1);
-// Gather channels [c0, c1) of the interior of x into the phase planes of geometry g, plus kSlack
-// zeros after the last channel (written with the range that ends at sx.C).
-void op_gather_planes(const float* x, const BufSpec& sx, const Geometry& g, float* planes, int c0, int c1);
 // Copy a dense (C, H, W) image into the interior of y / the interior of x into (C, H, W).
 void op_load(const float* img, float* y, const BufSpec& sy);
 void op_store(const float* x, const BufSpec& sx, float* img);

@@ -202,46 +202,6 @@ void op_replicate(float* x, const BufSpec& sx, int c0, int c1) {
   }
 }
 
-void op_gather_planes(const float* x, const BufSpec& sx, const Geometry& g, float* planes, int c0, int c1) {
-  const int s = g.stride, p = g.pad, Hq = g.Hq, Wq = g.Wq;
-  for (int c = c0; c < c1; ++c) {
-    float* P0 = planes + c * g.chan_floats;
-    for (int py = 0; py < s; ++py)
-      for (int px = 0; px < s; ++px) {
-        float* P = P0 + int64_t(py * s + px) * Hq * Wq;
-        // columns j with 0 <= j*s + px - p < W
-        const int j_lo = std::min(Wq, (std::max(0, p - px) + s - 1) / s);
-        const int last = sx.W - 1 + p - px;
-        const int j_hi = last < 0 ? j_lo : std::max(j_lo, std::min(Wq, last / s + 1));
-        for (int i = 0; i < Hq; ++i) {
-          float* row = P + int64_t(i) * Wq;
-          const int yy = i * s + py - p;
-          if (yy < 0 || yy >= sx.H) {
-            std::memset(row, 0, sizeof(float) * size_t(Wq));
-            continue;
-          }
-          const float* xr = interior(x, sx, c, yy) + (px - p);
-          for (int j = 0; j < j_lo; ++j) row[j] = 0.f;
-          if (s == 1) {
-            std::memcpy(row + j_lo, xr + j_lo, sizeof(float) * size_t(j_hi - j_lo));
-          } else {
-            int j = j_lo;
-#if defined(__SSE2__)
-            if (s == 2)  // every other float: deinterleave 8 inputs into 4 outputs
-              for (; j + 4 <= j_hi; j += 4) {
-                const __m128 a = _mm_loadu_ps(xr + 2 * int64_t(j)), b = _mm_loadu_ps(xr + 2 * int64_t(j) + 4);
-                _mm_storeu_ps(row + j, _mm_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)));
-              }
-#endif
-            for (; j < j_hi; ++j) row[j] = xr[int64_t(j) * s];
-          }
-          for (int j = j_hi; j < Wq; ++j) row[j] = 0.f;
-        }
-      }
-  }
-  if (c1 == sx.C) std::memset(planes + sx.C * g.chan_floats, 0, sizeof(float) * kSlack);
-}
-
 void op_load(const float* img, float* y, const BufSpec& sy) {
   for (int c = 0; c < sy.C; ++c)
     for (int r = 0; r < sy.H; ++r)
