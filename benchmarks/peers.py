@@ -67,8 +67,8 @@ def weights_path(name: str = "resnet56") -> Path | None:
 def build_model(name: str = "resnet56") -> tuple[nn.Module, str]:
     """``(model in eval mode, "pretrained" | "random")`` for any registered model name;
     pretrained where the checkpoint exists, else the default initialisation (seed 0) with
-    randomised BatchNorm statistics (running mean U(-0.1, 0.1), variance U(0.5, 1.5), as
-    ``bench_vgg.py``), so that folding BN is not a no-op."""
+    randomised BatchNorm statistics (running mean U(-0.1, 0.1), variance U(0.5, 1.5)), so that
+    folding BN is not a no-op."""
     from prunecal import models
 
     if name not in models.available():

@@ -55,11 +55,10 @@ void PackedWeight::conv2d(const float* x, int N, int C, int H, int W, float* y, 
   const int S = int(g.slots.size());
   // fixed-shape tiles for the CIFAR shapes (AVX2 / NEON kernel sets; tiles start at an output row)
   const int fast = plan_fast_kernels(k) ? plan_fast_shape(g.Wo, g.Wq, stride, dil) : 0;
-  const int spr = (g.Wo + kLanes - 1) / kLanes;
 
   const ConvRows stored = conv_rows(*this, g, use_bsr, false, groups, fast);
   // the rows an image reads: the stored ones, or the dense form when it holds NaN / Inf
-  auto rows_for = [&](bool bad) { return bad ? conv_rows(*this, g, false, true, groups, 0) : stored; };
+  auto rows_for = [&](bool bad) { return bad ? conv_rows(*this, g, false, true, groups) : stored; };
   auto compute = [&](const float* buf, float* yi, const ConvRows& rows_in, int grp, int u0, int u1, int s0, int s1) {
     ConvTask t;
     t.slots = g.slots.data();
@@ -68,13 +67,7 @@ void PackedWeight::conv2d(const float* x, int N, int C, int H, int W, float* y, 
     t.bias = bias;
     t.relu = relu;
     t.valid_rows = Co;
-    if (rows_in.fast && s0 % spr != 0) {  // (the fixed-shape tiles start at an output row)
-      ConvRows plain = rows_in;
-      plain.fast = 0;
-      conv_units(k, plain, t, buf, grp, u0, u1, s0, s1);
-    } else {
-      conv_units(k, rows_in, t, buf, grp, u0, u1, s0, s1);
-    }
+    conv_units(k, rows_in, t, buf, grp, u0, u1, s0, s1);
   };
   // generated kernels (CSR, one group): one call per (channel group, tile of 8 / 16 outputs)
   const JitConv* jit = (!use_bsr && groups == 1 && k.isa == Isa::Avx2) ? this->jit(g) : nullptr;

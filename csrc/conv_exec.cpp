@@ -30,6 +30,7 @@ ConvRows conv_rows(const PackedWeight& w, const Geometry& g, bool bsr, bool dens
     r.indptr = w.csr_indptr().data(), r.off = g.csr_off.data(), r.val = w.csr_values().data();
     r.fast = fast;
   }
+  r.row_slots = (g.Wo + kLanes - 1) / kLanes;
   return r;
 }
 
@@ -45,7 +46,7 @@ RowsDone conv_units(const KernelSet& k, const ConvRows& r, ConvTask t, const flo
     return d;
   }
   d.r0 = grp * r.Cog() + u0, d.r1 = grp * r.Cog() + u1;
-  if (r.form == ConvRows::Form::Csr && r.fast) {
+  if (r.form == ConvRows::Form::Csr && r.fast && s0 % r.row_slots == 0) {
     plan_csr_fast(r.fast, t, d.r0, d.r1, s0, s1, k.csr);
     d.epilogue_done = true;
   } else {

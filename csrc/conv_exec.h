@@ -24,13 +24,14 @@ struct ConvRows {
   int Co = 0, groups = 1, block_rows = 1;
   int64_t group_floats = 0;  // input floats between groups' planes (C_in / groups channel planes)
   int fast = 0;              // CSR: fixed-shape tile id (plan_fast_shape), 0: the kernel set's rows
+  int row_slots = 1;         // slots per output row: the fixed tiles take slot ranges that start a row
   int Cog() const { return Co / groups; }
   int units() const;  // per group
 };
 
 // w's stored form (BSR when `bsr`), or with `dense` the dense form of g (ensure_dense first);
 // `fast` is used for the CSR form only.
-ConvRows conv_rows(const PackedWeight& w, const Geometry& g, bool bsr, bool dense, int groups, int fast);
+ConvRows conv_rows(const PackedWeight& w, const Geometry& g, bool bsr, bool dense, int groups, int fast = 0);
 
 // Output rows [r0, r1) a call wrote; epilogue_done: the fixed-shape tiles applied t's epilogue
 // (residual, shifted copies) themselves.
@@ -40,7 +41,8 @@ struct RowsDone {
 };
 
 // Units [u0, u1) of group grp on slots [s0, s1): t is complete but for in / indptr / off / val,
-// set here (in: `planes` + the group's offset). Fixed-shape tiles need s0 at an output row start.
+// set here (in: `planes` + the group's offset). The fixed-shape tiles run where s0 starts an
+// output row, the kernel set's rows elsewhere (same bits).
 RowsDone conv_units(const KernelSet& k, const ConvRows& r, ConvTask t, const float* planes, int grp, int u0, int u1,
                     int s0, int s1);
 

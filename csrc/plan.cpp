@@ -189,83 +189,78 @@ void Plan::set_io(int input, int output) {
 }
 
 void Plan::add_conv(const std::string& name, WeightArgs w, const ConvArgs& c, int in, int out) {
-  const std::string& kind = w.kind;
-  const int block_rows = w.block_rows;
-  std::vector<float>& bias = w.bias;
-  const int stride = c.stride, pad = c.pad, dil = c.dil, groups = c.groups, residual = c.residual;
-  const bool relu = c.relu;
   PlanOp op = new_op(OpKind::Conv, "conv", name, in, out);
   if (in == out) throw std::invalid_argument("conv: input and output buffers must differ");
-  if (stride < 1 || pad < 0 || dil < 1 || groups < 1) throw std::invalid_argument("conv: bad stride/pad/dil/groups");
-  op.relu = relu;
-  op.pw = std::make_shared<PackedWeight>(kind, std::move(w.values), std::move(w.indptr), std::move(w.indices), w.shape,
-                                         block_rows);
+  if (c.stride < 1 || c.pad < 0 || c.dil < 1 || c.groups < 1) throw std::invalid_argument("conv: bad stride/pad/dil/groups");
+  op.relu = c.relu;
+  op.pw = std::make_shared<PackedWeight>(w.kind, std::move(w.values), std::move(w.indptr), std::move(w.indices), w.shape,
+                                         w.block_rows);
   const BufSpec &si = bufs_[size_t(in)], &so = bufs_[size_t(out)];
   const int Co = op.pw->rows();
-  if (Co % groups) throw std::invalid_argument("conv " + name + ": groups must divide C_out");
-  if (si.C != op.pw->cin_per_group() * groups)
+  if (Co % c.groups) throw std::invalid_argument("conv " + name + ": groups must divide C_out");
+  if (si.C != op.pw->cin_per_group() * c.groups)
     throw std::invalid_argument("conv " + name + ": input buffer has " + std::to_string(si.C) + " channels, weight needs " +
-                                std::to_string(op.pw->cin_per_group() * groups));
-  if (!bias.empty() && int(bias.size()) != Co) throw std::invalid_argument("conv " + name + ": bias length != C_out");
-  op.bias = std::move(bias);
-  op.stride = stride, op.pad = pad, op.dil = dil, op.groups = groups;
+                                std::to_string(op.pw->cin_per_group() * c.groups));
+  if (!w.bias.empty() && int(w.bias.size()) != Co) throw std::invalid_argument("conv " + name + ": bias length != C_out");
+  op.bias = std::move(w.bias);
+  op.stride = c.stride, op.pad = c.pad, op.dil = c.dil, op.groups = c.groups;
   // direct: read the input buffer in place (its zero border / row gap is the conv's padding)
   const int kh = op.pw->kh(), kw = op.pw->kw();
-  op.direct = stride == 1 && pad <= si.P && pad <= si.lead && 2 * pad <= si.pitch - si.W &&
-              si.H + 2 * pad >= dil * (kh - 1) + 1 && si.W + 2 * pad >= dil * (kw - 1) + 1;
+  op.direct = c.stride == 1 && c.pad <= si.P && c.pad <= si.lead && 2 * c.pad <= si.pitch - si.W &&
+              si.H + 2 * c.pad >= c.dil * (kh - 1) + 1 && si.W + 2 * c.pad >= c.dil * (kw - 1) + 1;
   if (op.direct) {
     // 3x3 / pad 1 on an aligned buffer: read tap kx from the copy shifted by kx - 1, so that
     // every vector load of the kernels is aligned
     // (offsets reach about two copies: int32 must hold them)
-    const bool shifted = si.align == 16 && kw == 3 && pad == 1 && dil == 1 &&
+    const bool shifted = si.align == 16 && kw == 3 && c.pad == 1 && c.dil == 1 &&
                          3 * si.copy_floats() + si.pitch < (int64_t(1) << 31);
     if (shifted && bufs_[size_t(in)].copies != 3) {
       bufs_[size_t(in)].copies = 3;
       arenas_.clear();
     }
     auto g = std::make_shared<Geometry>();
-    g->H = si.H, g->W = si.W, g->stride = 1, g->pad = pad, g->dil = dil;
-    g->Ho = si.H + 2 * pad - dil * (kh - 1), g->Wo = si.W + 2 * pad - dil * (kw - 1);
+    g->H = si.H, g->W = si.W, g->stride = 1, g->pad = c.pad, g->dil = c.dil;
+    g->Ho = si.H + 2 * c.pad - c.dil * (kh - 1), g->Wo = si.W + 2 * c.pad - c.dil * (kw - 1);
     g->Hq = si.H + 2 * si.P, g->Wq = si.pitch;
     g->chan_floats = si.plane();
     g->tap.resize(size_t(kh) * kw);
     for (int ky = 0; ky < kh; ++ky)
       for (int kx = 0; kx < kw; ++kx)
         g->tap[size_t(ky) * kw + kx] = int32_t(
-            int64_t(ky * dil - pad) * si.pitch +
-            (shifted ? int64_t(kx - 1) * si.copy_floats() : int64_t(kx * dil - pad)));
+            int64_t(ky * c.dil - c.pad) * si.pitch +
+            (shifted ? int64_t(kx - 1) * si.copy_floats() : int64_t(kx * c.dil - c.pad)));
     for (int oy = 0; oy < g->Ho; ++oy)
       for (int ox = 0; ox < g->Wo; ox += kLanes)
         g->slots.push_back({int32_t(si.pos(oy, ox)), 0, int32_t(std::min(kLanes, g->Wo - ox))});
     op.geom = op.pw->geometry_from(std::move(g));
   } else {
-    op.geom = op.pw->geometry(si.H, si.W, stride, pad, dil);
+    op.geom = op.pw->geometry(si.H, si.W, c.stride, c.pad, c.dil);
   }
   const Geometry& g = *op.geom;
   if (so.C != Co || so.H != g.Ho || so.W != g.Wo)
     throw std::invalid_argument("conv " + name + ": output buffer " + spec_str(out, so) + " does not match (" +
                                 std::to_string(Co) + "x" + std::to_string(g.Ho) + "x" + std::to_string(g.Wo) + ")");
-  op.use_bsr = kind == "bsr";
-  if (op.use_bsr && groups > 1 && (Co / groups) % op.pw->block_rows())
+  op.use_bsr = w.kind == "bsr";
+  if (op.use_bsr && c.groups > 1 && (Co / c.groups) % op.pw->block_rows())
     throw std::invalid_argument("conv " + name + ": BSR blocks must not straddle groups; use CSR");
   const int in_pitch = op.direct ? si.pitch : g.Wq;
-  if (!op.use_bsr) op.fast = plan_fast_shape(g.Wo, in_pitch, stride, dil);
+  if (!op.use_bsr) op.fast = plan_fast_shape(g.Wo, in_pitch, c.stride, c.dil);
   if (!op.direct) scratch_floats_ = std::max(scratch_floats_, si.C * g.chan_floats + kSlack);
   for (int oy = 0; oy < g.Ho; ++oy)
     for (int ox = 0; ox < g.Wo; ox += kLanes)
       op.slots.push_back({int32_t(op.direct ? si.pos(oy, ox) : int64_t(oy) * g.Wq + ox), int32_t(so.pos(oy, ox)),
                           int32_t(std::min(kLanes, g.Wo - ox))});
-  if (residual >= 0) {
-    check_buf(residual, "conv residual");
-    const BufSpec& sr = bufs_[size_t(residual)];
-    if (residual == out) throw std::invalid_argument("conv " + name + ": residual must not be the output buffer");
+  if (c.residual >= 0) {
+    check_buf(c.residual, "conv residual");
+    const BufSpec& sr = bufs_[size_t(c.residual)];
+    if (c.residual == out) throw std::invalid_argument("conv " + name + ": residual must not be the output buffer");
     if (sr.C != so.C || sr.H != so.H || sr.W != so.W)
       throw std::invalid_argument("conv " + name + ": residual buffer shape differs from the output");
-    op.res = residual;
+    op.res = c.residual;
     for (int oy = 0; oy < g.Ho; ++oy)
       for (int ox = 0; ox < g.Wo; ox += kLanes) op.res_q.push_back(int32_t(sr.pos(oy, ox)));
   }
-  if (jit_ && !op.use_bsr && groups == 1)  // (with jit_ the layout is plain: no shifted copies to write)
+  if (jit_ && !op.use_bsr && c.groups == 1)  // (with jit_ the layout is plain: no shifted copies to write)
     op.jit = op.pw->make_jit(g, op.slots, so.plane(), op.res >= 0 ? op.res_q.data() : nullptr,
                              op.res >= 0 ? bufs_[size_t(op.res)].plane() : 0);
   ops_.push_back(std::move(op));
@@ -466,7 +461,7 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
     if (!d.epilogue_done) op_epilogue(t, d.r0, d.r1, s0, s1);
   };
   const int U = rows.units();
-  const int spr = (g.Wo + kLanes - 1) / kLanes;  // slots per output row
+  const int spr = rows.row_slots;  // slots per output row
   // before a thread's band of slots [s0, s1): the input rows its halo reads, which the other
   // threads wrote, fetched into this core's caches (direct convs; gathered planes are local)
   auto prefetch_halo = [&](int s0, int s1) {

@@ -29,6 +29,39 @@
 #endif
 
 namespace prunecal {
+namespace {
+
+// One job's tasks, handed out dynamically to whoever works on it (a pool's workers, or an
+// OpenMP team's members); the first exception stops the handing out and is kept for the caller.
+struct TaskQueue {
+  const std::function<void(int64_t, int)>* fn = nullptr;
+  int64_t n_tasks = 0;
+  std::atomic<int64_t> next{0};
+  std::mutex error_mutex;
+  std::exception_ptr error;
+
+  void reset(const std::function<void(int64_t, int)>& f, int64_t n) {
+    fn = &f;
+    n_tasks = n;
+    next.store(0);
+    error = nullptr;
+  }
+  void work(int worker) {
+    for (;;) {
+      const int64_t t = next.fetch_add(1);
+      if (t >= n_tasks) break;
+      try {
+        (*fn)(t, worker);
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(error_mutex);
+        if (!error) error = std::current_exception();
+        next.store(n_tasks);
+      }
+    }
+  }
+};
+
+}  // namespace
 
 class ThreadPool {
  public:
@@ -42,40 +75,24 @@ class ThreadPool {
   // so an oversubscribed machine degrades to single-threaded speed, not to scheduler latency.
   void run(int64_t n_tasks, const std::function<void(int64_t, int)>& fn) {
     std::lock_guard<std::mutex> run_lock(run_mutex_);
-    fn_ = &fn;
-    n_tasks_ = n_tasks;
-    next_.store(0);
-    error_ = nullptr;
+    job_.reset(fn, n_tasks);
     closed_.store(false);  // publishes the fields above to workers that see it open
     {
       std::lock_guard<std::mutex> lk(mutex_);
       generation_.fetch_add(1);
     }
     cv_.notify_all();
-    work(0);
+    job_.work(0);
     closed_.store(true);
     for (int k = 0; active_.load() != 0; ++k) {
       if (k < 4096) PRUNECAL_PAUSE();
       else std::this_thread::yield();
     }
-    fn_ = nullptr;
-    if (error_) std::rethrow_exception(error_);
+    job_.fn = nullptr;
+    if (job_.error) std::rethrow_exception(job_.error);
   }
 
  private:
-  void work(int worker) {
-    for (;;) {
-      const int64_t t = next_.fetch_add(1);
-      if (t >= n_tasks_) break;
-      try {
-        (*fn_)(t, worker);
-      } catch (...) {
-        std::lock_guard<std::mutex> lk(error_mutex_);
-        if (!error_) error_ = std::current_exception();
-        next_.store(n_tasks_);
-      }
-    }
-  }
 
   void loop(int worker) {
     uint64_t seen = 0;
@@ -97,22 +114,19 @@ class ThreadPool {
       }
       seen = g;
       active_.fetch_add(1);  // seq_cst pairs with closed_ in run(): the caller waits for us or we see it closed
-      if (!closed_.load()) work(worker);
+      if (!closed_.load()) job_.work(worker);
       active_.fetch_sub(1);
     }
   }
 
   const int threads_;
   std::vector<std::thread> workers_;
-  std::mutex run_mutex_, mutex_, error_mutex_;
+  std::mutex run_mutex_, mutex_;
   std::condition_variable cv_;
   std::atomic<uint64_t> generation_{0};
-  std::atomic<int64_t> next_{0};
   std::atomic<int> active_{0};
   std::atomic<bool> closed_{true};
-  int64_t n_tasks_ = 0;
-  const std::function<void(int64_t, int)>* fn_ = nullptr;
-  std::exception_ptr error_;
+  TaskQueue job_;
 };
 
 namespace {
@@ -226,20 +240,37 @@ OpenMpRuntime find_openmp() {
     if (take(dlopen(lib.c_str(), RTLD_NOW | RTLD_NOLOAD), &r)) return r;
   return OpenMpRuntime{};
 }
+
+// How many libraries the process has loaded so far (glibc counts them for exactly this use).
+unsigned long long loads_so_far() {
+  unsigned long long adds = 0;
+  dl_iterate_phdr([](dl_phdr_info* info, size_t, void* data) {
+    *static_cast<unsigned long long*>(data) = info->dlpi_adds;
+    return 1;  // (the first object carries the count)
+  }, &adds);
+  return adds;
+}
 #else
 OpenMpRuntime find_openmp() { return {}; }
+unsigned long long loads_so_far() { return 0; }
 #endif
 
 std::atomic<const OpenMpRuntime*> g_openmp{nullptr};
 
-// The loaded runtime, or nullptr while none is loaded (looked up again on later calls: torch may
-// be imported after this module's first call; once found, it is kept: torch never unloads it).
+// The loaded runtime, or nullptr while none is loaded. Looked up again only once more
+// libraries have been loaded since the last look (torch may be imported after this module's
+// first call), so a process without one pays a counter read per threaded call, not a search;
+// once found, it is kept (torch never unloads it).
 const OpenMpRuntime* loaded_openmp() {
   const OpenMpRuntime* r = g_openmp.load(std::memory_order_acquire);
   if (r) return r;
   static std::mutex m;
+  static unsigned long long searched_at = ~0ull;  // loads_so_far() at the last fruitless search
   std::lock_guard<std::mutex> lk(m);
   if ((r = g_openmp.load())) return r;
+  const unsigned long long loads = loads_so_far();
+  if (loads == searched_at) return nullptr;
+  searched_at = loads;
   const OpenMpRuntime found = find_openmp();
   if (!found.parallel) return nullptr;
   r = new OpenMpRuntime(found);  // (process lifetime)
@@ -259,28 +290,13 @@ const OpenMpRuntime* openmp_for_call() {
 }
 
 struct OmpJob {
-  const OmpThreadNum thread_num;
-  const std::function<void(int64_t, int)>* fn;
-  int64_t n_tasks;
-  std::atomic<int64_t> next{0};
-  std::mutex error_mutex;
-  std::exception_ptr error;
+  OmpThreadNum thread_num;
+  TaskQueue* queue;
 };
 
-void omp_body(void* p) {  // every member of the team: dynamic tasks; nothing may escape the region
-  OmpJob& j = *static_cast<OmpJob*>(p);
-  const int worker = j.thread_num();
-  for (;;) {
-    const int64_t t = j.next.fetch_add(1);
-    if (t >= j.n_tasks) break;
-    try {
-      (*j.fn)(t, worker);
-    } catch (...) {
-      std::lock_guard<std::mutex> lk(j.error_mutex);
-      if (!j.error) j.error = std::current_exception();
-      j.next.store(j.n_tasks);
-    }
-  }
+void omp_body(void* p) {  // every member of the team (nothing may escape the region: TaskQueue catches)
+  const OmpJob& j = *static_cast<const OmpJob*>(p);
+  j.queue->work(j.thread_num());
 }
 
 }  // namespace
@@ -304,9 +320,11 @@ void parallel_for(int threads, int64_t n_tasks, const std::function<void(int64_t
   if (const OpenMpRuntime* omp = openmp_for_call()) {
     // a team of `threads` (the caller is thread 0); nested in a team it runs on fewer: tasks are
     // handed out dynamically, so any team size computes the same tasks
-    OmpJob job{omp->thread_num, &fn, n_tasks, {}, {}, {}};
+    TaskQueue queue;
+    queue.reset(fn, n_tasks);
+    OmpJob job{omp->thread_num, &queue};
     omp->parallel(omp_body, &job, unsigned(std::min<int64_t>(threads, n_tasks)), 0);
-    if (job.error) std::rethrow_exception(job.error);
+    if (queue.error) std::rethrow_exception(queue.error);
     return;
   }
   pool_for(threads).run(n_tasks, fn);

@@ -4,14 +4,14 @@ sparsify's per-layer modules, for an A/B of the native thread door: run it once 
 
     for r in 1 2 3; do for rt in pool auto; do PRUNECAL_THREAD_RUNTIME=$rt python scripts/thread_runtime_ab.py; done; done
 
-Best of 5 windows of 0.4 s per configuration (batch 1 on 1 and 2 threads, batch 64 on 2).
+Images/s from the median call of about 2 s per configuration (``deepsparse_runner.measure``, the
+benchmarks' one timing loop), batch 1 on 1 and 2 threads, batch 64 on 2.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-import time
 
 import torch
 
@@ -19,25 +19,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(ROOT, "benchmarks"), ROOT]
 
 import peers  # noqa: E402
+from deepsparse_runner import measure  # noqa: E402
 
 import prunecal  # noqa: E402
 from prunecal import _C  # noqa: E402
 from prunecal.sparse import sparsify  # noqa: E402
 from prunecal.sparse.plan import compile_plan  # noqa: E402
-
-
-def images_per_s(fn, x: torch.Tensor) -> float:
-    with torch.no_grad():
-        for _ in range(3):
-            fn(x)
-        best = 0.0
-        for _ in range(5):
-            n, t0 = 0, time.perf_counter()
-            while time.perf_counter() - t0 < 0.4:
-                fn(x)
-                n += 1
-            best = max(best, n * x.shape[0] / (time.perf_counter() - t0))
-    return best
 
 
 def main() -> None:
@@ -52,7 +39,10 @@ def main() -> None:
         for b, t in ((1, 1), (1, 2), (64, 2)):
             torch.set_num_threads(t)
             fn = compile_plan(m, "csr", threads=t) if what == "plan" else sparsify(m, "csr", plan=False, threads=t)
-            out.append(f"{what} b{b}/t{t} {images_per_s(fn, peers.sample_input(b)):,.0f}")
+            x = peers.sample_input(b)
+            with torch.no_grad():
+                rate = measure(lambda: fn(x), b, 2.0)["images_per_s"]
+            out.append(f"{what} b{b}/t{t} {rate:,.0f}")
     print(f"{os.path.dirname(os.path.dirname(prunecal.__file__))} [{runtime}] {a.net}: " + " | ".join(out), flush=True)
 
 

@@ -165,6 +165,21 @@ def test_auto_without_torch_uses_the_pool():
     assert r.stdout.strip() == "pool"
 
 
+@pytest.mark.skipif(not LINUX, reason="the OpenMP runtime is looked up with dlopen on Linux only")
+def test_torch_imported_after_a_threaded_call_is_found():
+    """The fruitless search is not repeated on every call, but it is once torch is loaded."""
+    code = """
+    from prunecal import _C
+    assert _C._parallel_for_check(2, 8)[0] == [1] * 8 and _C.thread_runtime() == "pool"
+    import torch
+    assert _C._parallel_for_check(2, 8)[0] == [1] * 8
+    print(_C.thread_runtime())
+    """
+    r = _run(code)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().startswith("openmp ("), r.stdout
+
+
 def test_malformed_setting_refuses_to_load():
     r = _run("import prunecal._C", {"PRUNECAL_THREAD_RUNTIME": "tbb"})
     assert r.returncode != 0
