@@ -173,3 +173,37 @@ def test_runner_errors_are_clear(tmp_path):
         model = peers.build_model("resnet20")[0]
         with pytest.raises(RuntimeError, match="cannot import deepsparse"):
             peers.run_deepsparse(model, 1, 1, python=sys.executable, workdir=tmp_path)
+
+
+def test_deepsparse_compiles_for_the_isa_asked(tmp_path):
+    """``--isa avx2`` on an AVX-512 CPU: the engine's banner says it compiled AVX2 code and it
+    still has both cores (the brief ``arch.bin`` summary as NM_ARCH_FILE left it one);
+    ``native``: what the engine detects."""
+    if peers.deepsparse_python() is None:
+        pytest.skip("DeepSparse venv not found (scripts/setup_peers.sh)")
+    model = peers.prune_convs(peers.build_model("resnet20")[0], 0.9)
+    native = peers.run_deepsparse(model, 2, 2, 0.2, isa="native", workdir=tmp_path)
+    assert native["engine_isa"] and native["isa"] in native["engine_isa"]
+    if native["isa"] != "avx512":
+        pytest.skip("this CPU has no AVX-512: nothing to force down")
+    forced = peers.run_deepsparse(model, 2, 2, 0.2, isa="avx2", workdir=tmp_path)
+    assert forced["engine_isa"] == "avx2" and forced["isa"] == "avx2"
+    assert forced["engine_cores"] == 2
+
+
+def test_deepsparse_isa_follows_prunecal_isa(monkeypatch):
+    monkeypatch.delenv("PRUNECAL_DEEPSPARSE_ISA", raising=False)
+    monkeypatch.setenv("PRUNECAL_ISA", "avx2")
+    assert peers.deepsparse_isa() == "avx2"
+    monkeypatch.setenv("PRUNECAL_ISA", "auto")
+    assert peers.deepsparse_isa() == "native"
+    monkeypatch.setenv("PRUNECAL_DEEPSPARSE_ISA", "avx512")
+    assert peers.deepsparse_isa() == "avx512"
+
+
+def test_runner_rejects_an_unknown_isa(tmp_path):
+    import subprocess
+
+    p = subprocess.run([sys.executable, str(peers.RUNNER), str(tmp_path), "--batch", "1", "--threads", "1",
+                        "--isa", "sse2"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "--isa" in p.stderr

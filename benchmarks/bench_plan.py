@@ -146,6 +146,17 @@ def _compile(model, runtime: str, threads: int):
             os.environ["PRUNECAL_PLAN_PLAIN_LAYOUT"] = old
 
 
+def isa_line(ds_isa=()) -> str:
+    """Which code each runtime ran: the plan's kernel set, torch's ATen capability and oneDNN's
+    ISA cap (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``), DeepSparse's compiled ISA."""
+    from prunecal import _C
+
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "")
+    return (f"ISA: plan {_C.isa_path()}, torch {torch.backends.cpu.get_cpu_capability()}"
+            + (f" (oneDNN capped at {onednn})" if onednn else "")
+            + (f", DeepSparse {', '.join(sorted(ds_isa))}" if ds_isa else ""))
+
+
 def compare(net: str = "resnet56", seconds: float = 2.0, repeats: int = 2,
             configs=((1, 2), (64, 2), (1, 1)), sparsities=(0.9, 0.95), plain_layout: bool = False,
             busy_core: bool = False, fixed_kernels: bool = False) -> str:
@@ -175,6 +186,7 @@ def _compare(net, seconds, repeats, configs, sparsities, plain_layout, busy_core
 
     have_ds = peers.deepsparse_python() is not None
     best: dict[tuple, float] = {}
+    ds_isa: set[str] = set()
     up = [subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()]
     for _ in range(repeats):
         for batch, threads in configs:
@@ -188,7 +200,9 @@ def _compare(net, seconds, repeats, configs, sparsities, plain_layout, busy_core
                 if runtime == "torch dense":
                     r = peers.time_torch(model, batch, threads, seconds)["images_per_s"]
                 elif runtime == "deepsparse":
-                    r = peers.run_deepsparse(model, batch, threads, seconds)["images_per_s"]
+                    res = peers.run_deepsparse(model, batch, threads, seconds)
+                    r = res["images_per_s"]
+                    ds_isa.add(str(res.get("engine_isa")))
                 else:
                     pm = _compile(model, runtime, threads)
                     with torch.inference_mode():
@@ -199,6 +213,7 @@ def _compare(net, seconds, repeats, configs, sparsities, plain_layout, busy_core
     up.append(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     lines = [f"{net}, images/s (median call, best of {repeats} sweeps; x torch dense / x DeepSparse at the same "
              "sparsity, batch and threads)" + ("; one core kept busy by another process" if busy_core else ""), "",
+             isa_line(ds_isa), "",
              "| runtime | sparsity | " + " | ".join(f"batch {b}, {t} thr" for b, t in configs) + " |",
              "|---|---|" + "---|" * len(configs)]
     for (runtime, sp) in dict.fromkeys((k[0], k[1]) for k in best):

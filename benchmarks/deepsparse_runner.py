@@ -9,11 +9,19 @@ the same loop.
 Usage::
 
     .venv-deepsparse/bin/python benchmarks/deepsparse_runner.py MODEL.onnx --batch 64 \
-        --threads 2 [--seconds 2] [--input x.npy --reference logits.npy]
+        --threads 2 [--seconds 2] [--input x.npy --reference logits.npy] [--isa avx2]
+
+``--isa avx2`` makes DeepSparse generate AVX2 code on an AVX-512 CPU, as on an AVX2-only machine:
+the engine probes the CPU itself unless ``NM_ARCH_FILE`` names a JSON topology in the format of
+``arch.bin --output=full`` (its own probe), and ``NM_ARCH`` picks its AVX2 binary. ``NM_ARCH``
+alone is not enough: that binary's JIT still emits AVX-512 code for the CPU it finds; and the
+brief ``arch.bin`` summary as the file leaves the engine one core (checked by disassembling the
+engine's executable pages and by timing 1 and 2 threads, docs/performance.md). The engine's banner (on
+stdout, before the JSON line) names the ISA it compiled for: ``system=avx2, binary=avx2``.
 
 Output (stdout, one line): ``{"runtime": "deepsparse", "version": ..., "batch": ...,
 "threads": ..., "images_per_s": ..., "median_s": ..., "rounds": ..., "compile_s": ...,
-"max_abs_diff": ... | null}``. Errors: a message on stderr and exit status 2.
+"max_abs_diff": ... | null, "isa": ...}`` (``isa``: the ISA DeepSparse's Python side reports). Errors: a message on stderr and exit status 2.
 """
 from __future__ import annotations
 
@@ -59,6 +67,42 @@ def measure(fn: Callable[[], Any], batch: int, seconds: float = 2.0, *, warmup: 
             "min_s": min(times), "stdev_s": statistics.pstdev(times), "rounds": rounds}
 
 
+ISAS = ("native", "avx2", "avx512")
+"""``--isa`` values: ``native`` (what the engine detects), or the ISA to describe to it."""
+_AVX512_ONLY = ("vnni", "bf16", "vbmi", "vbmi2")  # arch.bin flags an AVX2-only x86 CPU lacks
+
+
+def describe_cpu_as(isa: str, workdir: str) -> None:
+    """Make DeepSparse (imported after this call) compile for ``isa``: run its ``arch.bin
+    --output=full`` (the whole topology: every hardware thread), rewrite the ISA (and, for ``avx2``, clear the AVX-512-only flags), write the JSON into
+    ``workdir`` and point ``NM_ARCH_FILE`` / ``NM_ARCH`` at it. ``native``: nothing changes.
+    Raises RuntimeError where deepsparse or its ``arch.bin`` is missing or prints no JSON."""
+    if isa == "native":
+        return
+    import importlib.util
+    import subprocess
+
+    spec = importlib.util.find_spec("deepsparse")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("deepsparse is not installed in this interpreter")
+    probe = os.path.join(list(spec.submodule_search_locations)[0], "arch.bin")
+    if not os.access(probe, os.X_OK):
+        raise RuntimeError(f"DeepSparse's CPU probe {probe} is missing")
+    try:
+        arch = json.loads(subprocess.run([probe, "--output=full"], capture_output=True, text=True,
+                                         check=True).stdout)
+    except (subprocess.CalledProcessError, json.JSONDecodeError) as e:
+        raise RuntimeError(f"{probe} printed no CPU description: {e}") from e
+    arch["isa"] = isa
+    if isa == "avx2":
+        arch.update({k: False for k in _AVX512_ONLY if k in arch})
+    path = os.path.join(workdir, f"nm_arch_{isa}.json")
+    with open(path, "w") as f:
+        json.dump(arch, f)
+    os.environ["NM_ARCH_FILE"] = path
+    os.environ["NM_ARCH"] = isa
+
+
 def _fail(msg: str) -> NoReturn:
     print(f"deepsparse_runner: {msg}", file=sys.stderr)
     sys.exit(2)
@@ -72,6 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=2.0, help="target timed seconds (default 2)")
     ap.add_argument("--input", help=".npy float32 (batch, C, H, W) input; random N(0,1) otherwise")
     ap.add_argument("--reference", help=".npy expected output for --input (reports max_abs_diff)")
+    ap.add_argument("--isa", choices=ISAS, default="native",
+                    help="ISA to compile for (default native; avx2: as on an AVX2-only CPU)")
     a = ap.parse_args(argv)
     if a.batch < 1 or a.threads < 1 or a.seconds <= 0:
         _fail(f"--batch and --threads must be >= 1 and --seconds > 0 (got {a.batch}, {a.threads}, {a.seconds})")
@@ -80,11 +126,26 @@ def main(argv: list[str] | None = None) -> None:
     if a.reference and not a.input:
         _fail("--reference needs --input")
     os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")  # no network calls from the engine
+    import atexit
+    import shutil
+    import tempfile
+
+    workdir = tempfile.mkdtemp(prefix="deepsparse_runner_")  # the engine reads NM_ARCH_FILE late
+    atexit.register(shutil.rmtree, workdir, True)
     try:
+        describe_cpu_as(a.isa, workdir)
         import numpy as np
         import deepsparse
+        from deepsparse.cpu import cpu_architecture
     except ImportError as e:
         _fail(f"cannot import deepsparse in {sys.executable}: {e} (run scripts/setup_peers.sh)")
+    except RuntimeError as e:
+        _fail(f"--isa {a.isa}: {e}")
+    if a.isa != "native":
+        arch = cpu_architecture()
+        if arch.isa != a.isa or arch.num_available_physical_cores < a.threads:
+            _fail(f"--isa {a.isa}: DeepSparse reports isa={arch.isa} with "
+                  f"{arch.num_available_physical_cores} cores (wanted {a.isa}, >= {a.threads})")
 
     if a.input:
         x = np.load(a.input).astype(np.float32, copy=False)
@@ -112,7 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps({"runtime": "deepsparse", "version": deepsparse.__version__,
                       "batch": a.batch, "threads": a.threads, **stats,
                       "compile_s": compile_s, "max_abs_diff": diff,
-                      "engine_cores": getattr(engine, "num_cores", None)}))
+                      "engine_cores": getattr(engine, "num_cores", None),
+                      "isa": cpu_architecture().isa}))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -210,14 +211,26 @@ def deepsparse_python() -> Path | None:
     return cand if cand.is_file() and os.access(cand, os.X_OK) else None
 
 
+def deepsparse_isa() -> str:
+    """The ISA DeepSparse is told to compile for: ``$PRUNECAL_DEEPSPARSE_ISA`` (``native``,
+    ``avx2``, ``avx512``) where set, else ``avx2`` when prunecal's path is forced to it
+    (``PRUNECAL_ISA=avx2``: both runtimes then run AVX2 code, as on an AVX2-only CPU), else
+    ``native``."""
+    isa = os.environ.get("PRUNECAL_DEEPSPARSE_ISA", "").strip().lower()
+    if isa:
+        return isa
+    return "avx2" if os.environ.get("PRUNECAL_ISA", "").strip().lower() == "avx2" else "native"
+
+
 def run_deepsparse(model: nn.Module, batch: int, threads: int, seconds: float = 2.0, *,
                    python: str | os.PathLike | None = None, timeout: float = 600.0,
-                   workdir: str | os.PathLike | None = None) -> dict[str, Any]:
+                   workdir: str | os.PathLike | None = None, isa: str | None = None) -> dict[str, Any]:
     """Export ``model`` and time it with DeepSparse in the venv (``num_cores=threads``).
 
-    The runner compiles the engine, checks its output against torch's on the same input,
-    then times it with the same loop as the other runtimes; its JSON is returned (plus
-    ``max_abs_diff``). Raises :class:`PeerUnavailable` where no venv is found,
+    The runner compiles the engine for ``isa`` (default :func:`deepsparse_isa`), checks its
+    output against torch's on the same input, then times it with the same loop as the other
+    runtimes; its JSON is returned (plus ``max_abs_diff`` and ``engine_isa``, the ISA the
+    engine's banner says it compiled for). Raises :class:`PeerUnavailable` where no venv is found,
     ``RuntimeError`` (with the runner's stderr) where it fails, ``AssertionError`` where the
     output disagrees with torch by more than :data:`ATOL`.
     """
@@ -232,7 +245,7 @@ def run_deepsparse(model: nn.Module, batch: int, threads: int, seconds: float = 
         np.save(Path(d) / "ref.npy", torch_reference(model, x))
         cmd = [str(py), str(RUNNER), str(onnx_path), "--batch", str(batch), "--threads",
                str(threads), "--seconds", str(seconds), "--input", str(Path(d) / "x.npy"),
-               "--reference", str(Path(d) / "ref.npy")]
+               "--reference", str(Path(d) / "ref.npy"), "--isa", isa or deepsparse_isa()]
         env = {**os.environ, "NM_DISABLE_ANALYTICS": "1"}
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
@@ -244,4 +257,8 @@ def run_deepsparse(model: nn.Module, batch: int, threads: int, seconds: float = 
         raise RuntimeError(f"DeepSparse runner printed no JSON: {proc.stdout[-500:]!r}") from e
     if not res.get("max_abs_diff", float("inf")) <= ATOL:
         raise AssertionError(f"deepsparse: max |logit - torch| = {res.get('max_abs_diff')} > {ATOL}")
+    banner = re.search(r"system=([a-z0-9_]+)", proc.stdout + proc.stderr)
+    res["engine_isa"] = banner.group(1) if banner else None
+    if "cores available in the calling process" in proc.stdout + proc.stderr:
+        raise RuntimeError(f"DeepSparse ran on fewer cores than the {threads} threads asked for")
     return res
