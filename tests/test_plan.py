@@ -70,8 +70,8 @@ def test_isa_generic_matches_avx2(pruned_r20):
 
 
 def test_plan_structure(plans):
-    auto = plans["auto"].describe().splitlines()
-    assert " bsr4 " in auto[1] and all(" csr " in ln for ln in auto[2:] if "conv " in ln)  # dense stem: BSR
+    auto, csr = (plans[b].describe().splitlines() for b in ("auto", "csr"))
+    assert auto[1:] == csr[1:] and "backend=auto" in auto[0]  # auto: CSR everywhere (measured)
     text = plans["csr"].describe()
     assert text.count("conv ") == 19 and text.count("+residual") == 9  # adds fused into conv2
     assert "shortcut" in text and "avgpool" in text and "linear" in text
@@ -81,6 +81,17 @@ def test_plan_structure(plans):
     assert p.arena_bytes > 0 and p.output_features == 10
     t = p.profile(torch.randn(2, 3, 32, 32).numpy(), 1)
     assert len(t) == p.n_ops + 2 and all(v >= 0 for v in t)
+
+
+def test_auto_packs_layers_from_the_bsr_density_as_bsr(pruned_r20, monkeypatch):
+    import prunecal.sparse.plan as plan_mod
+
+    monkeypatch.setattr(plan_mod, "AUTO_BSR_DENSITY", 0.5)
+    auto = compile_plan(pruned_r20, "auto").describe().splitlines()
+    assert " bsr4 " in auto[1] and all(" csr " in ln for ln in auto[2:] if "conv " in ln)  # dense stem: BSR
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert _rel(compile_plan(pruned_r20, "auto")(x), pruned_r20(x)) < 1e-4
 
 
 def test_from_sparsify_output(pruned_r20):

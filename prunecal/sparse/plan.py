@@ -51,9 +51,12 @@ __all__ = ["PlanUnsupported", "PlanModule", "compile_plan", "PLAN_BACKENDS", "PL
 
 PLAN_BACKENDS = ("csr", "bsr", "auto")
 """Conv weight format: ``csr``, ``bsr`` (blocks of ``block_rows`` output channels), or ``auto``:
-BSR for layers of density >= :data:`AUTO_BSR_DENSITY` (e.g. the unpruned stem), CSR for the
-rest (measured on ResNet-56: CSR is faster on every pruned layer, BSR on the dense stem)."""
-AUTO_BSR_DENSITY = 0.5
+BSR for layers of density >= :data:`AUTO_BSR_DENSITY`, CSR for the rest."""
+AUTO_BSR_DENSITY = math.inf
+"""Density from which ``auto`` packs a layer as BSR; default ``inf``: never, so ``auto`` = CSR.
+(It was 0.5, for ResNet-56's dense stem; since the generated kernels CSR is as fast there, and
+on VGG-16-BN / MobileNetV2 at 90 % the BSR-packed dense-ish layers cost 32 % / 19 % at batch 64
+on the AVX-512 path, up to 6 % at batch 1 on the AVX2 path: docs/performance.md.)"""
 PLAN_MODES = ("auto", "image", "op")
 """``image``: each thread runs the whole network on its own images (no barrier per layer);
 ``op``: images one at a time, every conv split over the threads; ``auto``: ``image`` when the
