@@ -230,9 +230,11 @@ def _compare(net, seconds, repeats, configs, sparsities, plain_layout, busy_core
     return "\n".join(lines)
 
 
-def stability(net: str = "resnet56", sparsity: float = 0.9, stretches: int = 8, calls: int = 3000) -> str:
+def stability(net: str = "resnet56", sparsity: float = 0.9, stretches: int = 8, calls: int = 3000,
+              mode: str = "auto") -> str:
     """Median call time of ``stretches`` consecutive stretches of ``calls`` back-to-back batch-1
-    calls of the csr plan on 2 threads, then on 1 thread: how much the rate moves over time."""
+    calls of the csr plan on 2 threads (run mode ``mode``; ``op``: the team always), then on 1
+    thread: how much the rate moves over time."""
     import time
 
     import numpy as np
@@ -245,7 +247,7 @@ def stability(net: str = "resnet56", sparsity: float = 0.9, stretches: int = 8, 
     lines = ["| threads | median us per call, stretch by stretch |", "|---|---|"]
     for threads in (2, 1):
         torch.set_num_threads(threads)
-        pm = compile_plan(model, "csr", threads=threads)
+        pm = compile_plan(model, "csr", threads=threads, mode=mode)
         meds = []
         with torch.inference_mode():
             for _ in range(100):
@@ -314,11 +316,12 @@ if __name__ == "__main__":
     ap.add_argument("--fixed-kernels", action="store_true", help="also the plan without generated kernels")
     ap.add_argument("--profile", action="store_true", help="per-stage time of one image (1 thread, 90 %%)")
     ap.add_argument("--stability", action="store_true", help="batch-1 call time over consecutive stretches")
+    ap.add_argument("--mode", default="auto", help="run mode of the 2-thread plan (--stability): auto, op, image")
     a = ap.parse_args()
     if a.profile:
         print(profile(a.net))
     elif a.stability:
-        print(stability(a.net))
+        print(stability(a.net, mode=a.mode))
     elif a.compare:
         print(compare(a.net, a.seconds, a.repeats, sparsities=tuple(float(v) for v in a.sparsities.split(",")),
                       plain_layout=a.plain_layout, busy_core=a.busy_core, fixed_kernels=a.fixed_kernels))
