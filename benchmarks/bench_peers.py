@@ -181,14 +181,44 @@ def test_deepsparse_compiles_for_the_isa_asked(tmp_path):
     ``native``: what the engine detects."""
     if peers.deepsparse_python() is None:
         pytest.skip("DeepSparse venv not found (scripts/setup_peers.sh)")
+    threads = min(2, os.cpu_count() or 1)
     model = peers.prune_convs(peers.build_model("resnet20")[0], 0.9)
-    native = peers.run_deepsparse(model, 2, 2, 0.2, isa="native", workdir=tmp_path)
-    assert native["engine_isa"] and native["isa"] in native["engine_isa"]
-    if native["isa"] != "avx512":
-        pytest.skip("this CPU has no AVX-512: nothing to force down")
-    forced = peers.run_deepsparse(model, 2, 2, 0.2, isa="avx2", workdir=tmp_path)
-    assert forced["engine_isa"] == "avx2" and forced["isa"] == "avx2"
-    assert forced["engine_cores"] == 2
+    native = peers.run_deepsparse(model, 2, threads, 0.2, isa="native", workdir=tmp_path)
+    if not (native["engine_isa"] or "").startswith("avx512"):
+        pytest.skip(f"DeepSparse compiles {native['engine_isa']} here: nothing to force down")
+    forced = peers.run_deepsparse(model, 2, threads, 0.2, isa="avx2", workdir=tmp_path)
+    assert forced["engine_isa"] == "avx2" and forced["isa_asked"] == "avx2"
+    assert forced["engine_cores"] == threads
+
+
+def _stub_python(tmp_path, stdout: str):
+    """An executable that stands in for the venv's python: prints ``stdout`` whatever it is given."""
+    stub = tmp_path / "python"
+    stub.write_text("#!/bin/sh\ncat <<'EOF'\n" + stdout + "\nEOF\n")
+    stub.chmod(0o755)
+    return stub
+
+
+_STUB_JSON = '{"runtime": "deepsparse", "images_per_s": 1.0, "max_abs_diff": 0.0, "engine_cores": 2}'
+
+
+@pytest.mark.parametrize("banner, isa, error", [
+    ("DeepSparse ... (system=avx2, binary=avx2)", "avx2", None),
+    ("DeepSparse ... (system=avx512_vnni, binary=avx2)", "avx2", "compiled for 'avx512_vnni'"),
+    ("no banner", "avx2", "compiled for None"),
+    ("DeepSparse ... (system=avx512_vnni, binary=avx512)", "native", None),
+    ("Warning: There are only 1 cores available in the calling process' cpu affinity set\n"
+     "DeepSparse ... (system=avx2, binary=avx2)", "avx2", "fewer cores"),
+])
+def test_run_deepsparse_reads_the_engine_banner(tmp_path, banner, isa, error):
+    stub = _stub_python(tmp_path, banner + "\n" + _STUB_JSON)
+    model = peers.prune_convs(peers.build_model("resnet20")[0], 0.9)
+    if error is None:
+        res = peers.run_deepsparse(model, 1, 2, python=stub, workdir=tmp_path, isa=isa)
+        assert res["engine_isa"] == banner.split("system=")[1].split(",")[0]
+    else:
+        with pytest.raises(RuntimeError, match=error.replace("(", r"\(")):
+            peers.run_deepsparse(model, 1, 2, python=stub, workdir=tmp_path, isa=isa)
 
 
 def test_deepsparse_isa_follows_prunecal_isa(monkeypatch):
@@ -199,6 +229,9 @@ def test_deepsparse_isa_follows_prunecal_isa(monkeypatch):
     assert peers.deepsparse_isa() == "native"
     monkeypatch.setenv("PRUNECAL_DEEPSPARSE_ISA", "avx512")
     assert peers.deepsparse_isa() == "avx512"
+    monkeypatch.setenv("PRUNECAL_DEEPSPARSE_ISA", "avx-2")
+    with pytest.raises(ValueError, match="PRUNECAL_DEEPSPARSE_ISA"):
+        peers.deepsparse_isa()
 
 
 def test_runner_rejects_an_unknown_isa(tmp_path):

@@ -202,7 +202,7 @@ def _compare(net, seconds, repeats, configs, sparsities, plain_layout, busy_core
                 elif runtime == "deepsparse":
                     res = peers.run_deepsparse(model, batch, threads, seconds)
                     r = res["images_per_s"]
-                    ds_isa.add(str(res.get("engine_isa")))
+                    ds_isa.add(res.get("engine_isa") or "unknown (no banner)")
                 else:
                     pm = _compile(model, runtime, threads)
                     with torch.inference_mode():
@@ -316,7 +316,8 @@ if __name__ == "__main__":
     ap.add_argument("--fixed-kernels", action="store_true", help="also the plan without generated kernels")
     ap.add_argument("--profile", action="store_true", help="per-stage time of one image (1 thread, 90 %%)")
     ap.add_argument("--stability", action="store_true", help="batch-1 call time over consecutive stretches")
-    ap.add_argument("--mode", default="auto", help="run mode of the 2-thread plan (--stability): auto, op, image")
+    ap.add_argument("--mode", default="auto", choices=("auto", "image", "op"),
+                    help="run mode of the 2-thread plan (--stability)")
     a = ap.parse_args()
     if a.profile:
         print(profile(a.net))

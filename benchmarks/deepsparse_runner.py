@@ -11,17 +11,15 @@ Usage::
     .venv-deepsparse/bin/python benchmarks/deepsparse_runner.py MODEL.onnx --batch 64 \
         --threads 2 [--seconds 2] [--input x.npy --reference logits.npy] [--isa avx2]
 
-``--isa avx2`` makes DeepSparse generate AVX2 code on an AVX-512 CPU, as on an AVX2-only machine:
-the engine probes the CPU itself unless ``NM_ARCH_FILE`` names a JSON topology in the format of
-``arch.bin --output=full`` (its own probe), and ``NM_ARCH`` picks its AVX2 binary. ``NM_ARCH``
-alone is not enough: that binary's JIT still emits AVX-512 code for the CPU it finds; and the
-brief ``arch.bin`` summary as the file leaves the engine one core (checked by disassembling the
-engine's executable pages and by timing 1 and 2 threads, docs/performance.md). The engine's banner (on
-stdout, before the JSON line) names the ISA it compiled for: ``system=avx2, binary=avx2``.
+``--isa avx2`` makes DeepSparse compile AVX2 code on an AVX-512 CPU, as on an AVX2-only one:
+the engine is given its own CPU topology (``arch.bin --output=full``) with ``isa`` rewritten,
+through ``NM_ARCH_FILE``, and ``NM_ARCH`` picks its AVX2 binary (``NM_ARCH`` alone still JITs
+AVX-512 code; why and how it was checked: docs/performance.md, "An AVX2-only machine"). The
+engine's banner on stdout names what it compiled for: ``system=avx2, binary=avx2``.
 
 Output (stdout, one line): ``{"runtime": "deepsparse", "version": ..., "batch": ...,
 "threads": ..., "images_per_s": ..., "median_s": ..., "rounds": ..., "compile_s": ...,
-"max_abs_diff": ... | null, "isa": ...}`` (``isa``: the ISA DeepSparse's Python side reports). Errors: a message on stderr and exit status 2.
+"max_abs_diff": ... | null, "isa_asked": ...}``. Errors: a message on stderr and exit status 2.
 """
 from __future__ import annotations
 
@@ -72,11 +70,18 @@ ISAS = ("native", "avx2", "avx512")
 _AVX512_ONLY = ("vnni", "bf16", "vbmi", "vbmi2")  # arch.bin flags an AVX2-only x86 CPU lacks
 
 
-def describe_cpu_as(isa: str, workdir: str) -> None:
+def describe_cpu_as(isa: str, workdir: str | None) -> None:
     """Make DeepSparse (imported after this call) compile for ``isa``: run its ``arch.bin
-    --output=full`` (the whole topology: every hardware thread), rewrite the ISA (and, for ``avx2``, clear the AVX-512-only flags), write the JSON into
-    ``workdir`` and point ``NM_ARCH_FILE`` / ``NM_ARCH`` at it. ``native``: nothing changes.
-    Raises RuntimeError where deepsparse or its ``arch.bin`` is missing or prints no JSON."""
+    --output=full`` (the whole topology: every hardware thread) with no ``NM_ARCH*`` variable,
+    rewrite the ISA (``avx2``: also clear the AVX-512-only flags), write the JSON into
+    ``workdir`` and point ``NM_ARCH_FILE`` / ``NM_ARCH`` at it. ``native``: drop any inherited
+    ``NM_ARCH`` / ``NM_ARCH_FILE`` (the engine probes the CPU itself). Raises RuntimeError where
+    deepsparse or its probe is missing, the probe prints no JSON, or ``isa`` is one the CPU lacks
+    (``avx512`` on an AVX2-only CPU)."""
+    if isa not in ISAS:
+        raise RuntimeError(f"unknown ISA {isa!r}; expected one of {', '.join(ISAS)}")
+    for var in ("NM_ARCH", "NM_ARCH_FILE"):
+        os.environ.pop(var, None)
     if isa == "native":
         return
     import importlib.util
@@ -93,6 +98,8 @@ def describe_cpu_as(isa: str, workdir: str) -> None:
                                          check=True).stdout)
     except (subprocess.CalledProcessError, json.JSONDecodeError) as e:
         raise RuntimeError(f"{probe} printed no CPU description: {e}") from e
+    if isa == "avx512" and arch.get("isa") != "avx512":
+        raise RuntimeError(f"this CPU has no AVX-512 (DeepSparse's probe says isa={arch.get('isa')})")
     arch["isa"] = isa
     if isa == "avx2":
         arch.update({k: False for k in _AVX512_ONLY if k in arch})
@@ -126,12 +133,14 @@ def main(argv: list[str] | None = None) -> None:
     if a.reference and not a.input:
         _fail("--reference needs --input")
     os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")  # no network calls from the engine
-    import atexit
-    import shutil
-    import tempfile
+    workdir = None
+    if a.isa != "native":
+        import atexit
+        import shutil
+        import tempfile
 
-    workdir = tempfile.mkdtemp(prefix="deepsparse_runner_")  # the engine reads NM_ARCH_FILE late
-    atexit.register(shutil.rmtree, workdir, True)
+        workdir = tempfile.mkdtemp(prefix="deepsparse_runner_")  # the engine reads NM_ARCH_FILE late
+        atexit.register(shutil.rmtree, workdir, True)
     try:
         describe_cpu_as(a.isa, workdir)
         import numpy as np
@@ -141,11 +150,9 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"cannot import deepsparse in {sys.executable}: {e} (run scripts/setup_peers.sh)")
     except RuntimeError as e:
         _fail(f"--isa {a.isa}: {e}")
-    if a.isa != "native":
-        arch = cpu_architecture()
-        if arch.isa != a.isa or arch.num_available_physical_cores < a.threads:
-            _fail(f"--isa {a.isa}: DeepSparse reports isa={arch.isa} with "
-                  f"{arch.num_available_physical_cores} cores (wanted {a.isa}, >= {a.threads})")
+    if a.isa != "native" and cpu_architecture().num_available_physical_cores < a.threads:
+        _fail(f"--isa {a.isa}: the CPU description gives DeepSparse "
+              f"{cpu_architecture().num_available_physical_cores} cores, fewer than --threads {a.threads}")
 
     if a.input:
         x = np.load(a.input).astype(np.float32, copy=False)
@@ -173,8 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps({"runtime": "deepsparse", "version": deepsparse.__version__,
                       "batch": a.batch, "threads": a.threads, **stats,
                       "compile_s": compile_s, "max_abs_diff": diff,
-                      "engine_cores": getattr(engine, "num_cores", None),
-                      "isa": cpu_architecture().isa}))
+                      "engine_cores": getattr(engine, "num_cores", None), "isa_asked": a.isa}))
 
 
 if __name__ == "__main__":

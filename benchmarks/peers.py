@@ -13,7 +13,8 @@ with a static input shape ``(batch, 3, 32, 32)``.
 - :func:`ort_session` / :func:`time_onnxruntime`: ONNX Runtime in process,
   ``intra_op_num_threads=threads``, ``inter_op_num_threads=1``, sequential, all graph optimisations.
 - :func:`deepsparse_python` / :func:`run_deepsparse`: DeepSparse 1.8.0 in its own venv
-  (``scripts/setup_peers.sh``) through ``benchmarks/deepsparse_runner.py`` in a subprocess.
+  (``scripts/setup_peers.sh``) through ``benchmarks/deepsparse_runner.py`` in a subprocess,
+  compiled for :func:`deepsparse_isa` (``PRUNECAL_DEEPSPARSE_ISA``; AVX2 when ``PRUNECAL_ISA=avx2``).
 - :func:`time_torch`: torch eager, ``torch.set_num_threads(threads)``, inference mode.
 
 Every runtime is timed by the same loop (:func:`deepsparse_runner.measure`: warm-up, then
@@ -216,7 +217,11 @@ def deepsparse_isa() -> str:
     ``avx2``, ``avx512``) where set, else ``avx2`` when prunecal's path is forced to it
     (``PRUNECAL_ISA=avx2``: both runtimes then run AVX2 code, as on an AVX2-only CPU), else
     ``native``."""
+    from deepsparse_runner import ISAS
+
     isa = os.environ.get("PRUNECAL_DEEPSPARSE_ISA", "").strip().lower()
+    if isa and isa not in ISAS:
+        raise ValueError(f"PRUNECAL_DEEPSPARSE_ISA={isa!r}: expected one of {', '.join(ISAS)}")
     if isa:
         return isa
     return "avx2" if os.environ.get("PRUNECAL_ISA", "").strip().lower() == "avx2" else "native"
@@ -230,7 +235,8 @@ def run_deepsparse(model: nn.Module, batch: int, threads: int, seconds: float = 
     The runner compiles the engine for ``isa`` (default :func:`deepsparse_isa`), checks its
     output against torch's on the same input, then times it with the same loop as the other
     runtimes; its JSON is returned (plus ``max_abs_diff`` and ``engine_isa``, the ISA the
-    engine's banner says it compiled for). Raises :class:`PeerUnavailable` where no venv is found,
+    engine's banner says it compiled for: ``RuntimeError`` where that is not ``isa``, or where
+    the engine warns that it has fewer cores than ``threads``). Raises :class:`PeerUnavailable` where no venv is found,
     ``RuntimeError`` (with the runner's stderr) where it fails, ``AssertionError`` where the
     output disagrees with torch by more than :data:`ATOL`.
     """
@@ -238,6 +244,7 @@ def run_deepsparse(model: nn.Module, batch: int, threads: int, seconds: float = 
     if py is None or not py.is_file():
         raise PeerUnavailable("DeepSparse venv not found: run scripts/setup_peers.sh or set "
                               "PRUNECAL_DEEPSPARSE_PYTHON")
+    isa = isa or deepsparse_isa()
     x = sample_input(batch)
     with tempfile.TemporaryDirectory(dir=workdir) as d:
         onnx_path = export_onnx(model, Path(d) / "model.onnx", batch)
@@ -245,7 +252,7 @@ def run_deepsparse(model: nn.Module, batch: int, threads: int, seconds: float = 
         np.save(Path(d) / "ref.npy", torch_reference(model, x))
         cmd = [str(py), str(RUNNER), str(onnx_path), "--batch", str(batch), "--threads",
                str(threads), "--seconds", str(seconds), "--input", str(Path(d) / "x.npy"),
-               "--reference", str(Path(d) / "ref.npy"), "--isa", isa or deepsparse_isa()]
+               "--reference", str(Path(d) / "ref.npy"), "--isa", isa]
         env = {**os.environ, "NM_DISABLE_ANALYTICS": "1"}
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
@@ -259,6 +266,8 @@ def run_deepsparse(model: nn.Module, batch: int, threads: int, seconds: float = 
         raise AssertionError(f"deepsparse: max |logit - torch| = {res.get('max_abs_diff')} > {ATOL}")
     banner = re.search(r"system=([a-z0-9_]+)", proc.stdout + proc.stderr)
     res["engine_isa"] = banner.group(1) if banner else None
+    if isa != "native" and not (res["engine_isa"] or "").startswith(isa):
+        raise RuntimeError(f"DeepSparse compiled for {res['engine_isa']!r}, not the {isa!r} asked for")
     if "cores available in the calling process" in proc.stdout + proc.stderr:
         raise RuntimeError(f"DeepSparse ran on fewer cores than the {threads} threads asked for")
     return res

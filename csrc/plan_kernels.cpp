@@ -77,9 +77,10 @@ PLAN_AVX2 void rows(const ConvTask& t, int row0, int row1, int s0, int s1, CsrFn
     int s = s0;
     for (; s + NT <= s1; s += NT)
       for (int q = row0; q < r; ++q) tile<NT, SPR, WQ>(t, q, t.slots + s);
-    // a remainder of whole rows that an 8-slot tile covers (16x16 maps: 32 slots = 12 + 12 + 8)
+    // a remainder of whole rows that an 8-slot tile covers (16x16 outputs: 32 slots = 12 + 12 + 8;
+    // 32x32: 128 = 10 x 12 + 8, where the generated kernels do not run)
     constexpr int NR = 8 / SPR * SPR;
-    if (NR < NT && NR > 0)
+    if constexpr (NR < NT && NR > 0)
       for (; s + NR <= s1; s += NR)
         for (int q = row0; q < r; ++q) tile<NR, SPR, WQ>(t, q, t.slots + s);
     if (s < s1) {

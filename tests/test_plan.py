@@ -62,7 +62,8 @@ def test_resnet20_random_matches_torch(pruned_r20, plans, backend, n):
 
 
 def test_isa_generic_matches_avx2(pruned_r20):
-    # the fixed-shape AVX2 kernels (32x32, 16x16, 8x8 outputs) against the portable kernels
+    # the fixed-shape tiles (32x32, 16x16, 8x8 outputs; AVX-512 ones on an AVX-512 CPU, the AVX2
+    # ones elsewhere; test_isa.py runs the AVX2 tiles in a forced process) against the portable kernels
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         ys = [compile_plan(pruned_r20, "csr", isa=isa, threads=2)(x) for isa in ("generic", "auto")]
