@@ -32,7 +32,24 @@ NO_RECIPE = "none"
 """``finetune_recipe`` of one-shot (not fine-tuned) networks."""
 SPARSE_TRAIN_MIN_SPARSITY = 0.8
 """``finetune_backend = "auto"`` fine-tunes through the sparse kernels from this fraction of
-pruned conv / linear weights on (docs/sparse-training.md has the measured break-even)."""
+pruned conv / linear weights on (docs/sparse-training.md has the measured break-even), unless
+:data:`SPARSE_TRAIN_MIN_SPARSITY_BY_ISA` names the native ISA path."""
+SPARSE_TRAIN_MIN_SPARSITY_BY_ISA = {"avx2": 0.7}
+"""Per ISA path (``prunecal._C.isa_path()``): on AVX2 (no AVX-512) masked dense torch is slower
+too, and the sparse kernels were measured 1.22-1.33x faster at 70 % (ResNet-20 / 56, 2 threads,
+every runtime held to AVX2; docs/sparse-training.md)."""
+
+
+def sparse_train_min_sparsity(isa: str) -> float:
+    """The pruned fraction from which ``auto`` fine-tunes through the sparse kernels on ``isa``."""
+    return SPARSE_TRAIN_MIN_SPARSITY_BY_ISA.get(isa, SPARSE_TRAIN_MIN_SPARSITY)
+
+
+def pruned_fraction(model: nn.Module) -> float:
+    """Fraction of the conv / linear weights of ``model`` that are exactly zero (0 if none)."""
+    ws = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    total = sum(w.numel() for w in ws)
+    return sum(int((w == 0).sum()) for w in ws) / total if total else 0.0
 
 
 @dataclass(frozen=True)
@@ -258,8 +275,8 @@ class StageContext:
     def train_backend(self, pruned: nn.Module) -> str:
         """``torch`` (masked dense) or ``csr`` (prunecal.sparse.trainable) for fine-tuning
         ``pruned``: as ``finetune_backend`` says; ``auto`` takes csr when the native kernels are
-        built and at least :data:`SPARSE_TRAIN_MIN_SPARSITY` of the conv / linear weights are
-        pruned zeros (below that masked dense torch was measured as fast or faster)."""
+        built and at least :func:`sparse_train_min_sparsity` of the ISA path of the conv / linear
+        weights are pruned zeros (below that masked dense torch was measured as fast or faster)."""
         choice = self.cfg.finetune_backend
         if choice == "torch":
             return "torch"
@@ -270,10 +287,9 @@ class StageContext:
             return "torch"
         if choice == "csr":
             return "csr"
-        ws = [m.weight for m in pruned.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-        total = sum(w.numel() for w in ws)
-        zeros = sum(int((w == 0).sum()) for w in ws)
-        return "csr" if total and zeros / total >= SPARSE_TRAIN_MIN_SPARSITY else "torch"
+        from prunecal import _C
+
+        return "csr" if pruned_fraction(pruned) >= sparse_train_min_sparsity(_C.isa_path()) else "torch"
 
     def _ft_meta(self, epochs: int, hist: dict, seconds: float, backend: str) -> dict[str, Any]:
         assert self.recipe is not None
