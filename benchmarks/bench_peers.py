@@ -19,7 +19,8 @@ Run and tabulate::
     python benchmarks/bench_peers.py peers.json          # markdown table (images/s)
 
 For the side-by-side table of docs/performance.md use ``benchmarks/run_peers.py``, which
-times every runtime with one loop in one run.
+times every runtime with one loop in one run. ``scripts/as_avx2_machine.sh`` before either
+command holds every runtime (torch, DeepSparse, prunecal) to AVX2, as on an AVX2-only CPU.
 """
 from __future__ import annotations
 
