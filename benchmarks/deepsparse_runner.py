@@ -150,9 +150,9 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"cannot import deepsparse in {sys.executable}: {e} (run scripts/setup_peers.sh)")
     except RuntimeError as e:
         _fail(f"--isa {a.isa}: {e}")
-    if a.isa != "native" and cpu_architecture().num_available_physical_cores < a.threads:
-        _fail(f"--isa {a.isa}: the CPU description gives DeepSparse "
-              f"{cpu_architecture().num_available_physical_cores} cores, fewer than --threads {a.threads}")
+    cores = cpu_architecture().num_available_physical_cores
+    if a.isa != "native" and cores < a.threads:
+        _fail(f"--isa {a.isa}: the CPU description gives DeepSparse {cores} cores, fewer than --threads {a.threads}")
 
     if a.input:
         x = np.load(a.input).astype(np.float32, copy=False)

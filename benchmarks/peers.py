@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
-from deepsparse_runner import measure  # noqa: E402  (one timing loop for every runtime)
+from deepsparse_runner import ISAS, measure  # noqa: E402  (one timing loop for every runtime)
 
 RUNNER = HERE / "deepsparse_runner.py"
 DEFAULT_VENV_PYTHON = ROOT / ".venv-deepsparse" / "bin" / "python"
@@ -217,8 +217,6 @@ def deepsparse_isa() -> str:
     ``avx2``, ``avx512``) where set, else ``avx2`` when prunecal's path is forced to it
     (``PRUNECAL_ISA=avx2``: both runtimes then run AVX2 code, as on an AVX2-only CPU), else
     ``native``."""
-    from deepsparse_runner import ISAS
-
     isa = os.environ.get("PRUNECAL_DEEPSPARSE_ISA", "").strip().lower()
     if isa and isa not in ISAS:
         raise ValueError(f"PRUNECAL_DEEPSPARSE_ISA={isa!r}: expected one of {', '.join(ISAS)}")
@@ -264,10 +262,11 @@ def run_deepsparse(model: nn.Module, batch: int, threads: int, seconds: float = 
         raise RuntimeError(f"DeepSparse runner printed no JSON: {proc.stdout[-500:]!r}") from e
     if not res.get("max_abs_diff", float("inf")) <= ATOL:
         raise AssertionError(f"deepsparse: max |logit - torch| = {res.get('max_abs_diff')} > {ATOL}")
-    banner = re.search(r"system=([a-z0-9_]+)", proc.stdout + proc.stderr)
+    said = proc.stdout + proc.stderr
+    banner = re.search(r"system=([a-z0-9_]+)", said)
     res["engine_isa"] = banner.group(1) if banner else None
     if isa != "native" and not (res["engine_isa"] or "").startswith(isa):
         raise RuntimeError(f"DeepSparse compiled for {res['engine_isa']!r}, not the {isa!r} asked for")
-    if "cores available in the calling process" in proc.stdout + proc.stderr:
+    if "cores available in the calling process" in said:
         raise RuntimeError(f"DeepSparse ran on fewer cores than the {threads} threads asked for")
     return res

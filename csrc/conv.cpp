@@ -1,14 +1,13 @@
 // Sparse conv2d driver: per-image zero-padded (phase-split for stride > 1) planes, work split
 // over images (large batch) or over output-channel blocks x slot ranges (batch < 4 * threads).
 #include <algorithm>
-#include <cstring>
 #include <stdexcept>
 
 #include "conv_exec.h"
 #include "jit_conv.h"
 #include "packed_weight.h"
 #include "phase_planes.h"
-#include "plan.h"  // the fixed-shape CSR tiles (plan_csr_fast)
+#include "plan.h"  // plan_fast_kernels, plan_fast_shape (which fixed-shape tiles apply)
 #include "thread_pool.h"
 
 namespace prunecal {
@@ -25,7 +24,7 @@ struct PlaneBuffer {
 };
 thread_local PlaneBuffer t_planes;
 
-// The calling thread's buffer for `n` floats; *zero_borders tells whether pack_planes must
+// The calling thread's buffer for `n` floats; *zero_borders tells whether copy_phase_planes must
 // clear it first.
 float* planes(int64_t n, const std::shared_ptr<Geometry>& g, int C, bool* zero_borders) {
   PlaneBuffer& b = t_planes;
@@ -120,9 +119,9 @@ void PackedWeight::conv2d(const float* x, int N, int C, int H, int W, float* y, 
       continue;
     }
     const ConvRows rows_n = rows_for(bad);
-    const GroupSplit sp = split_groups(groups, rows_n.units(), S, threads, rows_n.form == ConvRows::Form::Bsr);
+    const GroupSplit sp = split_groups(rows_n, S, threads);
     float* yi = y + n * img_out;
-    parallel_for(threads, sp.tasks(groups), [&](int64_t task, int) {
+    parallel_for(threads, sp.tasks(), [&](int64_t task, int) {
       int grp, u0, u1, s0, s1;
       sp.task(task, &grp, &u0, &u1, &s0, &s1);
       compute(buf, yi, rows_n, grp, u0, u1, s0, s1);

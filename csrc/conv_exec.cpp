@@ -4,7 +4,7 @@
 
 #include "jit_conv.h"
 #include "packed_weight.h"
-#include "plan.h"  // plan_csr_fast, op_epilogue's kernels (the fixed-shape CSR tiles)
+#include "plan.h"  // plan_csr_fast (the fixed-shape CSR tiles), ConvTask
 
 namespace prunecal {
 
@@ -55,13 +55,14 @@ RowsDone conv_units(const KernelSet& k, const ConvRows& r, ConvTask t, const flo
   return d;
 }
 
-GroupSplit split_groups(int groups, int U, int S, int threads, bool single_units) {
+GroupSplit split_groups(const ConvRows& r, int S, int threads) {
   GroupSplit s;
-  s.U = U, s.S = S;
-  s.ub = single_units ? 1 : std::max(1, std::min(8, U / (2 * threads)));
+  const int U = r.units();
+  s.groups = r.groups, s.U = U, s.S = S;
+  s.ub = r.form == ConvRows::Form::Bsr ? 1 : std::max(1, std::min(8, U / (2 * threads)));
   s.nub = (U + s.ub - 1) / s.ub;
   s.sc = S;
-  const int64_t row_tasks = int64_t(groups) * s.nub;
+  const int64_t row_tasks = int64_t(s.groups) * s.nub;
   if (row_tasks < 4 * threads) {
     const int64_t want = (4 * threads + row_tasks - 1) / row_tasks;
     s.sc = int(std::max<int64_t>(8, ((S + want - 1) / want + 7) / 8 * 8));

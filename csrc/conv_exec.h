@@ -46,14 +46,15 @@ struct RowsDone {
 RowsDone conv_units(const KernelSet& k, const ConvRows& r, ConvTask t, const float* planes, int grp, int u0, int u1,
                     int s0, int s1);
 
-// Tasks over (group, block of units, range of slots): enough of them for dynamic balance on
-// `threads` (>= 4 per thread where the slots allow), unit blocks of <= 8 (1 with `single_units`).
+// Tasks over (group, block of units, range of slots) of `r` on S slots: enough of them for
+// dynamic balance on `threads` (>= 4 per thread where the slots allow), unit blocks of <= 8
+// (1 for BSR, whose units are already blocks of rows).
 struct GroupSplit {
-  int U = 0, ub = 1, nub = 1, S = 0, sc = 0, nsc = 1;
-  int64_t tasks(int groups) const { return int64_t(groups) * nub * nsc; }
+  int groups = 1, U = 0, ub = 1, nub = 1, S = 0, sc = 0, nsc = 1;
+  int64_t tasks() const { return int64_t(groups) * nub * nsc; }
   void task(int64_t t, int* grp, int* u0, int* u1, int* s0, int* s1) const;
 };
-GroupSplit split_groups(int groups, int U, int S, int threads, bool single_units);
+GroupSplit split_groups(const ConvRows& r, int S, int threads);
 
 // Generated kernels: groups [k0, k1) on tiles [t0, t1); tile t starts at slot t * slots_per_tile;
 // res / res_q: a fused residual (nullptr: none).

@@ -11,7 +11,7 @@
 
 namespace prunecal {
 
-// Packs image x (C, H, W) into `buf` laid out as in pack_planes (channel c at c * g.chan_floats,
+// Packs image x (C, H, W) into `buf` laid out as in copy_phase_planes (channel c at c * g.chan_floats,
 // phase planes of g.Hq x g.Wq); writes only the positions that hold image values. Returns 1 if
 // any value is NaN or Inf, 0 if none, -1 if this geometry has no fixed-shape packer (nothing
 // written).

@@ -5,7 +5,6 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
-#include <cstring>
 #include <ctime>
 #include <sstream>
 #include <thread>
@@ -440,8 +439,7 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
   const int S = int(op.slots.size());
   float* out = a.buf[size_t(op.out)];
   const float* bias = op.bias.empty() ? nullptr : op.bias.data();
-  const int fast = op.fast && !dense && plan_fast_kernels(k) ? op.fast : 0;
-  const ConvRows rows = conv_rows(w, g, op.use_bsr, dense, op.groups, fast);
+  const ConvRows rows = conv_rows(w, g, op.use_bsr, dense, op.groups, plan_fast_kernels(k) ? op.fast : 0);
   const float* res = op.res >= 0 ? a.buf[size_t(op.res)] : nullptr;
   auto compute = [&](int grp, int u0, int u1, int s0, int s1) {
     ConvTask t;
@@ -540,8 +538,8 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
     return;
   }
   // split over (group, unit block, slot range): enough tasks for dynamic balance
-  const GroupSplit sp = split_groups(op.groups, U, S, threads, rows.form == ConvRows::Form::Bsr);
-  run_tasks(sp.tasks(op.groups), [&](int64_t task) {
+  const GroupSplit sp = split_groups(rows, S, threads);
+  run_tasks(sp.tasks(), [&](int64_t task) {
     int grp, u0, u1, s0, s1;
     sp.task(task, &grp, &u0, &u1, &s0, &s1);
     compute(grp, u0, u1, s0, s1);

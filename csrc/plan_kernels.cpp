@@ -11,7 +11,6 @@
 #include "plan.h"
 
 #include <cstdlib>
-#include <cstring>
 
 #ifndef ZM1
 #define ZM1 16

@@ -12,7 +12,6 @@
 #if defined(PRUNECAL_HAVE_NEON)
 #include <arm_neon.h>
 
-#include <cstring>
 
 namespace prunecal {
 namespace {

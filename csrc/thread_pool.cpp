@@ -180,6 +180,8 @@ struct OpenMpRuntime {
   std::string library;  // file name of the library that holds it
 };
 
+enum class ThreadRuntime { Auto, Pool, OpenMp };  // PRUNECAL_THREAD_RUNTIME
+
 ThreadRuntime parse_setting() {
   const char* e = std::getenv("PRUNECAL_THREAD_RUNTIME");
   const std::string v = e && e[0] ? e : "auto";

@@ -17,13 +17,10 @@
 
 namespace prunecal {
 
-class ThreadPool;
-
 // fn(task, worker) for task in [0, n_tasks), worker in [0, threads); the caller is worker 0.
 // Tasks are handed out dynamically. Exceptions from fn are rethrown in the caller.
 void parallel_for(int threads, int64_t n_tasks, const std::function<void(int64_t, int)>& fn);
 
-enum class ThreadRuntime { Auto, Pool, OpenMp };
 // Reads PRUNECAL_THREAD_RUNTIME (std::invalid_argument when malformed) and registers the fork
 // handler, once per process (the module calls it at load; the first threaded call otherwise).
 void thread_runtime_init();

@@ -387,17 +387,17 @@ void TrainConv::backward(const float* x, const float* dy, int N, int H, int W, c
   std::vector<float> acc(dval ? size_t(workers) * size_t(nz) * 16 : 0, 0.f);
   std::atomic<bool> bad{false};
   const int64_t hw_in = int64_t(H) * W, hw_out = int64_t(g.Ho) * g.Wo;
+  // stride 1, "same" padding: the input gradient's dy planes, read from (pad, pad), are the weight
+  // gradient's wide rows too (padding columns = zero junk columns), when the reads past a plane's
+  // last row stay in zeros (the next plane's top padding rows, or the slack after the last)
+  const int P = kh - 1 - pad;
+  const bool shared = dx && stride == 1 && 2 * pad == kh - 1 && 2 * pad == kw - 1 && P + 16 <= 2 * P * g.Wb;
+  // NHWC: the gradient goes straight into those planes when nothing else needs it as (C_out, Ho, Wo)
+  const bool direct = nhwc && shared;
   // images in `workers` fixed runs, run t summing into accumulator t: the weight gradient's
   // order of additions depends on the thread count only, not on which thread ran what
   auto image = [&](int64_t n, float* a) {
     const float* dyi = dy + n * img_out;
-    // stride 1, "same" padding: the input gradient's dy planes, read from (pad, pad), are the weight
-    // gradient's wide rows too (padding columns = zero junk columns), when the reads past a plane's
-    // last row stay in zeros (the next plane's top padding rows, or the slack after the last)
-    const int P = kh - 1 - pad;
-    const bool shared = dx && stride == 1 && 2 * pad == kh - 1 && 2 * pad == kw - 1 && P + 16 <= 2 * P * g.Wb;
-    // NHWC: the gradient goes straight into those planes when nothing else needs it as (C_out, Ho, Wo)
-    const bool direct = nhwc && shared;
     if (nhwc && !direct) {  // (C_out, Ho, Wo) copy of the gradient in scratch buffer 4
       float* t = scratch(4, img_out);
       k.transpose(dyi, Co, t, hw_out, int(hw_out), Co);

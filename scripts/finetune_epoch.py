@@ -15,6 +15,7 @@ variant runs in turn in this process; the printed seconds exclude data loading a
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import time
@@ -28,6 +29,7 @@ import peers  # noqa: E402
 
 from prunecal import _C  # noqa: E402
 from prunecal.data.cifar10 import load_cifar10  # noqa: E402
+from prunecal.eval.config import StudyConfig  # noqa: E402
 from prunecal.models import spec as model_spec  # noqa: E402
 from prunecal.prune.masks import get_masks  # noqa: E402
 from prunecal.sparse.train import trainable  # noqa: E402
@@ -35,12 +37,13 @@ from prunecal.train import train  # noqa: E402
 
 
 def epoch_seconds(net: str, sparsity: float, variant: str, images, labels, threads: int) -> float:
-    model = peers.pruned_model(net, sparsity)
-    spec = model_spec(net)
-    kw = dict(epochs=1, lr=0.001, batch_size=128, momentum=0.9, weight_decay=5e-4, mean=spec.mean, std=spec.std,
-              seed=0, progress=False, augment=True, schedule="constant")
-    if variant == "torch":
-        names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and n != "conv1"]
+    model = copy.deepcopy(peers.pruned_model(net, sparsity))  # every variant starts from the same weights
+    spec, cfg = model_spec(net), StudyConfig()  # the stage's recipe: StudyConfig's fine-tuning defaults
+    kw = dict(epochs=1, lr=cfg.finetune_lr, batch_size=cfg.finetune_batch_size, momentum=cfg.finetune_momentum,
+              weight_decay=cfg.finetune_weight_decay, mean=spec.mean, std=spec.std, seed=0, progress=False,
+              augment=cfg.finetune_augment, schedule=cfg.finetune_schedule)
+    if variant == "torch":  # masks as the stage makes them: every conv and linear
+        names = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
         runner, masks, cl = model, get_masks(model, names), True
     else:
         runner, masks, cl = trainable(model, "csr", threads=threads), None, variant == "csr_cl"

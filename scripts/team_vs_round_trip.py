@@ -18,13 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import peers  # noqa: E402
+from deepsparse_runner import measure  # noqa: E402
 from prunecal.sparse.plan import compile_plan  # noqa: E402
 
 
@@ -41,14 +41,9 @@ def main(rounds: int = 12) -> None:
         pm = compile_plan(peers.pruned_model("resnet56", 0.9), "csr", threads=2, mode="op")
         x = peers.sample_input(1)
 
-        def team_us(calls: int = 2000) -> float:
-            ts = np.empty(calls)
+        def team_us(calls: int = 2000) -> float:  # median call, exactly `calls` timed calls
             with torch.inference_mode():
-                for i in range(calls):
-                    t0 = time.perf_counter()
-                    pm(x)
-                    ts[i] = time.perf_counter() - t0
-            return float(np.median(ts) * 1e6)
+                return measure(lambda: pm(x), 1, 1.0, min_rounds=calls, max_rounds=calls)["median_s"] * 1e6
 
         def fma_pair() -> list[float]:
             ps = [subprocess.Popen([fma_bin], stdout=subprocess.PIPE, text=True) for _ in range(2)]

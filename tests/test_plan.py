@@ -88,11 +88,12 @@ def test_auto_packs_layers_from_the_bsr_density_as_bsr(pruned_r20, monkeypatch):
     import prunecal.sparse.plan as plan_mod
 
     monkeypatch.setattr(plan_mod, "AUTO_BSR_DENSITY", 0.5)
-    auto = compile_plan(pruned_r20, "auto").describe().splitlines()
+    pm = compile_plan(pruned_r20, "auto")
+    auto = pm.describe().splitlines()
     assert " bsr4 " in auto[1] and all(" csr " in ln for ln in auto[2:] if "conv " in ln)  # dense stem: BSR
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert _rel(compile_plan(pruned_r20, "auto")(x), pruned_r20(x)) < 1e-4
+        assert _rel(pm(x), pruned_r20(x)) < 1e-4
 
 
 def test_from_sparsify_output(pruned_r20):
