@@ -261,8 +261,9 @@ std::atomic<const OpenMpRuntime*> g_openmp{nullptr};
 
 // The loaded runtime, or nullptr while none is loaded. Looked up again only once more
 // libraries have been loaded since the last look (torch may be imported after this module's
-// first call), so a process without one pays a counter read per threaded call, not a search;
-// once found, it is kept (torch never unloads it).
+// first call), so a process without one pays a mutex and a walk of the loaded-library list
+// (dl_iterate_phdr, for its load counter) per threaded call, not a symbol search; once found, it
+// is kept (torch never unloads it) and the cost is one atomic read.
 const OpenMpRuntime* loaded_openmp() {
   const OpenMpRuntime* r = g_openmp.load(std::memory_order_acquire);
   if (r) return r;
