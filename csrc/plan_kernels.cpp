@@ -10,6 +10,8 @@
 // the module still loads and runs on CPUs without AVX2).
 #include "plan.h"
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 
 #ifndef ZM1
@@ -33,22 +35,40 @@
 namespace prunecal {
 namespace {
 
-template <int NT, int SPR, int WQ>
-PLAN_AVX2 inline void tile(const ConvTask& t, int row, const Slot* sl) {
+// One tile of NT slots for output row `row`, over the row's nonzeros [j, end) with off < lim
+// (BANDED; all of them otherwise). A band after the first resumes from the partial sums it left
+// in `out`, one before the last leaves them there: the same FMA chain as one pass, so the same
+// bits. Returns where it stopped.
+template <int NT, int SPR, int WQ, bool BANDED = false>
+PLAN_AVX2 inline int32_t tile(const ConvTask& t, int row, const Slot* sl, int32_t j = -1, int64_t lim = 0,
+                              bool first = true, bool last = true) {
   __m256 acc[NT];
+  float* out = t.out + row * t.out_stride;
+  if (first) {
 #pragma GCC unroll 16
-  for (int i = 0; i < NT; ++i) acc[i] = _mm256_setzero_ps();
+    for (int i = 0; i < NT; ++i) acc[i] = _mm256_setzero_ps();
+  } else {
+#pragma GCC unroll 16
+    for (int i = 0; i < NT; ++i) acc[i] = _mm256_loadu_ps(out + sl[i].out_q);
+  }
   const float* base = t.in + sl[0].in_q;
   const int32_t j1 = t.indptr[row + 1];
-  for (int32_t j = t.indptr[row]; j < j1; ++j) {
+  if (!BANDED) j = t.indptr[row];
+  for (; j < j1; ++j) {
+    const int32_t o = t.off[j];
+    if (BANDED && o >= lim) break;
     const __m256 w = _mm256_broadcast_ss(t.val + j);
-    const float* p = base + t.off[j];
+    const float* p = base + o;
 #pragma GCC unroll 16
     for (int i = 0; i < NT; ++i)
       acc[i] = _mm256_fmadd_ps(w, _mm256_loadu_ps(p + (i / SPR) * WQ + (i % SPR) * kLanes), acc[i]);
   }
+  if (!last) {
+#pragma GCC unroll 16
+    for (int i = 0; i < NT; ++i) _mm256_storeu_ps(out + sl[i].out_q, acc[i]);
+    return j;
+  }
   const __m256 b = _mm256_set1_ps(t.bias ? t.bias[row] : 0.f);
-  float* out = t.out + row * t.out_stride;
   const float* res = t.res ? t.res + row * t.res_stride : nullptr;
   const int32_t* rq = res ? t.res_q + (sl - t.slots) : nullptr;
   const bool relu = res ? t.res_relu : t.relu;
@@ -60,6 +80,57 @@ PLAN_AVX2 inline void tile(const ConvTask& t, int row, const Slot* sl) {
     if (relu) v = _mm256_max_ps(_mm256_setzero_ps(), v);  // max(0, v) returns v when v is NaN, like torch.relu
     _mm256_storeu_ps(out + sl[i].out_q, v);
   }
+  return j;
+}
+
+// Input-channel bands for the AVX2 fixed tiles: where one tile's input window (its output rows
+// and the kernel's halo, in every phase plane, over all input channels) exceeds L1, the
+// channels are taken in bands whose window fits in about kBandBytes, so that every output row
+// reads the band from L1. Measured on the AVX2 path (AMD Zen 5, 48 KiB L1, batch 64, one
+// thread, `python scripts/conv_chain.py C H DENSITY`): 128 x 16x16 5-7 % faster, 256 x 8x8
+// 1-3 %; 64 x 8x8 (a 26 KiB window) 4-5 % slower, hence the L1 condition.
+constexpr int64_t kL1Bytes = 48 << 10, kBandBytes = 24 << 10;
+
+// The bands' width in input floats (channels x the channel pitch) for a tile of `rows_per_tile`
+// output rows on planes WQ wide, and their number over input offsets up to `span`; 0 / 1 band:
+// no banding.
+inline int64_t band_floats(const ConvTask& t, int rows_per_tile, int wq, int64_t span, int* nb) {
+  *nb = 1;
+  static const int64_t band_bytes = [] {  // PRUNECAL_BAND_KB: a measurement knob (0: off)
+    const char* e = std::getenv("PRUNECAL_BAND_KB");
+    return e && e[0] ? std::atoll(e) << 10 : kBandBytes;
+  }();
+  const int64_t cf = t.in_chan_floats;
+  if (cf <= 0 || band_bytes <= 0) return 0;
+  // the rows a tile reads in one plane (3x3 halo), times 4 phase planes for stride-2 inputs
+  const int64_t phases = cf >= 4 * int64_t(rows_per_tile) * wq ? 4 : 1;
+  const int64_t window = std::min<int64_t>(cf, int64_t(rows_per_tile + 3) * wq * phases) * 4;  // bytes a channel
+  const int64_t channels = span / cf + 1;
+  if (channels * window <= kL1Bytes) return 0;
+  const int64_t per_band = std::max<int64_t>(1, band_bytes / window);
+  *nb = int((channels + per_band - 1) / per_band);
+  return per_band * cf;
+}
+
+// Rows [row0, row1) on whole NT-slot tiles [s0, s1) (s1 - s0 a multiple of NT), the input
+// channels in bands of `band` floats: per tile and band every row, so the band's window is read
+// from L1 by all the rows (the weights stream in order, each row's nonzeros band by band).
+template <int NT, int SPR, int WQ>
+PLAN_AVX2 void banded_rows(const ConvTask& t, int row0, int row1, int s0, int s1, int64_t band, int nb) {
+  constexpr int kChunk = 256;
+  int32_t cur[kChunk];
+  for (int c0 = row0; c0 < row1; c0 += kChunk) {
+    const int c1 = std::min(row1, c0 + kChunk);
+    for (int s = s0; s + NT <= s1; s += NT) {
+      for (int q = c0; q < c1; ++q) cur[q - c0] = t.indptr[q];
+      for (int b = 0; b < nb; ++b) {
+        const bool last = b == nb - 1;
+        const int64_t lim = last ? INT64_MAX : (b + 1) * band;
+        for (int q = c0; q < c1; ++q)
+          cur[q - c0] = tile<NT, SPR, WQ, true>(t, q, t.slots + s, cur[q - c0], lim, b == 0, last);
+      }
+    }
+  }
 }
 
 template <int NT, int SPR, int WQ>
@@ -68,6 +139,16 @@ PLAN_AVX2 void rows(const ConvTask& t, int row0, int row1, int s0, int s1, CsrFn
     rest(t, row0, row1, s0, s1);
     op_epilogue(t, row0, row1, s0, s1);
     return;
+  }
+  int64_t span = 0;  // the largest input offset read (the last nonzero of a row: offsets ascend)
+  for (int q = row0; q < row1; ++q)
+    if (t.indptr[q + 1] > t.indptr[q]) span = std::max<int64_t>(span, t.off[t.indptr[q + 1] - 1]);
+  int nb = 1;
+  const int64_t band = band_floats(t, NT / SPR, WQ, span, &nb);
+  if (nb > 1) {
+    const int s_end = s0 + (s1 - s0) / NT * NT;
+    banded_rows<NT, SPR, WQ>(t, row0, row1, s0, s_end, band, nb);
+    s0 = s_end;
   }
   // rows in blocks of about kBlockNnz nonzeros (weights stay in L1 across the slot tiles)
   while (row0 < row1) {

@@ -48,7 +48,8 @@ def test_config_is_reported():
 # A random-shape suite against torch in a process whose path is forced: stride 1 / 2, padding
 # 0..2, kernels 1 / 3 / 5, sparsity 0..0.99, batch 1 and 8, 1 and 2 threads, widths whose output
 # rows are whole 8-lane runs (generated kernels) and others (fixed kernels), 32x32 planes (the
-# AVX2 generated kernels); then a whole pruned ResNet-20 plan in every run mode.
+# AVX2 generated kernels), inputs too wide for L1 (the AVX2 tiles' input-channel bands: 16x16,
+# 8x8, stride 2); then a whole pruned ResNet-20 plan in every run mode.
 _SUITE = r"""
 import json, sys, numpy as np, torch, torch.nn.functional as F
 from prunecal import _C, models
@@ -59,7 +60,8 @@ from prunecal.sparse.plan import compile_plan
 rng = np.random.default_rng(0)
 torch.manual_seed(0)
 worst, jit_used, outs = 0.0, 0, {}
-cases = [(16, 16, 32, 1, 1, 3), (16, 32, 32, 2, 1, 3), (32, 32, 16, 1, 1, 3), (64, 64, 8, 1, 1, 3)]
+cases = [(16, 16, 32, 1, 1, 3), (16, 32, 32, 2, 1, 3), (32, 32, 16, 1, 1, 3), (64, 64, 8, 1, 1, 3),
+         (128, 24, 16, 1, 1, 3), (160, 8, 8, 1, 1, 3), (96, 16, 16, 2, 1, 3)]  # (+ input-channel bands)
 for _ in range(14):
     k = int(rng.choice([1, 3, 5])); s = int(rng.choice([1, 2])); p = int(rng.integers(0, k // 2 + 2))
     cases.append((int(rng.integers(1, 20)), int(rng.integers(1, 40)), int(rng.choice([7, 12, 16, 32])), s, p, k))
@@ -107,6 +109,7 @@ def suite_runs(tmp_path_factory):
     variants = [(p, {"PRUNECAL_ISA": p}) for p in PATHS]
     if HAS_AVX2:
         variants.append(("avx2-fixed", {"PRUNECAL_ISA": "avx2", "PRUNECAL_NO_JIT": "1"}))
+        variants.append(("avx2-unbanded", {"PRUNECAL_ISA": "avx2", "PRUNECAL_BAND_KB": "0"}))
     for name, env in variants:
         full = {k: v for k, v in os.environ.items() if not k.startswith("PRUNECAL_")}
         full.update(PYTHONPATH=root, **env)
@@ -118,7 +121,7 @@ def suite_runs(tmp_path_factory):
     return runs
 
 
-@pytest.mark.parametrize("path", PATHS + (["avx2-fixed"] if HAS_AVX2 else []))
+@pytest.mark.parametrize("path", PATHS + (["avx2-fixed", "avx2-unbanded"] if HAS_AVX2 else []))
 def test_each_path_matches_torch(suite_runs, path):
     res, _ = suite_runs[path]
     want = path.split("-")[0]
@@ -127,6 +130,16 @@ def test_each_path_matches_torch(suite_runs, path):
     assert res["worst"] <= 1e-4, res
     if path in ("avx2", "avx512"):
         assert res["jit_used"] > 0  # the generated kernels ran on this path
+
+
+@pytest.mark.skipif(not HAS_AVX2, reason="CPU without AVX2+FMA")
+def test_avx2_input_channel_bands_bitwise_equal_to_one_pass(suite_runs):
+    """The bands resume each tile's sums from memory: the same FMA chain, so the same bits."""
+    _, banded = suite_runs["avx2"]
+    _, one_pass = suite_runs["avx2-unbanded"]
+    assert set(banded) == set(one_pass)
+    for k in banded:
+        assert np.array_equal(banded[k], one_pass[k]), k
 
 
 @pytest.mark.skipif(not HAS_AVX2, reason="CPU without AVX2+FMA")
