@@ -68,6 +68,9 @@ struct KernelSet {
   CsrFn csr;
   BsrFn bsr;
   NonfiniteFn nonfinite;
+  // the x86 set (either x86 path): the fixed-shape tiles, generated kernels and x86 lanes
+  // kernels may run beside it
+  bool x86() const { return isa == Isa::Avx2; }
 };
 
 const KernelSet& generic_kernels();

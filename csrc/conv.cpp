@@ -69,7 +69,7 @@ void PackedWeight::conv2d(const float* x, int N, int C, int H, int W, float* y, 
     conv_units(k, rows_in, t, buf, grp, u0, u1, s0, s1);
   };
   // generated kernels (CSR, one group): one call per (channel group, tile of 8 / 16 outputs)
-  const JitConv* jit = (!use_bsr && groups == 1 && k.isa == Isa::Avx2) ? this->jit(g) : nullptr;
+  const JitConv* jit = (!use_bsr && groups == 1 && k.x86()) ? this->jit(g) : nullptr;
   const int n_tiles = jit ? S / jit->slots_per_tile() : 0;
   auto compute_jit = [&](const float* buf, float* yi, int k0, int k1, int t0, int t1) {
     jit_tiles(*jit, buf, g.slots.data(), yi, bias, relu, nullptr, nullptr, k0, k1, t0, t1);

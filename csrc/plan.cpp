@@ -470,7 +470,7 @@ void Plan::run_conv(const PlanOp& op, Arena& a, int threads, bool dense, const K
     op_prefetch_rows(src, si, lo, oy0);
     op_prefetch_rows(src, si, oy1, hi);
   };
-  if (op.jit && !dense && k.isa == Isa::Avx2) {  // generated kernels: (channel group, tile) calls
+  if (op.jit && !dense && k.x86()) {  // generated kernels: (channel group, tile) calls
     const JitConv& j = *op.jit;
     const int spt = j.slots_per_tile(), T = S / spt, ng = j.n_groups();
     auto tiles = [&](int t0, int t1) {

@@ -246,7 +246,7 @@ bool has_avx512() { return isa_config().isa == Isa::Avx512; }
 
 bool plan_avx512_active() { return has_avx512(); }
 
-bool plan_fast_kernels(const KernelSet& k) { return k.isa == Isa::Avx2; }
+bool plan_fast_kernels(const KernelSet& k) { return k.x86(); }
 
 int plan_fast_shape(int Wo, int Wq, int stride, int dil) {
   if (stride == 1 && Wo == 32 && Wq == 34) return 1;  // CIFAR stage 1 (pad 1)

@@ -30,7 +30,7 @@ const LaneKernels& lane_kernels_generic() {
 
 const LaneKernels& lane_kernels_for(const KernelSet& k) {
 #if defined(PRUNECAL_HAVE_AVX2_TU)
-  if (k.isa == Isa::Avx2) return isa_config().isa == Isa::Avx512 ? lane_kernels_avx512() : lane_kernels_avx2();
+  if (k.x86()) return isa_config().isa == Isa::Avx512 ? lane_kernels_avx512() : lane_kernels_avx2();
 #endif
   // generic, and NEON: its per-image kernels use FMA, which the compiler makes of acc += w * x
   // on AArch64 (floating-point contraction, on by default there) for the generic Vec too

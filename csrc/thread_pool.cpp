@@ -138,16 +138,15 @@ struct PoolTable {
 
 std::atomic<PoolTable*> g_table{nullptr};
 
+void register_fork_handler();  // (below: the one fork handler, for the pools and the runtime choice)
+
 PoolTable& table() {
-  static const bool registered = [] {
+  static const bool made = [] {
     g_table.store(new PoolTable());
-#if defined(__unix__) || defined(__APPLE__)
-    // The child of a fork has none of the worker threads: give it a fresh, empty table.
-    pthread_atfork(nullptr, nullptr, [] { g_table.store(new PoolTable()); });
-#endif
+    register_fork_handler();
     return true;
   }();
-  (void)registered;
+  (void)made;
   return *g_table.load();
 }
 
@@ -202,12 +201,26 @@ RuntimeState& state() {
   static RuntimeState* s = [] {
     auto* st = new RuntimeState();  // (process lifetime)
     st->setting = parse_setting();
-#if defined(__unix__) || defined(__APPLE__)
-    pthread_atfork(nullptr, nullptr, [] { state().forked.store(true); });
-#endif
+    register_fork_handler();
     return st;
   }();
   return *s;
+}
+
+// The child of a fork has none of the parent's threads: it gets a fresh, empty pool table and
+// runs threaded calls on the pool, never on the OpenMP team (libgomp is not fork-safe). One
+// handler, registered by whichever of the two is used first.
+void register_fork_handler() {
+  static const bool registered = [] {
+#if defined(__unix__) || defined(__APPLE__)
+    pthread_atfork(nullptr, nullptr, [] {
+      if (g_table.load()) g_table.store(new PoolTable());
+      state().forked.store(true);
+    });
+#endif
+    return true;
+  }();
+  (void)registered;
 }
 
 #if defined(__unix__) && !defined(__APPLE__)

@@ -205,6 +205,35 @@ print(_C.thread_runtime())
 """
 
 
+FORK_AFTER_POOL = """
+import os, signal, time
+from prunecal import _C
+assert _C._parallel_for_check(2, 100)[0] == [1] * 100  # the parent's pool of 2 has worker threads
+pid = os.fork()
+if pid == 0:
+    runs, workers, met = _C._parallel_for_check(2, 2, rendezvous=True)
+    os._exit(0 if runs == [1, 1] and met else 3)
+deadline = time.time() + 20
+while time.time() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        break
+    time.sleep(0.05)
+else:
+    os.kill(pid, signal.SIGKILL)
+    raise SystemExit("the forked child hung (it waited on the parent's pool threads)")
+assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_forked_child_gets_its_own_pool():
+    """A child of a process whose pool has threads makes a new pool (the old one's workers do not
+    exist in the child)."""
+    r = _run(FORK_AFTER_POOL, {"PRUNECAL_THREAD_RUNTIME": "pool"}, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
 @pytest.mark.parametrize("door_first", [True, False])  # False: the child is the first to look the runtime up
 def test_forked_child_runs_threaded_calls_on_the_pool(door_first):
