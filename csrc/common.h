@@ -47,8 +47,9 @@ struct ConvTask {
   int64_t res_stride = 0;
   bool res_relu = false;
   int64_t copy_floats = 0;  // 0: the output buffer keeps no shifted copies
-  // floats between input channels' planes (0: unknown); the fixed-shape tiles band the input
-  // channels by it so that a tile's input window stays in L1
+  // input channels of a group and the floats between their planes (0: unknown): the AVX2
+  // fixed-shape tiles band the input channels by them so that a tile's input window stays in L1
+  int in_channels = 0;
   int64_t in_chan_floats = 0;
 };
 

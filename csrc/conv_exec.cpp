@@ -19,6 +19,7 @@ ConvRows conv_rows(const PackedWeight& w, const Geometry& g, bool bsr, bool dens
   r.groups = groups;
   r.block_rows = w.block_rows();
   r.group_floats = int64_t(w.cin_per_group()) * g.chan_floats;
+  r.cin = w.cin_per_group();
   r.chan_floats = g.chan_floats;
   if (dense) {
     r.form = ConvRows::Form::Dense;
@@ -39,7 +40,7 @@ RowsDone conv_units(const KernelSet& k, const ConvRows& r, ConvTask t, const flo
                     int s0, int s1) {
   t.in = planes + int64_t(grp) * r.group_floats;
   t.indptr = r.indptr, t.off = r.off, t.val = r.val;
-  t.in_chan_floats = r.chan_floats;
+  t.in_channels = r.cin, t.in_chan_floats = r.chan_floats;
   RowsDone d;
   if (r.form == ConvRows::Form::Bsr) {
     const int base = r.groups == 1 ? 0 : grp * (r.Cog() / r.block_rows);

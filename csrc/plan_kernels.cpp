@@ -92,20 +92,18 @@ PLAN_AVX2 inline int32_t tile(const ConvTask& t, int row, const Slot* sl, int32_
 constexpr int64_t kL1Bytes = 48 << 10, kBandBytes = 24 << 10;
 
 // The bands' width in input floats (channels x the channel pitch) for a tile of `rows_per_tile`
-// output rows on planes WQ wide, and their number over input offsets up to `span`; 0 / 1 band:
-// no banding.
-inline int64_t band_floats(const ConvTask& t, int rows_per_tile, int wq, int64_t span, int* nb) {
+// output rows on planes WQ wide, and their number (1: no banding).
+inline int64_t band_floats(const ConvTask& t, int rows_per_tile, int wq, int* nb) {
   *nb = 1;
   static const int64_t band_bytes = [] {  // PRUNECAL_BAND_KB: a measurement knob (0: off)
     const char* e = std::getenv("PRUNECAL_BAND_KB");
     return e && e[0] ? std::atoll(e) << 10 : kBandBytes;
   }();
-  const int64_t cf = t.in_chan_floats;
-  if (cf <= 0 || band_bytes <= 0) return 0;
+  const int64_t cf = t.in_chan_floats, channels = t.in_channels;
+  if (cf <= 0 || channels <= 0 || band_bytes <= 0) return 0;
   // the rows a tile reads in one plane (3x3 halo), times 4 phase planes for stride-2 inputs
   const int64_t phases = cf >= 4 * int64_t(rows_per_tile) * wq ? 4 : 1;
   const int64_t window = std::min<int64_t>(cf, int64_t(rows_per_tile + 3) * wq * phases) * 4;  // bytes a channel
-  const int64_t channels = span / cf + 1;
   if (channels * window <= kL1Bytes) return 0;
   const int64_t per_band = std::max<int64_t>(1, band_bytes / window);
   *nb = int((channels + per_band - 1) / per_band);
@@ -140,11 +138,8 @@ PLAN_AVX2 void rows(const ConvTask& t, int row0, int row1, int s0, int s1, CsrFn
     op_epilogue(t, row0, row1, s0, s1);
     return;
   }
-  int64_t span = 0;  // the largest input offset read (the last nonzero of a row: offsets ascend)
-  for (int q = row0; q < row1; ++q)
-    if (t.indptr[q + 1] > t.indptr[q]) span = std::max<int64_t>(span, t.off[t.indptr[q + 1] - 1]);
   int nb = 1;
-  const int64_t band = band_floats(t, NT / SPR, WQ, span, &nb);
+  const int64_t band = band_floats(t, NT / SPR, WQ, &nb);
   if (nb > 1) {
     const int s_end = s0 + (s1 - s0) / NT * NT;
     banded_rows<NT, SPR, WQ>(t, row0, row1, s0, s_end, band, nb);
