@@ -133,22 +133,16 @@ def test_each_path_matches_torch(suite_runs, path):
 
 
 @pytest.mark.skipif(not HAS_AVX2, reason="CPU without AVX2+FMA")
-def test_avx2_input_channel_bands_bitwise_equal_to_one_pass(suite_runs):
-    """The bands resume each tile's sums from memory: the same FMA chain, so the same bits."""
-    _, banded = suite_runs["avx2"]
-    _, one_pass = suite_runs["avx2-unbanded"]
-    assert set(banded) == set(one_pass)
-    for k in banded:
-        assert np.array_equal(banded[k], one_pass[k]), k
-
-
-@pytest.mark.skipif(not HAS_AVX2, reason="CPU without AVX2+FMA")
-def test_avx2_generated_kernels_bitwise_equal_to_fixed_tiles(suite_runs):
-    _, jit = suite_runs["avx2"]
-    _, fixed = suite_runs["avx2-fixed"]
-    assert set(jit) == set(fixed)
-    for k in jit:
-        assert np.array_equal(jit[k], fixed[k]), k
+@pytest.mark.parametrize("other", [
+    "avx2-fixed",     # the generated AVX2 kernels give the fixed tiles' bits
+    "avx2-unbanded",  # the tiles' input-channel bands resume each sum from memory: the same FMA chain
+])
+def test_avx2_variants_bitwise_equal(suite_runs, other):
+    _, avx2 = suite_runs["avx2"]
+    _, variant = suite_runs[other]
+    assert set(avx2) == set(variant)
+    for k in avx2:
+        assert np.array_equal(avx2[k], variant[k]), k
 
 
 def test_generated_kernel_choice_per_path():
