@@ -87,13 +87,14 @@ PLAN_AVX2 inline int32_t tile(const ConvTask& t, int row, const Slot* sl, int32_
 // and the kernel's halo, in every phase plane, over all input channels) exceeds L1, the
 // channels are taken in bands whose window fits in about kBandBytes, so that every output row
 // reads the band from L1. Measured on the AVX2 path (AMD Zen 5, 48 KiB L1, batch 64, one
-// thread, `python scripts/conv_chain.py C H DENSITY`): 128 x 16x16 5-7 % faster, 256 x 8x8
-// 1-3 %; 64 x 8x8 (a 26 KiB window) 4-5 % slower, hence the L1 condition.
+// thread, `python scripts/conv_chain.py C H DENSITY`; docs/performance.md): 128 x 16x16 5-9 %
+// faster, 128-256 x 8x8 0-9 %; 64 x 8x8 (a 26 KiB window) 4-5 % slower, hence the L1 condition.
 constexpr int64_t kL1Bytes = 48 << 10, kBandBytes = 24 << 10;
 
 // The bands' width in input floats (channels x the channel pitch) for a tile of `rows_per_tile`
-// output rows on planes WQ wide, and their number (1: no banding).
-inline int64_t band_floats(const ConvTask& t, int rows_per_tile, int wq, int* nb) {
+// output rows on planes WQ wide, `phases` planes a channel (4: stride-2 phase planes), and their
+// number (1: no banding).
+inline int64_t band_floats(const ConvTask& t, int rows_per_tile, int wq, int phases, int* nb) {
   *nb = 1;
   static const int64_t band_bytes = [] {  // PRUNECAL_BAND_KB: a measurement knob (0: off)
     const char* e = std::getenv("PRUNECAL_BAND_KB");
@@ -101,9 +102,8 @@ inline int64_t band_floats(const ConvTask& t, int rows_per_tile, int wq, int* nb
   }();
   const int64_t cf = t.in_chan_floats, channels = t.in_channels;
   if (cf <= 0 || channels <= 0 || band_bytes <= 0) return 0;
-  // the rows a tile reads in one plane (3x3 halo), times 4 phase planes for stride-2 inputs
-  const int64_t phases = cf >= 4 * int64_t(rows_per_tile) * wq ? 4 : 1;
-  const int64_t window = std::min<int64_t>(cf, int64_t(rows_per_tile + 3) * wq * phases) * 4;  // bytes a channel
+  // the rows a tile reads in each plane of a channel (its rows and the 3x3 halo, at most)
+  const int64_t window = std::min<int64_t>(cf, int64_t(rows_per_tile + 2) * wq * phases) * 4;  // bytes a channel
   if (channels * window <= kL1Bytes) return 0;
   const int64_t per_band = std::max<int64_t>(1, band_bytes / window);
   *nb = int((channels + per_band - 1) / per_band);
@@ -131,7 +131,7 @@ PLAN_AVX2 void banded_rows(const ConvTask& t, int row0, int row1, int s0, int s1
   }
 }
 
-template <int NT, int SPR, int WQ>
+template <int NT, int SPR, int WQ, int PHASES = 1>
 PLAN_AVX2 void rows(const ConvTask& t, int row0, int row1, int s0, int s1, CsrFn rest) {
   if (t.copy_floats) {  // (never with the current layouts) the ymm tiles do not write copies
     rest(t, row0, row1, s0, s1);
@@ -139,7 +139,7 @@ PLAN_AVX2 void rows(const ConvTask& t, int row0, int row1, int s0, int s1, CsrFn
     return;
   }
   int nb = 1;
-  const int64_t band = band_floats(t, NT / SPR, WQ, &nb);
+  const int64_t band = band_floats(t, NT / SPR, WQ, PHASES, &nb);
   if (nb > 1) {
     const int s_end = s0 + (s1 - s0) / NT * NT;
     banded_rows<NT, SPR, WQ>(t, row0, row1, s0, s_end, band, nb);
@@ -276,8 +276,8 @@ void plan_csr_fast(int shape, const ConvTask& t, int row0, int row1, int s0, int
     case 1: rows<12, 4, 34>(t, row0, row1, s0, s1, rest); break;
     case 2: rows<12, 2, 18>(t, row0, row1, s0, s1, rest); break;
     case 3: rows<8, 1, 10>(t, row0, row1, s0, s1, rest); break;
-    case 4: rows<12, 2, 17>(t, row0, row1, s0, s1, rest); break;
-    case 5: rows<8, 1, 9>(t, row0, row1, s0, s1, rest); break;
+    case 4: rows<12, 2, 17, 4>(t, row0, row1, s0, s1, rest); break;  // (stride 2: four phase planes)
+    case 5: rows<8, 1, 9, 4>(t, row0, row1, s0, s1, rest); break;
     default:
       rest(t, row0, row1, s0, s1);
       op_epilogue(t, row0, row1, s0, s1);

@@ -137,6 +137,7 @@ struct PoolTable {
 };
 
 std::atomic<PoolTable*> g_table{nullptr};
+std::atomic<bool> g_forked{false};  // this process is a fork() child of one that loaded us
 
 void register_fork_handler();  // (below: the one fork handler, for the pools and the runtime choice)
 
@@ -190,12 +191,11 @@ ThreadRuntime parse_setting() {
   throw std::invalid_argument("PRUNECAL_THREAD_RUNTIME: expected auto, pool or openmp, got '" + v + "'");
 }
 
-// The process's choice, made once (thread_runtime_init, at module load): the setting, and whether
-// this process is a fork() child of one that ran us (libgomp is not fork-safe: its threads do
-// not exist in the child, so a child uses the pool).
+// The process's choice, made once (thread_runtime_init, at module load): the setting. (Whether
+// this process is a fork() child is g_forked: libgomp is not fork-safe, its threads do not exist
+// in the child, so a child uses the pool.)
 struct RuntimeState {
   ThreadRuntime setting = ThreadRuntime::Auto;
-  std::atomic<bool> forked{false};
 };
 RuntimeState& state() {
   static RuntimeState* s = [] {
@@ -215,7 +215,7 @@ void register_fork_handler() {
 #if defined(__unix__) || defined(__APPLE__)
     pthread_atfork(nullptr, nullptr, [] {
       if (g_table.load()) g_table.store(new PoolTable());
-      state().forked.store(true);
+      g_forked.store(true);
     });
 #endif
     return true;
@@ -297,7 +297,7 @@ const OpenMpRuntime* loaded_openmp() {
 // The runtime a call with more than one thread runs on (nullptr: the pool).
 const OpenMpRuntime* openmp_for_call() {
   RuntimeState& st = state();
-  if (st.setting == ThreadRuntime::Pool || st.forked.load()) return nullptr;
+  if (st.setting == ThreadRuntime::Pool || g_forked.load()) return nullptr;
   const OpenMpRuntime* r = loaded_openmp();
   if (!r && st.setting == ThreadRuntime::OpenMp)
     throw std::runtime_error("PRUNECAL_THREAD_RUNTIME=openmp: no OpenMP runtime is loaded in this process "
@@ -322,7 +322,7 @@ void thread_runtime_init() { (void)state(); }
 std::string thread_runtime() {
   const RuntimeState& st = state();
   if (st.setting == ThreadRuntime::Pool) return "pool";
-  if (st.forked.load()) return "pool (a forked child)";
+  if (g_forked.load()) return "pool (a forked child)";
   if (const OpenMpRuntime* r = loaded_openmp()) return "openmp (" + r->library + ")";
   return st.setting == ThreadRuntime::OpenMp ? "none (openmp asked for, none loaded: threaded calls raise)" : "pool";
 }
