@@ -29,6 +29,7 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
+#include <unistd.h>  // sysconf (the L1 data cache's size)
 
 #define PLAN_AVX2 __attribute__((target("avx2,fma")))
 
@@ -85,11 +86,22 @@ PLAN_AVX2 inline int32_t tile(const ConvTask& t, int row, const Slot* sl, int32_
 
 // Input-channel bands for the AVX2 fixed tiles: where one tile's input window (its output rows
 // and the kernel's halo, in every phase plane, over all input channels) exceeds L1, the
-// channels are taken in bands whose window fits in about kBandBytes, so that every output row
+// channels are taken in bands whose window fits in half of L1, so that every output row
 // reads the band from L1. Measured on the AVX2 path (AMD Zen 5, 48 KiB L1, batch 64, one
 // thread, `python scripts/conv_chain.py C H DENSITY`; docs/performance.md): 128 x 16x16 5-9 %
-// faster, 128-256 x 8x8 0-9 %; 64 x 8x8 (a 26 KiB window) 4-5 % slower, hence the L1 condition.
-constexpr int64_t kL1Bytes = 48 << 10, kBandBytes = 24 << 10;
+// faster, 128-256 x 8x8 0-9 %; 64 x 8x8 (a 25 KiB window) 4-5 % slower, hence the L1 condition.
+// The L1 data cache's size is read once (sysconf; 32 KiB where unknown), bands are half of it;
+// only the 48 KiB case is measured.
+int64_t l1_data_bytes() {
+  static const int64_t bytes = [] {
+#if defined(_SC_LEVEL1_DCACHE_SIZE)
+    const long b = sysconf(_SC_LEVEL1_DCACHE_SIZE);
+    if (b >= (16 << 10) && b <= (4 << 20)) return int64_t(b);
+#endif
+    return int64_t(32) << 10;
+  }();
+  return bytes;
+}
 
 // The bands' width in input floats (channels x the channel pitch) for a tile of `rows_per_tile`
 // output rows on planes WQ wide, `phases` planes a channel (4: stride-2 phase planes), and their
@@ -98,13 +110,13 @@ inline int64_t band_floats(const ConvTask& t, int rows_per_tile, int wq, int pha
   *nb = 1;
   static const int64_t band_bytes = [] {  // PRUNECAL_BAND_KB: a measurement knob (0: off)
     const char* e = std::getenv("PRUNECAL_BAND_KB");
-    return e && e[0] ? std::atoll(e) << 10 : kBandBytes;
+    return e && e[0] ? std::min<int64_t>(std::max<int64_t>(std::atoll(e), 0), 1 << 20) << 10 : l1_data_bytes() / 2;
   }();
   const int64_t cf = t.in_chan_floats, channels = t.in_channels;
   if (cf <= 0 || channels <= 0 || band_bytes <= 0) return 0;
   // the rows a tile reads in each plane of a channel (its rows and the 3x3 halo, at most)
   const int64_t window = std::min<int64_t>(cf, int64_t(rows_per_tile + 2) * wq * phases) * 4;  // bytes a channel
-  if (channels * window <= kL1Bytes) return 0;
+  if (channels * window <= l1_data_bytes()) return 0;
   const int64_t per_band = std::max<int64_t>(1, band_bytes / window);
   *nb = int((channels + per_band - 1) / per_band);
   return per_band * cf;

@@ -132,23 +132,30 @@ class ThreadPool {
 namespace {
 
 struct PoolTable {
+  unsigned generation = 0;  // g_forks when it was made
   std::mutex mutex;
   std::map<int, ThreadPool*> pools;  // leaked on purpose (see thread_pool.h)
 };
 
 std::atomic<PoolTable*> g_table{nullptr};
-std::atomic<bool> g_forked{false};  // this process is a fork() child of one that loaded us
+// fork() children of this process so far (in this process's own line): the fork handler only
+// counts (no allocation, no lock in the child); a table made before the count changed belongs
+// to a parent whose threads the child does not have, and the next table() replaces it
+std::atomic<unsigned> g_forks{0};
 
 void register_fork_handler();  // (below: the one fork handler, for the pools and the runtime choice)
 
 PoolTable& table() {
-  static const bool made = [] {
-    g_table.store(new PoolTable());
-    register_fork_handler();
-    return true;
-  }();
-  (void)made;
-  return *g_table.load();
+  register_fork_handler();
+  for (;;) {
+    PoolTable* t = g_table.load();
+    const unsigned gen = g_forks.load();
+    if (t && t->generation == gen) return *t;
+    auto* fresh = new PoolTable();  // (the old table and its pools are leaked: see thread_pool.h)
+    fresh->generation = gen;
+    if (g_table.compare_exchange_strong(t, fresh)) return *fresh;
+    delete fresh;
+  }
 }
 
 ThreadPool& pool_for(int threads) {
@@ -192,8 +199,8 @@ ThreadRuntime parse_setting() {
 }
 
 // The process's choice, made once (thread_runtime_init, at module load): the setting. (Whether
-// this process is a fork() child is g_forked: libgomp is not fork-safe, its threads do not exist
-// in the child, so a child uses the pool.)
+// this process is a fork() child is g_forks != 0: libgomp is not fork-safe, its threads do not
+// exist in the child, so a child uses the pool.)
 struct RuntimeState {
   ThreadRuntime setting = ThreadRuntime::Auto;
 };
@@ -207,16 +214,14 @@ RuntimeState& state() {
   return *s;
 }
 
-// The child of a fork has none of the parent's threads: it gets a fresh, empty pool table and
-// runs threaded calls on the pool, never on the OpenMP team (libgomp is not fork-safe). One
-// handler, registered by whichever of the two is used first.
+// The child of a fork has none of the parent's threads: it gets a fresh, empty pool table (made
+// by its first table()) and runs threaded calls on the pool, never on the OpenMP team (libgomp is
+// not fork-safe). One handler, registered by whichever of the two is used first; it only
+// increments an atomic counter (async-signal-safe: nothing allocated or locked in the child).
 void register_fork_handler() {
   static const bool registered = [] {
 #if defined(__unix__) || defined(__APPLE__)
-    pthread_atfork(nullptr, nullptr, [] {
-      if (g_table.load()) g_table.store(new PoolTable());
-      g_forked.store(true);
-    });
+    pthread_atfork(nullptr, nullptr, [] { g_forks.fetch_add(1); });
 #endif
     return true;
   }();
@@ -297,7 +302,7 @@ const OpenMpRuntime* loaded_openmp() {
 // The runtime a call with more than one thread runs on (nullptr: the pool).
 const OpenMpRuntime* openmp_for_call() {
   RuntimeState& st = state();
-  if (st.setting == ThreadRuntime::Pool || g_forked.load()) return nullptr;
+  if (st.setting == ThreadRuntime::Pool || g_forks.load()) return nullptr;
   const OpenMpRuntime* r = loaded_openmp();
   if (!r && st.setting == ThreadRuntime::OpenMp)
     throw std::runtime_error("PRUNECAL_THREAD_RUNTIME=openmp: no OpenMP runtime is loaded in this process "
@@ -322,7 +327,7 @@ void thread_runtime_init() { (void)state(); }
 std::string thread_runtime() {
   const RuntimeState& st = state();
   if (st.setting == ThreadRuntime::Pool) return "pool";
-  if (g_forked.load()) return "pool (a forked child)";
+  if (g_forks.load()) return "pool (a forked child)";
   if (const OpenMpRuntime* r = loaded_openmp()) return "openmp (" + r->library + ")";
   return st.setting == ThreadRuntime::OpenMp ? "none (openmp asked for, none loaded: threaded calls raise)" : "pool";
 }

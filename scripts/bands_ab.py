@@ -2,7 +2,8 @@
 (PRUNECAL_BAND_KB=0) and one with the default, alternating, ROUNDS each (best of 3 stretches of
 about 1 s a process), checking that both give the same bits. The setting is read once per process,
 hence one process per measurement. Run it on the AVX2 path (``PRUNECAL_ISA=avx2`` or
-``scripts/as_avx2_machine.sh``): the AVX-512 tiles have no bands.
+``scripts/as_avx2_machine.sh``): there every fixed-shape tile is an AVX2 one (on the AVX-512 path
+only the shapes without AVX-512 tiles, e.g. 8x8, use them).
 
     python scripts/bands_ab.py NET BATCH THREADS [ROUNDS]      # e.g. vgg16_bn 64 2 3
 

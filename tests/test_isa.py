@@ -61,7 +61,8 @@ rng = np.random.default_rng(0)
 torch.manual_seed(0)
 worst, jit_used, outs = 0.0, 0, {}
 cases = [(16, 16, 32, 1, 1, 3), (16, 32, 32, 2, 1, 3), (32, 32, 16, 1, 1, 3), (64, 64, 8, 1, 1, 3),
-         (128, 24, 16, 1, 1, 3), (160, 8, 8, 1, 1, 3), (96, 16, 16, 2, 1, 3)]  # (+ input-channel bands)
+         (128, 24, 16, 1, 1, 3), (160, 8, 8, 1, 1, 3), (96, 16, 16, 2, 1, 3),  # (+ input-channel bands)
+         (128, 300, 8, 1, 1, 3)]  # (bands over more than one chunk of 256 output rows)
 for _ in range(14):
     k = int(rng.choice([1, 3, 5])); s = int(rng.choice([1, 2])); p = int(rng.integers(0, k // 2 + 2))
     cases.append((int(rng.integers(1, 20)), int(rng.integers(1, 40)), int(rng.choice([7, 12, 16, 32])), s, p, k))
@@ -81,6 +82,30 @@ for i, (cin, cout, h, s, p, k) in enumerate(cases):
                 outs[f"conv{i}"] = sparse_conv2d(x, CSRWeight.from_dense(w), b, s, p, relu=True, threads=1).numpy()
         if fmt is BSRWeight and sp == 0.9:
             jit_used += CSRWeight.from_dense(w).packed().jit_kernels(h, h, s, p, 1)[0] > 0
+# a residual block wide enough for the AVX2 tiles' input-channel bands (96 x 16x16), as a plan
+# called twice: the second call's output buffers hold the first call's values
+class Block(torch.nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.c1, self.b1 = torch.nn.Conv2d(c, c, 3, padding=1, bias=False), torch.nn.BatchNorm2d(c)
+        self.c2, self.b2 = torch.nn.Conv2d(c, c, 3, padding=1, bias=False), torch.nn.BatchNorm2d(c)
+    def forward(self, x):
+        return F.relu(self.b2(self.c2(F.relu(self.b1(self.c1(x))))) + x)
+wide = torch.nn.Sequential(torch.nn.Conv2d(3, 96, 3, padding=1), torch.nn.BatchNorm2d(96), torch.nn.ReLU(), Block(96))
+with torch.no_grad():
+    for mod in wide.modules():
+        if isinstance(mod, torch.nn.Conv2d):
+            mod.weight.mul_((torch.rand_like(mod.weight) > 0.6).float())
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.2, 0.2); mod.running_var.uniform_(0.5, 2.0)
+    wide.eval()
+    for threads in (1, 2):
+        pw = compile_plan(wide, "csr", threads=threads, input_size=(3, 16, 16))
+        for call in range(2):
+            xw = torch.randn(4, 3, 16, 16)
+            yw, rw = pw(xw), wide(xw)
+            worst = max(worst, float((yw - rw).norm() / rw.norm()))
+        outs[f"wide_plan_{threads}"] = yw.numpy()
 m = prune(models.create("resnet20"), "global_magnitude", 0.9, keep_first_conv=True).eval()
 x = torch.randn(9, 3, 32, 32)
 with torch.no_grad():
