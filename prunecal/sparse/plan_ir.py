@@ -321,12 +321,11 @@ def _m_clamp(b: _IRBuilder, node: torch.fx.Node, m: nn.Module, vin: int, what: s
     b.emit(node, "clamp", [vin], value, lo=float(m.min_val), hi=float(m.max_val))
 
 
-def _m_avgpool(b: _IRBuilder, node: torch.fx.Node, m: nn.Module, vin: int, what: str, value: Any) -> None:
-    b.emit(node, "avgpool", [vin], value)
-
-
-def _m_flatten(b: _IRBuilder, node: torch.fx.Node, m: nn.Module, vin: int, what: str, value: Any) -> None:
-    b.emit(node, "flatten", [vin], value)
+def _m_unary(kind: str) -> Callable[..., None]:
+    """The handler of a module that becomes one ``kind`` op of its input, no parameters."""
+    def handler(b: _IRBuilder, node: torch.fx.Node, m: nn.Module, vin: int, what: str, value: Any) -> None:
+        b.emit(node, kind, [vin], value)
+    return handler
 
 
 def _m_linear(b: _IRBuilder, node: torch.fx.Node, m: nn.Module, vin: int, what: str, value: Any) -> None:
@@ -347,8 +346,8 @@ _MODULES: list[tuple[Callable[[nn.Module], bool], Callable[..., None]]] = [
     (lambda m: isinstance(m, OptionAShortcut), _m_shortcut),
     (lambda m: type(m) is nn.MaxPool2d, _m_maxpool),
     (lambda m: type(m) in (nn.ReLU6, nn.Hardtanh), _m_clamp),
-    (lambda m: type(m) is nn.AdaptiveAvgPool2d and m.output_size in (1, (1, 1)), _m_avgpool),
-    (lambda m: type(m) is nn.Flatten and m.start_dim == 1 and m.end_dim == -1, _m_flatten),
+    (lambda m: type(m) is nn.AdaptiveAvgPool2d and m.output_size in (1, (1, 1)), _m_unary("avgpool")),
+    (lambda m: type(m) is nn.Flatten and m.start_dim == 1 and m.end_dim == -1, _m_unary("flatten")),
     (lambda m: type(m) is nn.Linear or isinstance(m, (FoldedLinear, SparseLinear)), _m_linear),
 ]
 """Module types the plan runs, first match wins: (matches(module), handler)."""
@@ -393,12 +392,11 @@ def _c_add(b: _IRBuilder, node: torch.fx.Node, x: Any, what: str, value: Any) ->
     b.emit(node, "add", [u, v], value, inplace=add_call_inplace(node))
 
 
-def _c_avgpool(b: _IRBuilder, node: torch.fx.Node, x: Any, what: str, value: Any) -> None:
-    b.emit(node, "avgpool", [b.vid_of[x]], value)
-
-
-def _c_flatten(b: _IRBuilder, node: torch.fx.Node, x: Any, what: str, value: Any) -> None:
-    b.emit(node, "flatten", [b.vid_of[x]], value)
+def _c_unary(kind: str) -> Callable[..., None]:
+    """The handler of a call that becomes one ``kind`` op of its first argument, no parameters."""
+    def handler(b: _IRBuilder, node: torch.fx.Node, x: Any, what: str, value: Any) -> None:
+        b.emit(node, kind, [b.vid_of[x]], value)
+    return handler
 
 
 def _c_alias(b: _IRBuilder, node: torch.fx.Node, x: Any, what: str, value: Any) -> None:
@@ -430,11 +428,11 @@ _CALLS: list[tuple[Callable[[_IRBuilder, torch.fx.Node, Any], bool], Callable[..
     (lambda b, n, x: _is_fn(n, F.relu6, F.hardtanh) and b.act(x), _c_clamp),
     (lambda b, n, x: _is_fn(n, F.max_pool2d) and b.act(x), _c_maxpool),
     (lambda b, n, x: is_add_call(n) and b.act(n.args[0]) and b.act(n.args[1]), _c_add),
-    (_avgpool_call, _c_avgpool),
+    (_avgpool_call, _c_unary("avgpool")),
     (lambda b, n, x: (_is_fn(n, torch.flatten) or _is_method(n, "flatten")) and b.act(x) and b.env[n].dim() == 2,
-     _c_flatten),
+     _c_unary("flatten")),
     (lambda b, n, x: _is_method(n, "view", "reshape") and b.act(x) and b.env[n].dim() == 2
-     and len(b.shape(x)) in (1, 3), _c_flatten),
+     and len(b.shape(x)) in (1, 3), _c_unary("flatten")),
     (lambda b, n, x: _is_method(n, "contiguous") and b.act(x), _c_alias),
     (lambda b, n, x: _is_fn(n, operator.getitem) and b.act(x)
      and _subsample_stride(b.concrete(n.args[1])) is not None and len(b.shape(x)) == 3, _c_subsample),
