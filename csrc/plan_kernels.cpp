@@ -155,6 +155,7 @@ PLAN_AVX2 void rows(const ConvTask& t, int row0, int row1, int s0, int s1, CsrFn
   if (nb > 1) {
     const int s_end = s0 + (s1 - s0) / NT * NT;
     banded_rows<NT, SPR, WQ>(t, row0, row1, s0, s_end, band, nb);
+    if (s_end == s1) return;
     s0 = s_end;
   }
   // rows in blocks of about kBlockNnz nonzeros (weights stay in L1 across the slot tiles)

@@ -146,11 +146,11 @@ std::atomic<unsigned> g_forks{0};
 void register_fork_handler();  // (below: the one fork handler, for the pools and the runtime choice)
 
 PoolTable& table() {
-  register_fork_handler();
   for (;;) {
     PoolTable* t = g_table.load();
     const unsigned gen = g_forks.load();
     if (t && t->generation == gen) return *t;
+    register_fork_handler();  // (before the first table: a fork after it must be counted)
     auto* fresh = new PoolTable();  // (the old table and its pools are leaked: see thread_pool.h)
     fresh->generation = gen;
     if (g_table.compare_exchange_strong(t, fresh)) return *fresh;

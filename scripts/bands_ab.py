@@ -1,9 +1,11 @@
 """A/B of the AVX2 tiles' input-channel bands on one network: a process with the bands off
-(PRUNECAL_BAND_KB=0) and one with the default, alternating, ROUNDS each (best of 3 stretches of
-about 1 s a process), checking that both give the same bits. The setting is read once per process,
-hence one process per measurement. Run it on the AVX2 path (``PRUNECAL_ISA=avx2`` or
-``scripts/as_avx2_machine.sh``): there every fixed-shape tile is an AVX2 one (on the AVX-512 path
-only the shapes without AVX-512 tiles, e.g. 8x8, use them).
+(PRUNECAL_BAND_KB=0) and one with the default, alternating, ROUNDS each (images/s from the
+median call of about 3 s a process: the benchmarks' timing loop, ``deepsparse_runner.measure``),
+checking that both give the same bits. The setting is read once per process,
+hence one process per measurement. The bands are the AVX2 tiles' (``PRUNECAL_ISA=avx2`` or
+``scripts/as_avx2_machine.sh``); on the AVX-512 path the generated AVX-512 kernels run the convs,
+and the AVX2 tiles only with them off (``PRUNECAL_NO_JIT=1``), for the shapes without AVX-512
+tiles (8x8).
 
     python scripts/bands_ab.py NET BATCH THREADS [ROUNDS]      # e.g. vgg16_bn 64 2 3
 
@@ -16,13 +18,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def measure(name: str, batch: int, threads: int, out: str) -> None:
+def one_process(name: str, batch: int, threads: int, out: str) -> None:
     """One process's measurement: prints images/s, saves the output of a fixed input to `out`."""
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -30,26 +31,21 @@ def measure(name: str, batch: int, threads: int, out: str) -> None:
     import torch
 
     import peers
+    from deepsparse_runner import measure
     from prunecal.sparse.plan import compile_plan
 
     torch.set_num_threads(threads)
     plan = compile_plan(peers.pruned_model(name, 0.9), "csr", threads=threads)
     x = peers.sample_input(batch)
-    best = 0.0
     with torch.no_grad():
         np.save(out, plan(x).numpy())
-        for _ in range(3):
-            n, t0 = 0, time.perf_counter()
-            while time.perf_counter() - t0 < 1.0:
-                plan(x)
-                n += 1
-            best = max(best, n * batch / (time.perf_counter() - t0))
-    print(f"{best:.0f}")
+        rate = measure(lambda: plan(x), batch, 3.0)["images_per_s"]
+    print(f"{rate:.0f}")
 
 
 def main(argv: list[str]) -> None:
     if argv[:1] == ["--measure"]:
-        measure(argv[1], int(argv[2]), int(argv[3]), argv[4])
+        one_process(argv[1], int(argv[2]), int(argv[3]), argv[4])
         return
     if len(argv) not in (3, 4):
         sys.exit(__doc__)
