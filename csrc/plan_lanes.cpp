@@ -5,6 +5,9 @@
 
 #include <algorithm>
 #include <limits>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "simd_vec.h"
 
@@ -42,6 +45,21 @@ inline float* lane_at(float* p, const LaneSpec& s, int c, int y, int x) { return
 inline const float* lane_at(const float* p, const LaneSpec& s, int c, int y, int x) {
   return p + c * s.plane() + s.pos(y, x);
 }
+// m[l] = max(m[l], v[l]) for every lane as op_maxpool takes it: a NaN already in m stays, a NaN
+// in v replaces a number (the first NaN of a window wins). SSE2 where the baseline has it (the
+// scalar form compiles to a branch per lane).
+inline void max_keep_nan(float* m, const float* v) {
+#if defined(__SSE2__)
+  for (int l = 0; l < L; l += 4) {
+    const __m128 a = _mm_loadu_ps(m + l), b = _mm_loadu_ps(v + l);
+    const __m128 take = _mm_or_ps(_mm_cmpgt_ps(b, a), _mm_cmpunord_ps(b, b));
+    const __m128 sel = _mm_andnot_ps(_mm_cmpunord_ps(a, a), take);
+    _mm_storeu_ps(m + l, _mm_or_ps(_mm_and_ps(sel, b), _mm_andnot_ps(sel, a)));
+  }
+#else
+  for (int l = 0; l < L; ++l) m[l] = (m[l] != m[l]) ? m[l] : ((v[l] > m[l] || v[l] != v[l]) ? v[l] : m[l]);
+#endif
+}
 }  // namespace
 
 void lanes_maxpool(const float* x, const LaneSpec& sx, float* y, const LaneSpec& sy, int k, int stride, int pad) {
@@ -55,8 +73,7 @@ void lanes_maxpool(const float* x, const LaneSpec& sx, float* y, const LaneSpec&
         for (int r = y0; r < y1; ++r)
           for (int q = x0; q < x1; ++q) {
             const float* v = lane_at(x, sx, c, r, q);
-            for (int l = 0; l < L; ++l)  // as op_maxpool: the first NaN of a window stays
-              m[l] = (m[l] != m[l]) ? m[l] : ((v[l] > m[l] || v[l] != v[l]) ? v[l] : m[l]);
+            max_keep_nan(m, v);
           }
         float* o = lane_at(y, sy, c, oy, ox);
         for (int l = 0; l < L; ++l) o[l] = m[l];

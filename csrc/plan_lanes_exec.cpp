@@ -92,6 +92,12 @@ LaneSection Plan::lane_range(int max_pixels) const {
       ++a;
       continue;
     }
+    // a run starts at a conv: ops before it (a max-pool from a larger map) run per image, so
+    // that the entry copy into the lanes moves their smaller output
+    if (ops_[a].kind != OpKind::Conv) {
+      ++a;
+      continue;
+    }
     size_t b = a;
     int64_t nnz = 0;
     while (b < ops_.size() && fits(ops_[b])) {

@@ -31,6 +31,7 @@
 #include "jit_conv.h"
 #include "packed_weight.h"
 #include "plan.h"
+#include "plan_lanes.h"
 
 using namespace prunecal;
 
@@ -577,6 +578,58 @@ int test_plan(Rng& r, const std::vector<const KernelSet*>& sets) {
 // batch (its 4x4 / 2x2 layers on blocks of images, one per lane) gives the same bits as each
 // image run alone, with every kernel set (on AArch64 the lanes' generic kernel against the NEON
 // per-image kernels: both fused multiply-adds); and the same bits with PRUNECAL_PLAN_LANES=0.
+// The lanes layout's max-pool against a scalar reference of op_maxpool's rule, lane by lane: the
+// window's first NaN (its own bits: each NaN here carries a different payload) when it holds one,
+// else its maximum; +-Inf and the zero border included.
+int test_lanes_maxpool(Rng& r) {
+  int cases = 0;
+  for (auto [H, k, s, pad] : {std::array<int, 4>{4, 2, 2, 0}, {2, 2, 2, 0}, {5, 3, 2, 1}, {4, 3, 1, 1}}) {
+    const LaneSpec sx{3, H, H, 1}, sy{3, (H + 2 * pad - k) / s + 1, (H + 2 * pad - k) / s + 1, 1};
+    std::vector<float> x(size_t(sx.floats()), 0.f), y(size_t(sy.floats()), 0.f);
+    uint32_t payload = 1;
+    for (int c = 0; c < sx.C; ++c)
+      for (int i = 0; i < H; ++i)
+        for (int j = 0; j < H; ++j)
+          for (int l = 0; l < kBatchLanes; ++l) {
+            float v = uniform(r, -2.f, 2.f);
+            const int u = irange(r, 0, 9);
+            if (u == 0) v = std::numeric_limits<float>::infinity();
+            if (u == 1) v = -std::numeric_limits<float>::infinity();
+            if (u == 2) {
+              const uint32_t bits = 0x7fc00000u | payload++;
+              std::memcpy(&v, &bits, 4);
+            }
+            x[size_t(c * sx.plane() + sx.pos(i, j) + l)] = v;
+          }
+    lanes_maxpool(x.data(), sx, y.data(), sy, k, s, pad);
+    for (int c = 0; c < sy.C; ++c)
+      for (int oy = 0; oy < sy.H; ++oy)
+        for (int ox = 0; ox < sy.W; ++ox)
+          for (int l = 0; l < kBatchLanes; ++l) {
+            float want = -std::numeric_limits<float>::infinity();
+            bool nan = false;
+            for (int i = oy * s - pad; i < oy * s - pad + k && !nan; ++i)
+              for (int j = ox * s - pad; j < ox * s - pad + k && !nan; ++j) {
+                if (i < 0 || j < 0 || i >= H || j >= H) continue;
+                const float v = x[size_t(c * sx.plane() + sx.pos(i, j) + l)];
+                if (std::isnan(v)) want = v, nan = true;
+                else want = std::max(want, v);
+              }
+            const float got = y[size_t(c * sy.plane() + sy.pos(oy, ox) + l)];
+            ++g_checks;
+            if (std::memcmp(&got, &want, 4) != 0) {
+              char b[160];
+              std::snprintf(b, sizeof b, "lanes maxpool H %d k %d s %d p %d: (%d, %d, %d) lane %d: got %g, want %g", H, k,
+                            s, pad, c, oy, ox, l, got, want);
+              fail(b);
+              return cases;
+            }
+          }
+    ++cases;
+  }
+  return cases;
+}
+
 int test_plan_lanes(Rng& r, const std::vector<const KernelSet*>& sets) {
   int runs = 0;
   Plan p(false);
@@ -603,7 +656,8 @@ int test_plan_lanes(Rng& r, const std::vector<const KernelSet*>& sets) {
   int in_lanes = 0;
   for (const std::string& line : p.describe()) in_lanes += line.find("[lanes") != std::string::npos;
   ++g_checks;
-  if (in_lanes != 5) fail("plan lanes: expected 5 ops in the section, got " + std::to_string(in_lanes));
+  // c2, c3, p2, c4 (p1, from the 8x8 map, runs per image: the section starts at a conv)
+  if (in_lanes != 4) fail("plan lanes: expected 4 ops in the section, got " + std::to_string(in_lanes));
   const int N = 13, fin = 5 * 8 * 8;
   std::vector<float> x(size_t(N) * fin);
   for (auto& v : x) v = uniform(r, -1.f, 1.f);
@@ -670,6 +724,7 @@ int main(int argc, char** argv) {
       {"bad input", [&] { return test_bad_input(); }},
       {"plan", [&] { return test_plan(r, sets); }},
       {"lanes", [&] { return test_plan_lanes(r, sets); }},
+      {"lanes pool", [&] { return test_lanes_maxpool(r); }},
   };
   for (const Part& part : parts) {
     const int before = g_failures;
