@@ -3,6 +3,11 @@ feature extractor (the 32x32, 16x16 and 8x8 conv blocks) against the whole netwo
 multiply-adds each keeps after global magnitude pruning to 90 % (every conv but the stem).
 
     python scripts/vgg_parts.py          # images/s, MMAC per image, GMAC/s, us per image
+    python scripts/vgg_parts.py --bound NET FIRST REST [CORES]
+        # NET's multiply-adds per map size after pruning, and the images/s it would reach if its
+        # 32x32 convs ran at FIRST GMAC/s and all the others at REST, nothing else taking time,
+        # on CORES (default 2) cores in parallel: an upper bound from loop ceilings
+        # (scripts/load_fma_ceiling.cpp), no measurement of the plan
 
 The network of the benchmarks: ``peers.pruned_model("vgg16_bn", 0.9)`` (default initialisation
 with randomised BN statistics).
@@ -42,7 +47,34 @@ def macs(seq: nn.Module, side: int) -> int:
     return total
 
 
+def macs_by_side(net: str) -> dict[int, int]:
+    """Multiply-adds per image that ``peers.pruned_model(net, 0.9)`` keeps, by output map side."""
+    by_side: dict[int, int] = {}
+    side = 32
+    for m in peers.pruned_model(net, 0.9).features.modules():
+        if isinstance(m, nn.MaxPool2d):
+            side //= 2
+        elif isinstance(m, nn.Conv2d):
+            by_side[side] = by_side.get(side, 0) + int((m.weight != 0).sum()) * side * side
+    return by_side
+
+
+def bound(net: str, first: float, rest: float, cores: int = 2) -> None:
+    by_side = macs_by_side(net)
+    total = sum(by_side.values())
+    seconds = by_side.get(32, 0) / (first * 1e9) + (total - by_side.get(32, 0)) / (rest * 1e9)
+    print(f"{net} @90 %: MMAC per image by map side "
+          + ", ".join(f"{s}x{s} {k / 1e6:.2f}" for s, k in sorted(by_side.items(), reverse=True))
+          + f"; total {total / 1e6:.2f}")
+    print(f"bound: 32x32 convs at {first:g}, the rest at {rest:g} GMAC/s, {cores} cores: "
+          f"{cores / seconds:.0f} images/s")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--bound"]:
+        a = sys.argv[2:]
+        bound(a[0], float(a[1]), float(a[2]), int(a[3]) if len(a) > 3 else 2)
+        return
     model = peers.build_model("vgg16_bn")[0]
     pruned = peers.pruned_model("vgg16_bn", 0.9)
     dense = sum(int(m.weight.numel()) * s * s for m, s in zip(
