@@ -23,10 +23,11 @@ def _net(zero_fraction: float) -> nn.Module:
     return net
 
 
-def test_pruned_fraction_counts_conv_and_linear_zeros():
-    assert stages.pruned_fraction(_net(0.0)) == 0.0
-    assert stages.pruned_fraction(_net(0.755)) == pytest.approx(151 / 200)
-    assert stages.pruned_fraction(nn.ReLU()) == 0.0
+def test_weight_sparsity_counts_conv_and_linear_zeros():
+    from prunecal.prune.report import weight_sparsity
+
+    assert weight_sparsity(_net(0.0)) == 0.0
+    assert weight_sparsity(_net(0.755)) == pytest.approx(151 / 200)
 
 
 @pytest.mark.parametrize("isa, zeros, want", [

@@ -9,7 +9,7 @@ from hypothesis import assume, given, settings, strategies as st
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from prunecal.prune import prune, sparsity_report
+from prunecal.prune import prune, sparsity_report, weight_sparsity
 
 
 def _out(size, k, stride, pad, dil=1):
@@ -82,6 +82,24 @@ def test_reads_torch_pruning_and_restores_mode():
     assert net.training
     total = sum(p.numel() for n, p in net.named_parameters())  # weight_orig counted once
     assert rep.total_params == total
+
+
+def test_weight_sparsity_without_a_forward_pass():
+    net = prune(Net(), "layer_magnitude", 0.75)
+    ws = [net.conv.weight, net.fc.weight]
+    zeros = sum(int((w == 0).sum()) for w in ws)
+    assert weight_sparsity(net) == pytest.approx(zeros / sum(w.numel() for w in ws))
+    assert weight_sparsity(net) == pytest.approx(sparsity_report(net, (3, 10, 10)).sparsity)
+    assert weight_sparsity(nn.ReLU()) == 0.0
+    # torch pruning: orig * mask, not the `weight` attribute (stale until the next forward)
+    tp = Net()
+    torch_prune.l1_unstructured(tp.conv, "weight", amount=0.5)
+    with torch.no_grad():
+        tp.conv.weight_orig.zero_()
+    n_conv, n_fc = tp.conv.weight_orig.numel(), tp.fc.weight.numel()
+    assert weight_sparsity(tp) == pytest.approx(n_conv / (n_conv + n_fc))
+    with pytest.raises(TypeError, match="model"):
+        weight_sparsity("net")
 
 
 def test_bad_input():

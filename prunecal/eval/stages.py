@@ -45,13 +45,6 @@ def sparse_train_min_sparsity(isa: str) -> float:
     return SPARSE_TRAIN_MIN_SPARSITY_BY_ISA.get(isa, SPARSE_TRAIN_MIN_SPARSITY)
 
 
-def pruned_fraction(model: nn.Module) -> float:
-    """Fraction of the conv / linear weights of ``model`` that are exactly zero (0 if none)."""
-    ws = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    total = sum(w.numel() for w in ws)
-    return sum(int((w == 0).sum()) for w in ws) / total if total else 0.0
-
-
 @dataclass(frozen=True)
 class Recipe:
     """The fine-tuning recipe (SGD + momentum, masks fixed) beside its epochs and seed."""
@@ -289,7 +282,9 @@ class StageContext:
             return "csr"
         from prunecal import _C
 
-        return "csr" if pruned_fraction(pruned) >= sparse_train_min_sparsity(_C.isa_path()) else "torch"
+        from prunecal.prune.report import weight_sparsity
+
+        return "csr" if weight_sparsity(pruned) >= sparse_train_min_sparsity(_C.isa_path()) else "torch"
 
     def _ft_meta(self, epochs: int, hist: dict, seconds: float, backend: str) -> dict[str, Any]:
         assert self.recipe is not None

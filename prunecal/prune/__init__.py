@@ -40,14 +40,14 @@ from ..registry import Registry
 from .finetune import finetune
 from .masks import (apply_masks, apply_masks_torch, bake_torch_pruning, deepcopy_model,
                     get_masks, masks_from_torch, prunable_layers)
-from .report import LayerStats, SparsityReport, sparsity_report
+from .report import LayerStats, SparsityReport, sparsity_report, weight_sparsity
 from .structured import ChannelGroup, bn_channel, find_channel_groups, l1_filter, restore_structure
 from .unstructured import global_magnitude, layer_magnitude, random_unstructured
 
 __all__ = [
     "METHODS", "available", "prune", "get_masks", "apply_masks", "apply_masks_torch",
     "masks_from_torch", "bake_torch_pruning", "deepcopy_model", "prunable_layers", "sparsity_report",
-    "SparsityReport", "LayerStats", "finetune", "find_channel_groups", "ChannelGroup", "restore_structure",
+    "weight_sparsity", "SparsityReport", "LayerStats", "finetune", "find_channel_groups", "ChannelGroup", "restore_structure",
 ]
 
 PruneFn = Callable[..., nn.Module]

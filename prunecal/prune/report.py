@@ -15,7 +15,7 @@ from torch import nn
 
 from .masks import PRUNABLE_TYPES, effective_weight
 
-__all__ = ["LayerStats", "SparsityReport", "sparsity_report"]
+__all__ = ["LayerStats", "SparsityReport", "sparsity_report", "weight_sparsity"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,23 @@ class SparsityReport:
         lines.append(f"input {tuple(self.input_size)}; all parameters {self.total_params:,} "
                      f"({self.total_nonzero:,} nonzero); weight sparsity {self.sparsity:.4f}")
         return "\n".join(lines)
+
+
+@torch.no_grad()
+def weight_sparsity(model: nn.Module) -> float:
+    """Fraction of the ``Conv2d`` / ``Linear`` weights of ``model`` that are exactly zero
+    (0.0 when it has none): ``sparsity_report(model).sparsity`` without the forward pass,
+    so any input shape and no MACs. Weights reparametrised by ``torch.nn.utils.prune`` are
+    read as ``orig * mask``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    params = nonzero = 0
+    for m in model.modules():
+        if isinstance(m, PRUNABLE_TYPES):
+            w = effective_weight(m)
+            params += w.numel()
+            nonzero += int(torch.count_nonzero(w))
+    return 1.0 - nonzero / params if params else 0.0
 
 
 def _macs(m: nn.Module, out: torch.Tensor) -> int:
