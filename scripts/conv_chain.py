@@ -1,6 +1,7 @@
 """Three C x C 3x3 convs (+ ReLU) on H x H maps, each weight kept with probability DENSITY, as one
 plan at batch 64 on one thread: microseconds per image and GMAC/s with the lanes section off
-(PRUNECAL_PLAN_LANES=0) and with limits of 16 and 64 pixels, two rounds interleaved.
+(PRUNECAL_PLAN_LANES=0) and with limits of 16 and 64 pixels, two rounds interleaved, each about
+1 s of the benchmarks' timing loop (``deepsparse_runner.measure``: the median call).
 
     python scripts/conv_chain.py C H DENSITY        # e.g. 512 4 0.08 (VGG's 4x4 layers)
 
@@ -8,11 +9,16 @@ plan at batch 64 on one thread: microseconds per image and GMAC/s with the lanes
 """
 import os
 import sys
-import time
+from pathlib import Path
 
 import torch
 from torch import nn
-from prunecal.sparse.plan import compile_plan
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from deepsparse_runner import measure  # noqa: E402
+from prunecal.sparse.plan import compile_plan  # noqa: E402
+
 torch.manual_seed(0)
 C, H, dens = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 layers = []
@@ -29,9 +35,5 @@ macs = sum(int((l.weight != 0).sum()) for l in m if isinstance(l, nn.Conv2d)) * 
 for px in ["0", "16", "64"] * 2:
     os.environ["PRUNECAL_PLAN_LANES"] = px
     with torch.no_grad():
-        pl(x)
-        n = 0; t0 = time.perf_counter()
-        while time.perf_counter() - t0 < 1.0:
-            pl(x); n += 1
-        dt = (time.perf_counter() - t0) / n / 64
+        dt = 1.0 / measure(lambda: pl(x), 64, 1.0)["images_per_s"]  # seconds per image, median call
     print(f"C{C} {H}x{H} d{dens} lanes<={px}: {dt*1e6:.1f} us/img  {macs/dt/1e9:.2f} GMAC/s")

@@ -1,5 +1,6 @@
 """A/B of the plan's lanes section on one network: the same compiled plan with
-PRUNECAL_PLAN_LANES=0 and with the given limits, interleaved (3 rounds of about 1 s each, best
+PRUNECAL_PLAN_LANES=0 and with the given limits, interleaved (3 rounds of about 1 s each, the
+benchmarks' timing loop ``deepsparse_runner.measure``: images/s from the median call; best
 round), checking that every setting gives the same bits.
 
     python scripts/lanes_ab.py NET BATCH THREADS LIMITS        # e.g. vgg16_bn 8 2 0,16
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import peers  # noqa: E402
+from deepsparse_runner import measure  # noqa: E402
 from prunecal.sparse.plan import compile_plan  # noqa: E402
 
 
@@ -42,11 +43,7 @@ def main(argv: list[str]) -> None:
                     ref = y
                 if not torch.equal(y, ref):
                     sys.exit(f"PRUNECAL_PLAN_LANES={px}: different bits (max diff {(y - ref).abs().max():.3g})")
-                n, t0 = 0, time.perf_counter()
-                while time.perf_counter() - t0 < 1.0:
-                    plan(x)
-                    n += 1
-                best[px] = max(best[px], n * batch / (time.perf_counter() - t0))
+                best[px] = max(best[px], measure(lambda: plan(x), batch, 1.0)["images_per_s"])
     for px in limits:
         print(f"{name} batch {batch} threads {threads} PRUNECAL_PLAN_LANES={px}: {best[px]:.0f} img/s")
 

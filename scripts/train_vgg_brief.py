@@ -3,7 +3,9 @@ measure the plan with trained weights (trained weights spread sparsity over the 
 differently from the default initialisation). SGD, lr 0.05, batch 128, cosine, 2 threads, on
 
 - ``--train subset`` (default): the 4,660 original training images of
-  ``../shared/data/cifar10/exact_subset.npz``, 8 epochs: a brief run, not a good classifier;
+  ``cifar10/exact_subset.npz`` in the shared data folder (``$PRUNECAL_SHARED_DATA``, else
+  ``../shared/data`` beside the checkout, as benchmarks/peers.py finds it), 8 epochs: a brief
+  run, not a good classifier;
 - ``--train full``: the 50,000 training images of ``train_jpeg.npz`` (JPEG copies, decoded once).
 
 Accuracy is printed on the 846 original test images after every epoch.
@@ -16,6 +18,7 @@ Writes ``OUT_DIR/<name>.pt`` (state dict; default names vgg16_bn vgg19_bn).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,7 +32,7 @@ from prunecal import models  # noqa: E402
 from prunecal.data.cifar10 import load_cifar10  # noqa: E402
 from prunecal.train import evaluate, train  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data" / "cifar10"
+DATA = Path(os.environ.get("PRUNECAL_SHARED_DATA") or ROOT.parent / "shared" / "data") / "cifar10"
 
 
 def main(argv: list[str]) -> None:
