@@ -150,7 +150,8 @@ struct ConvArgs {
 // The plan's lanes section (csrc/plan_lanes.h): ops [t0, t1), every one of them a conv (groups
 // 1, no fused residual, larger than 1x1, whose image-by-image kernels would fill under 3/4 of
 // their vector lanes; any stride and padding), max-pool, ReLU, clamp or add whose output map has
-// at most `max_pixels` pixels. It reads one buffer written before it (entry) and leaves one
+// at most `max_pixels` pixels; max-pools from a larger map at the start of such a run stay out of
+// it where the rest qualifies. It reads one buffer written before it (entry) and leaves one
 // that later ops read (exit); the ops after it read nothing else from before it. A block of
 // images runs the ops before t0 image by image, its entry buffers go into the lanes of one
 // buffer, [t0, t1) runs once for the block, and the exit buffer's lanes come back out for the

@@ -49,6 +49,7 @@ inline const float* lane_at(const float* p, const LaneSpec& s, int c, int y, int
 // in v replaces a number (the first NaN of a window wins). SSE2 where the baseline has it (the
 // scalar form compiles to a branch per lane).
 inline void max_keep_nan(float* m, const float* v) {
+  static_assert(L % 4 == 0, "the SSE2 form takes the lanes four at a time");
 #if defined(__SSE2__)
   for (int l = 0; l < L; l += 4) {
     const __m128 a = _mm_loadu_ps(m + l), b = _mm_loadu_ps(v + l);

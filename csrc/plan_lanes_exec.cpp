@@ -87,23 +87,11 @@ LaneSection Plan::lane_range(int max_pixels) const {
   };
   // candidate runs: maximal runs of fitting ops; keep the one with the most stored weights
   int64_t best = 0;
-  for (size_t a = 0; a < ops_.size();) {
-    if (!fits(ops_[a])) {
-      ++a;
-      continue;
-    }
-    // a run starts at a conv: ops before it (a max-pool from a larger map) run per image, so
-    // that the entry copy into the lanes moves their smaller output
-    if (ops_[a].kind != OpKind::Conv) {
-      ++a;
-      continue;
-    }
-    size_t b = a;
+  // ops [a, b) as the section, if it qualifies (one entry buffer, one exit) and beats `best`
+  auto consider = [&](size_t a, size_t b) {
     int64_t nnz = 0;
-    while (b < ops_.size() && fits(ops_[b])) {
-      if (ops_[b].kind == OpKind::Conv) nnz += ops_[b].pw->nnz();
-      ++b;
-    }
+    for (size_t i = a; i < b; ++i)
+      if (ops_[i].kind == OpKind::Conv) nnz += ops_[i].pw->nnz();
     const std::vector<int> in = live_in(ops_, a, b);
     std::set<int> written;
     for (size_t i = a; i < b; ++i) written.insert(ops_[i].out);
@@ -118,6 +106,24 @@ LaneSection Plan::lane_range(int max_pixels) const {
       best = nnz;
       s.t0 = a, s.t1 = b, s.entry = in[0], s.exit = after[0];
     }
+    return ok;
+  };
+  for (size_t a = 0; a < ops_.size();) {
+    if (!fits(ops_[a])) {
+      ++a;
+      continue;
+    }
+    size_t b = a;
+    while (b < ops_.size() && fits(ops_[b])) ++b;
+    // leading max-pools from a larger map run per image when the run without them qualifies:
+    // the entry copy into the lanes (float by float) then moves their smaller output
+    // (VGG: 256 x 4x4 instead of 256 x 8x8)
+    size_t a2 = a;
+    while (a2 < b && ops_[a2].kind == OpKind::MaxPool &&
+           int64_t(bufs_[size_t(ops_[a2].in0)].H) * bufs_[size_t(ops_[a2].in0)].W >
+               int64_t(bufs_[size_t(ops_[a2].out)].H) * bufs_[size_t(ops_[a2].out)].W)
+      ++a2;
+    if (a2 == a || a2 == b || !consider(a2, b)) consider(a, b);
     a = b;
   }
   if (s.empty()) return s;

@@ -5,7 +5,8 @@
 // vector to reuse across output channels). Nothing else runs: no epilogue, no bands, no
 // threads, the same offsets every pass, so this is an upper bound for those kernels.
 //
-// Varied: the footprint the offsets spread over (16 KB: L1 of this CPU; 256 KB / 768 KB: L2)
+// Varied: the footprint the offsets spread over (16 KB: fits the 48 KB L1 of this CPU beside the
+// 32 KB of offsets and weights, which stream in order; 256 KB / 768 KB: L2, 1 MB here)
 // and the alignment of each 8-float load (aligned: inside one 64-byte line; unaligned: starting
 // at any float, as a 3x3 conv's taps on a plain row layout do, 7 in 16 loads then span two
 // lines). Multiply-adds per second (8 per FMA), best of 3 runs; compare with fma_peak.cpp.

@@ -32,7 +32,10 @@ from prunecal import models  # noqa: E402
 from prunecal.data.cifar10 import load_cifar10  # noqa: E402
 from prunecal.train import evaluate, train  # noqa: E402
 
-DATA = Path(os.environ.get("PRUNECAL_SHARED_DATA") or ROOT.parent / "shared" / "data") / "cifar10"
+# the shared data folder as benchmarks/peers.py finds it: $PRUNECAL_SHARED_DATA, else ../shared/data
+DATA = next((d / "cifar10" for d in [Path(p) for p in [os.environ.get("PRUNECAL_SHARED_DATA")] if p]
+             + [ROOT.parent / "shared" / "data"] if (d / "cifar10").is_dir()),
+            ROOT.parent / "shared" / "data" / "cifar10")
 
 
 def main(argv: list[str]) -> None:

@@ -73,6 +73,8 @@ def bound(net: str, first: float, rest: float, cores: int = 2) -> None:
 def main() -> None:
     if sys.argv[1:2] == ["--bound"]:
         a = sys.argv[2:]
+        if len(a) not in (3, 4):
+            sys.exit(__doc__)
         bound(a[0], float(a[1]), float(a[2]), int(a[3]) if len(a) > 3 else 2)
         return
     model = peers.build_model("vgg16_bn")[0]
