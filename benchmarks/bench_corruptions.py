@@ -25,12 +25,13 @@ import numpy as np
 
 from prunecal.corruptions import BENCHMARK, EXTRA, available, corrupt
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peers  # noqa: E402  (the shared data folder)
+
 
 
 def _data_dir() -> Path | None:
-    env = os.environ.get("PRUNECAL_SHARED_DATA")
-    for cand in ([Path(env)] if env else []) + [ROOT.parent / "shared" / "data"]:
+    for cand in peers.shared_data_dirs():
         if (cand / "cifar10" / "test.npz").is_file():
             return cand
     return None

@@ -56,10 +56,17 @@ class PeerUnavailable(RuntimeError):
 
 
 # ---- models ----------------------------------------------------------------------------------
+def shared_data_dirs() -> list[Path]:
+    """Where the shared data folder may be, in the order to look: ``$PRUNECAL_SHARED_DATA`` when
+    set, then ``../shared/data`` beside the checkout (the callers take the first that holds what
+    they need)."""
+    env = os.environ.get("PRUNECAL_SHARED_DATA")
+    return ([Path(env)] if env else []) + [ROOT.parent / "shared" / "data"]
+
+
 def weights_path(name: str = "resnet56") -> Path | None:
     """The pretrained checkpoint ``weights/<name>-*.th`` of the shared data folder, if present."""
-    env = os.environ.get("PRUNECAL_SHARED_DATA")
-    for cand in ([Path(env)] if env else []) + [ROOT.parent / "shared" / "data"]:
+    for cand in shared_data_dirs():
         hits = sorted((cand / "weights").glob(f"{name}-*.th")) if (cand / "weights").is_dir() else []
         if hits:
             return hits[0]

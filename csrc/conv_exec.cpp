@@ -18,7 +18,6 @@ ConvRows conv_rows(const PackedWeight& w, const Geometry& g, bool bsr, bool dens
   r.Co = w.rows();
   r.groups = groups;
   r.block_rows = w.block_rows();
-  r.group_floats = int64_t(w.cin_per_group()) * g.chan_floats;
   r.cin = w.cin_per_group();
   r.chan_floats = g.chan_floats;
   if (dense) {
@@ -38,7 +37,7 @@ ConvRows conv_rows(const PackedWeight& w, const Geometry& g, bool bsr, bool dens
 
 RowsDone conv_units(const KernelSet& k, const ConvRows& r, ConvTask t, const float* planes, int grp, int u0, int u1,
                     int s0, int s1) {
-  t.in = planes + int64_t(grp) * r.group_floats;
+  t.in = planes + int64_t(grp) * r.group_floats();
   t.indptr = r.indptr, t.off = r.off, t.val = r.val;
   t.in_channels = r.cin, t.in_chan_floats = r.chan_floats;
   RowsDone d;

@@ -22,12 +22,12 @@ struct ConvRows {
   const int32_t* off = nullptr;     // input offset per nonzero (CSR, dense) or block (BSR)
   const float* val = nullptr;
   int Co = 0, groups = 1, block_rows = 1;
-  int64_t group_floats = 0;  // input floats between groups' planes (C_in / groups channel planes)
   int cin = 0;               // input channels per group
   int64_t chan_floats = 0;   // input floats between channels' planes
   int fast = 0;              // CSR: fixed-shape tile id (plan_fast_shape), 0: the kernel set's rows
   int row_slots = 1;         // slots per output row: the fixed tiles take slot ranges that start a row
   int Cog() const { return Co / groups; }
+  int64_t group_floats() const { return int64_t(cin) * chan_floats; }  // input floats between groups' planes
   int units() const;  // per group
 };
 

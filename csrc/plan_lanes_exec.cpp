@@ -120,8 +120,7 @@ LaneSection Plan::lane_range(int max_pixels) const {
     // (VGG: 256 x 4x4 instead of 256 x 8x8)
     size_t a2 = a;
     while (a2 < b && ops_[a2].kind == OpKind::MaxPool &&
-           int64_t(bufs_[size_t(ops_[a2].in0)].H) * bufs_[size_t(ops_[a2].in0)].W >
-               int64_t(bufs_[size_t(ops_[a2].out)].H) * bufs_[size_t(ops_[a2].out)].W)
+           bufs_[size_t(ops_[a2].in0)].features() > bufs_[size_t(ops_[a2].out)].features())
       ++a2;
     if (a2 == a || a2 == b || !consider(a2, b)) consider(a, b);
     a = b;

@@ -18,7 +18,6 @@ Writes ``OUT_DIR/<name>.pt`` (state dict; default names vgg16_bn vgg19_bn).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,14 +27,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import peers  # noqa: E402  (the shared data folder, found as the benchmarks find it)
 from prunecal import models  # noqa: E402
 from prunecal.data.cifar10 import load_cifar10  # noqa: E402
 from prunecal.train import evaluate, train  # noqa: E402
 
-# the shared data folder as benchmarks/peers.py finds it: $PRUNECAL_SHARED_DATA, else ../shared/data
-DATA = next((d / "cifar10" for d in [Path(p) for p in [os.environ.get("PRUNECAL_SHARED_DATA")] if p]
-             + [ROOT.parent / "shared" / "data"] if (d / "cifar10").is_dir()),
-            ROOT.parent / "shared" / "data" / "cifar10")
+DATA = next((d / "cifar10" for d in peers.shared_data_dirs() if (d / "cifar10").is_dir()),
+            peers.shared_data_dirs()[-1] / "cifar10")
 
 
 def main(argv: list[str]) -> None:

@@ -629,12 +629,6 @@ int test_lanes_maxpool(Rng& r) {
   return cases;
 }
 
-// The lanes section (plan_lanes.h): a small VGG-like plan (8x8 -> 4x4 -> 2x2 maps; pools and convs
-// from the first 4x4 map on in the section) run as a
-// batch (its 4x4 / 2x2 layers on blocks of images, one per lane) gives the same bits as each
-// image run alone, with every kernel set (on AArch64 the lanes' generic kernel against the NEON
-// per-image kernels: both fused multiply-adds); and the same bits with PRUNECAL_PLAN_LANES=0.
-// A second plan has a branch that reads the map before a max-pool: its section keeps the pool.
 // Runs plan p (input fin floats, output fout) on N random images: as a batch (lanes), with
 // PRUNECAL_PLAN_LANES=0 and image by image, for every kernel set, 1 thread and 2 (team mode);
 // fails `what` on the first difference in bits. Returns the runs.
@@ -679,6 +673,12 @@ std::vector<std::string> lanes_ops(const Plan& p) {
   return names;
 }
 
+// The lanes section (plan_lanes.h): a small VGG-like plan (8x8 -> 4x4 -> 2x2 maps; the convs from
+// the first 4x4 conv on and the pool between them in the section) run as a batch (its 4x4 / 2x2
+// layers on blocks of images, one per lane) gives the same bits as each image run alone, with
+// every kernel set (on AArch64 the lanes' generic kernel against the NEON
+// per-image kernels: both fused multiply-adds); and the same bits with PRUNECAL_PLAN_LANES=0.
+// A second plan has a branch that reads the map before a max-pool: its section keeps the pool.
 int test_plan_lanes(Rng& r, const std::vector<const KernelSet*>& sets) {
   auto conv = [&](Plan& p, const char* name, int C, int Co, int a, int b, bool relu, int stride = 1) {
     const Sparse s = to_csr(random_weight(r, Co, int64_t(C) * 9, 0.6, 0.4f), Co, int64_t(C) * 9);

@@ -281,7 +281,6 @@ class StageContext:
         if choice == "csr":
             return "csr"
         from prunecal import _C
-
         from prunecal.prune.report import weight_sparsity
 
         return "csr" if weight_sparsity(pruned) >= sparse_train_min_sparsity(_C.isa_path()) else "torch"

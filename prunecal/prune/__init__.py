@@ -47,7 +47,8 @@ from .unstructured import global_magnitude, layer_magnitude, random_unstructured
 __all__ = [
     "METHODS", "available", "prune", "get_masks", "apply_masks", "apply_masks_torch",
     "masks_from_torch", "bake_torch_pruning", "deepcopy_model", "prunable_layers", "sparsity_report",
-    "weight_sparsity", "SparsityReport", "LayerStats", "finetune", "find_channel_groups", "ChannelGroup", "restore_structure",
+    "weight_sparsity", "SparsityReport", "LayerStats", "finetune", "find_channel_groups", "ChannelGroup",
+    "restore_structure",
 ]
 
 PruneFn = Callable[..., nn.Module]
